@@ -1,0 +1,144 @@
+//! The command line. Every flag can also come from the environment where the contract says so; flags win.
+
+use crate::telemetry::LogFormat;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// SmartScheduler realtime: recommendations for dispatch, delivered live to dispatchers' browsers.
+#[derive(Debug, Parser)]
+#[command(name = "smartscheduler", version, propagate_version = true)]
+pub struct Cli {
+    /// PostgreSQL connection string.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Log output format.
+    #[arg(long, env = "SMARTSCHEDULER_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// HTTP API, event stream, relay and retention in one process.
+    Serve(ServeArgs),
+    /// Run only the relay (outbox → event_log), for deployments that split roles.
+    Relay,
+    /// Apply the database migrations (serve and relay also do this at start-up).
+    Migrate,
+    /// Load demo data (regions, contractors, jobs, dispatchers alice, bob, carol, dana). Idempotent.
+    Seed {
+        /// Load the demo data set (the only data set so far).
+        #[arg(long, required = true)]
+        demo: bool,
+    },
+    /// Manage dispatchers and their group membership.
+    #[command(subcommand)]
+    Dispatcher(DispatcherCommand),
+    /// Print a signed token for a dispatcher (needs SMARTSCHEDULER_AUTH_SECRET).
+    Token {
+        /// The dispatcher id (its `sub`).
+        #[arg(long)]
+        dispatcher: String,
+        /// How long the token is valid, for example 30m, 8h, 2d.
+        #[arg(long, default_value = "8h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Inspect the outbox and the relay.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+    /// Publish copies of past events again (each copy a new event whose replayOf names the original).
+    Replay(ReplayArgs),
+    /// Drop event_log partitions older than the retention window and create upcoming ones.
+    Retention {
+        /// Show what would be dropped without dropping it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// HTTP listen address.
+    #[arg(long, env = "SMARTSCHEDULER_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Development mode: demo login endpoint and, if no secret is set, an ephemeral auth secret.
+    #[arg(long)]
+    pub dev: bool,
+    /// Do not run a relay in this process (another process publishes).
+    #[arg(long)]
+    pub no_relay: bool,
+    /// Serve the browser console from this directory (the frontend build, frontend/dist).
+    #[arg(long)]
+    pub static_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DispatcherCommand {
+    /// Add a dispatcher (or update the name of an existing one) with optional groups.
+    Add {
+        /// Login id, for example alice.
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Group key such as region:north (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Change the groups of a dispatcher. Open streams apply it within 5 seconds.
+    Groups {
+        id: String,
+        /// Group to add (repeatable).
+        #[arg(long = "add")]
+        add: Vec<String>,
+        /// Group to remove (repeatable).
+        #[arg(long = "remove")]
+        remove: Vec<String>,
+    },
+    /// List dispatchers and their groups.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Pending rows, oldest pending age, last position, publish rate, retention, relay and listener health.
+    Status {
+        /// Stable JSON output (documented in docs/operations.md).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("range").required(true).args(["from", "since"])))]
+pub struct ReplayArgs {
+    /// Replay events after this position (exclusive, like Last-Event-ID), for example 7f3a9c21-1000.
+    #[arg(long, conflicts_with_all = ["since", "until"])]
+    pub from: Option<String>,
+    /// Last position to replay (inclusive).
+    #[arg(long, requires = "from")]
+    pub to: Option<String>,
+    /// Replay events published at or after this time (RFC 3339, for example 2026-11-25T08:00:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Replay events published before this time (RFC 3339).
+    #[arg(long, requires = "since")]
+    pub until: Option<String>,
+    /// Only events for this group (repeatable).
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    /// Only events about this job id.
+    #[arg(long)]
+    pub job: Option<uuid::Uuid>,
+    /// Print what would be replayed and publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}

@@ -1,0 +1,25 @@
+//! SmartScheduler realtime: recommendations for dispatch, delivered to dispatchers' browsers at once.
+//!
+//! Data flows one way, and each module knows only what is upstream of it:
+//!
+//! ```text
+//! writer ──► outbox ──► relay ──► event_log ──► stream (hub) ──► SSE ──► browser
+//! (recommendations)   (fence, dense seq)     (LISTEN once, fan out by group)
+//! ```
+//!
+//! The relay and the stream meet only in PostgreSQL.
+
+pub mod auth;
+pub mod cli;
+pub mod commands;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod ops;
+pub mod outbox;
+pub mod position;
+pub mod recommendations;
+pub mod relay;
+pub mod seed;
+pub mod stream;
+pub mod telemetry;

@@ -1,0 +1,47 @@
+//! Prometheus metrics. Names are part of the contract (see `../shared/contract.md`, Metrics).
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const EVENTS_PUBLISHED: &str = "smartscheduler_events_published_total";
+pub const OUTBOX_PENDING: &str = "smartscheduler_outbox_pending";
+pub const PUBLISH_LAG: &str = "smartscheduler_publish_lag_seconds";
+pub const SSE_CONNECTIONS: &str = "smartscheduler_sse_connections";
+pub const SSE_EVENTS_SENT: &str = "smartscheduler_sse_events_sent_total";
+pub const SSE_CATCHUP: &str = "smartscheduler_sse_catchup_total";
+pub const SSE_RESETS: &str = "smartscheduler_sse_resets_total";
+pub const HTTP_DURATION: &str = "smartscheduler_http_request_duration_seconds";
+pub const LISTENER_RECONNECTS: &str = "smartscheduler_listener_reconnects_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once per process and returns the handle that renders `/metrics`.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let latency = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(PUBLISH_LAG.into()), &latency)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), &latency))
+                .map(|b| b.build_recorder())
+                .expect("static bucket lists are non-empty");
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests embedding several servers): keep ours for rendering.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(EVENTS_PUBLISHED, "Events moved from the outbox to event_log by this process.");
+    metrics::describe_gauge!(OUTBOX_PENDING, "Rows in the outbox waiting to be published.");
+    metrics::describe_histogram!(PUBLISH_LAG, "Seconds from an outbox row's creation to its publish.");
+    metrics::describe_gauge!(SSE_CONNECTIONS, "Open event streams.");
+    metrics::describe_counter!(SSE_EVENTS_SENT, "Events written to event streams.");
+    metrics::describe_counter!(SSE_CATCHUP, "Streams that fell behind the live fan-out and read from the database.");
+    metrics::describe_counter!(SSE_RESETS, "event: reset sent to resuming clients.");
+    metrics::describe_histogram!(HTTP_DURATION, "HTTP request duration by route and status.");
+    metrics::describe_counter!(LISTENER_RECONNECTS, "Times the LISTEN connection was lost and re-established.");
+}

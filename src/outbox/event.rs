@@ -1,0 +1,197 @@
+//! Validated outbox events. Validation happens here, at the edge, so that a bad event is refused with a
+//! clear message before it reaches the database (the table's CHECK constraints say the same for writers
+//! that use plain SQL).
+
+use crate::position::Position;
+use serde_json::{Map, Value};
+use std::fmt;
+use uuid::Uuid;
+
+/// Largest payload accepted, as serialised JSON.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Most groups one event may target.
+pub const MAX_GROUPS: usize = 32;
+/// Payload keys that the envelope owns; a payload may not carry them.
+pub const ENVELOPE_KEYS: [&str; 6] = ["eventId", "type", "position", "groups", "occurredAt", "replayOf"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("invalid group key {0:?}: expected ^[a-z0-9][a-z0-9:_-]{{0,63}}$, for example region:north")]
+    GroupKey(String),
+    #[error("an event needs between 1 and {MAX_GROUPS} groups, got {0}")]
+    GroupCount(usize),
+    #[error("invalid event type {0:?}: expected ^[A-Za-z][A-Za-z0-9_.-]{{0,63}}$")]
+    EventType(String),
+    #[error("the payload must be a JSON object")]
+    PayloadNotObject,
+    #[error("the payload is {0} bytes; the limit is {MAX_PAYLOAD_BYTES}")]
+    PayloadTooLarge(usize),
+    #[error("the payload may not contain the envelope field {0:?}")]
+    PayloadEnvelopeKey(String),
+    #[error("database error while writing the outbox")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A dispatcher group such as `region:north` or `team:hvac`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct GroupKey(String);
+
+impl GroupKey {
+    pub fn parse(s: &str) -> Result<Self, OutboxError> {
+        if is_group_key(s) { Ok(Self(s.to_owned())) } else { Err(OutboxError::GroupKey(s.to_owned())) }
+    }
+
+    /// The group that receives events about jobs of `region`.
+    pub fn for_region(region: &str) -> Result<Self, OutboxError> {
+        Self::parse(&format!("region:{region}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for GroupKey {
+    type Err = OutboxError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// `^[a-z0-9][a-z0-9:_-]{0,63}$`
+fn is_group_key(s: &str) -> bool {
+    let b = s.as_bytes();
+    let first_ok = b.first().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = b.iter().skip(1).all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b":_-".contains(c));
+    first_ok && rest_ok && b.len() <= 64
+}
+
+/// The SSE event name, for example `RecommendationReady`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventType(String);
+
+impl EventType {
+    pub fn parse(s: &str) -> Result<Self, OutboxError> {
+        let b = s.as_bytes();
+        let ok = b.first().is_some_and(u8::is_ascii_alphabetic)
+            && b.len() <= 64
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c));
+        if ok { Ok(Self(s.to_owned())) } else { Err(OutboxError::EventType(s.to_owned())) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An event ready to be written to the outbox. Construct with [`NewEvent::new`], which validates.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    event_type: EventType,
+    aggregate_id: Uuid,
+    groups: Vec<GroupKey>,
+    payload: Map<String, Value>,
+    replay_of: Option<Position>,
+}
+
+impl NewEvent {
+    pub fn new(event_type: &str, aggregate_id: Uuid, groups: Vec<GroupKey>, payload: Value) -> Result<Self, OutboxError> {
+        let event_type = EventType::parse(event_type)?;
+        if groups.is_empty() || groups.len() > MAX_GROUPS {
+            return Err(OutboxError::GroupCount(groups.len()));
+        }
+        let Value::Object(payload) = payload else {
+            return Err(OutboxError::PayloadNotObject);
+        };
+        if let Some(key) = ENVELOPE_KEYS.iter().find(|k| payload.contains_key(**k)) {
+            return Err(OutboxError::PayloadEnvelopeKey((*key).to_owned()));
+        }
+        let size = serde_json::to_vec(&payload).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(OutboxError::PayloadTooLarge(size));
+        }
+        Ok(Self { event_type, aggregate_id, groups, payload, replay_of: None })
+    }
+
+    /// Marks this event as a replayed copy of the event at `original`.
+    pub fn replaying(mut self, original: Position) -> Self {
+        self.replay_of = Some(original);
+        self
+    }
+
+    pub fn event_type(&self) -> &EventType {
+        &self.event_type
+    }
+    pub fn aggregate_id(&self) -> Uuid {
+        self.aggregate_id
+    }
+    pub fn groups(&self) -> &[GroupKey] {
+        &self.groups
+    }
+    pub fn payload(&self) -> &Map<String, Value> {
+        &self.payload
+    }
+    pub fn replay_of(&self) -> Option<Position> {
+        self.replay_of
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn groups(keys: &[&str]) -> Vec<GroupKey> {
+        keys.iter().map(|k| GroupKey::parse(k).unwrap()).collect()
+    }
+
+    #[test]
+    fn group_keys_follow_the_contract_pattern() {
+        for ok in ["region:north", "team:hvac", "a", "0", "a-b_c:d", &"a".repeat(64)] {
+            assert!(GroupKey::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Region:north", ":north", "-a", "a b", "région", &"a".repeat(65), "a/b"] {
+            assert!(matches!(GroupKey::parse(bad), Err(OutboxError::GroupKey(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_payload_must_be_an_object() {
+        let err = NewEvent::new("X", Uuid::nil(), groups(&["g"]), json!([1, 2])).unwrap_err();
+        assert!(matches!(err, OutboxError::PayloadNotObject));
+    }
+
+    #[test]
+    fn a_payload_may_not_shadow_the_envelope() {
+        let err = NewEvent::new("X", Uuid::nil(), groups(&["g"]), json!({"position": 1})).unwrap_err();
+        assert_eq!(err.to_string(), "the payload may not contain the envelope field \"position\"");
+    }
+
+    #[test]
+    fn a_payload_over_the_limit_is_refused_with_its_size() {
+        let big = "x".repeat(MAX_PAYLOAD_BYTES);
+        let err = NewEvent::new("X", Uuid::nil(), groups(&["g"]), json!({ "big": big })).unwrap_err();
+        assert!(matches!(err, OutboxError::PayloadTooLarge(n) if n > MAX_PAYLOAD_BYTES));
+    }
+
+    #[test]
+    fn an_event_needs_groups() {
+        let err = NewEvent::new("X", Uuid::nil(), vec![], json!({})).unwrap_err();
+        assert!(matches!(err, OutboxError::GroupCount(0)));
+    }
+
+    #[test]
+    fn event_types_are_names() {
+        assert!(EventType::parse("RecommendationReady").is_ok());
+        assert!(EventType::parse("job.updated").is_ok());
+        assert!(EventType::parse("9lives").is_err());
+        assert!(EventType::parse("has space").is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! Stream positions: `<epoch>-<seq>`, the `id:` of every SSE event and the value of `Last-Event-ID`.
+//!
+//! `epoch` is 8 lowercase hex digits naming one event log (it changes only when the log is recreated or
+//! restored); `seq` is the dense, commit-ordered number the relay gave the event.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Names one event log. Stored in `stream_meta.epoch` as 8 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Epoch(pub u32);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl FromStr for Epoch {
+    type Err = PositionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let well_formed = s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !well_formed {
+            return Err(PositionError::Epoch);
+        }
+        u32::from_str_radix(s, 16).map(Epoch).map_err(|_| PositionError::Epoch)
+    }
+}
+
+/// A point in the event log: "every event after this one" when used to resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Position {
+    pub epoch: Epoch,
+    pub seq: i64,
+}
+
+impl Position {
+    pub fn new(epoch: Epoch, seq: i64) -> Self {
+        Self { epoch, seq }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+/// Why a position string was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PositionError {
+    #[error("a position is <epoch>-<seq>, for example 7f3a9c21-1042")]
+    Shape,
+    #[error("the epoch of a position is 8 lowercase hex digits")]
+    Epoch,
+    #[error("the seq of a position is a non-negative decimal integer")]
+    Seq,
+}
+
+impl FromStr for Position {
+    type Err = PositionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (epoch, seq) = s.split_once('-').ok_or(PositionError::Shape)?;
+        let epoch = epoch.parse()?;
+        let well_formed = !seq.is_empty() && seq.len() <= 19 && seq.bytes().all(|b| b.is_ascii_digit());
+        if !well_formed {
+            return Err(PositionError::Seq);
+        }
+        let seq = seq.parse::<i64>().map_err(|_| PositionError::Seq)?;
+        Ok(Position { epoch, seq })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_the_contract_example() {
+        let p: Position = "7f3a9c21-1042".parse().unwrap();
+        assert_eq!(p, Position::new(Epoch(0x7f3a9c21), 1042));
+        assert_eq!(p.to_string(), "7f3a9c21-1042");
+    }
+
+    #[test]
+    fn keeps_leading_zeros_of_the_epoch() {
+        assert_eq!(Position::new(Epoch(0xab), 0).to_string(), "000000ab-0");
+    }
+
+    #[test]
+    fn rejects_malformed_positions() {
+        for bad in [
+            "", "-", "7f3a9c21", "7f3a9c21-", "7F3A9C21-1", "7f3a9c2-1", "7f3a9c211-1", "zzzzzzzz-1",
+            "7f3a9c21--1", "7f3a9c21-+1", "7f3a9c21-1.5", "7f3a9c21-1 ", " 7f3a9c21-1",
+            "7f3a9c21-99999999999999999999", "7f3a9c21-1-2",
+        ] {
+            assert!(bad.parse::<Position>().is_err(), "{bad:?} should be rejected");
+        }
+    }
+}

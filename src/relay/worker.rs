@@ -1,0 +1,176 @@
+//! The relay loop: publish while there is work, then sleep until woken (in-process doorbell, a NOTIFY on
+//! the wake channel, or the poll timer), and reconnect forever with backoff when the database goes away.
+
+use super::publish::{publish_batch, BatchOutcome};
+use super::WAKE_CHANNEL;
+use crate::metrics as m;
+use crate::outbox::RelayWaker;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// How the relay behaves. Defaults suit one `serve` process.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows per committed batch.
+    pub batch_size: i64,
+    /// Safety-net poll when no wake-up arrives (external writers that do not ping the wake channel).
+    pub poll_interval: Duration,
+    /// How often the relay records that it is alive in `node_heartbeats`.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self { batch_size: 1000, poll_interval: Duration::from_millis(200), heartbeat_interval: Duration::from_secs(5) }
+    }
+}
+
+/// A relay bound to one database. Several may run at once (one per process): the fence serialises them.
+pub struct Relay {
+    pool: PgPool,
+    config: RelayConfig,
+    waker: RelayWaker,
+    node_id: Uuid,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, config: RelayConfig, waker: RelayWaker, node_id: Uuid) -> Self {
+        Self { pool, config, waker, node_id }
+    }
+
+    /// Runs until `shutdown` is cancelled. A batch in flight is always finished first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let wake_task = tokio::spawn(forward_wake_notifications(self.pool.clone(), self.waker.clone(), shutdown.clone()));
+        let mut backoff = reconnect_backoff();
+        let mut last_heartbeat: Option<Instant> = None;
+        tracing::info!(node = %self.node_id, batch_size = self.config.batch_size, "relay started");
+
+        while !shutdown.is_cancelled() {
+            if last_heartbeat.is_none_or(|t| t.elapsed() >= self.config.heartbeat_interval) {
+                match beat(&self.pool, self.node_id, "relay").await {
+                    Ok(()) => last_heartbeat = Some(Instant::now()),
+                    Err(e) => tracing::warn!(error = %e, "relay heartbeat failed"),
+                }
+            }
+            match publish_batch(&self.pool, self.config.batch_size).await {
+                Ok(outcome @ BatchOutcome::Published { .. }) => {
+                    backoff = reconnect_backoff();
+                    record(&outcome);
+                    // A full batch means more may be waiting: go again at once.
+                    if outcome.count() < self.config.batch_size {
+                        self.idle(&shutdown, Duration::ZERO).await;
+                    }
+                }
+                Ok(BatchOutcome::Empty) => {
+                    backoff = reconnect_backoff();
+                    self.idle(&shutdown, self.config.poll_interval).await;
+                }
+                Err(error) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "relay publish failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+        wake_task.abort();
+        tracing::info!(node = %self.node_id, "relay stopped");
+    }
+
+    /// Waits for a wake-up, the poll timer, or shutdown. With a zero timeout it only yields.
+    async fn idle(&self, shutdown: &CancellationToken, timeout: Duration) {
+        if timeout.is_zero() {
+            tokio::task::yield_now().await;
+            return;
+        }
+        tokio::select! {
+            _ = self.waker.woken() => {}
+            _ = tokio::time::sleep(timeout) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
+fn record(outcome: &BatchOutcome) {
+    if let BatchOutcome::Published { last_seq, lags, .. } = outcome {
+        metrics::counter!(m::EVENTS_PUBLISHED).increment(outcome.count() as u64);
+        let histogram = metrics::histogram!(m::PUBLISH_LAG);
+        lags.iter().for_each(|lag| histogram.record(*lag));
+        tracing::debug!(count = outcome.count(), last_seq, "published batch");
+    }
+}
+
+/// Exponential backoff with jitter, 100 ms doubling to 10 s, forever.
+pub(crate) fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Records that this process's `role` is alive.
+pub(crate) async fn beat(pool: &PgPool, node_id: Uuid, role: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO node_heartbeats (node_id, role, host, pid, started_at, beat_at)
+         VALUES ($1, $2, $3, $4, now(), now())
+         ON CONFLICT (node_id, role) DO UPDATE SET beat_at = now()",
+    )
+    .bind(node_id)
+    .bind(role)
+    .bind(hostname())
+    .bind(std::process::id() as i32)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// LISTENs on the wake channel and rings the doorbell for each notification. After a lost connection it
+/// rings once too, since pings sent while away are gone (the poll would catch them, this is just faster).
+async fn forward_wake_notifications(pool: PgPool, waker: RelayWaker, shutdown: CancellationToken) {
+    let mut backoff = reconnect_backoff();
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(error) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(%error, "relay wake listener cannot connect; retrying");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(WAKE_CHANNEL).await {
+            tracing::warn!(%error, "LISTEN on the wake channel failed; retrying");
+            tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(10))).await;
+            continue;
+        }
+        backoff = reconnect_backoff();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => waker.wake(),
+                    Ok(None) => waker.wake(), // reconnected: anything sent meanwhile was dropped
+                    Err(error) => {
+                        tracing::warn!(%error, "relay wake listener failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
