@@ -21,5 +21,6 @@ pub mod position;
 pub mod recommendations;
 pub mod relay;
 pub mod seed;
+pub mod server;
 pub mod stream;
 pub mod telemetry;

@@ -11,8 +11,9 @@
 mod publish;
 mod worker;
 
-pub use publish::{publish_all_pending, publish_batch, publish_batch_uncommitted, BatchOutcome};
+pub use publish::{ensure_partitions, publish_all_pending, publish_batch, publish_batch_uncommitted, BatchOutcome};
 pub use worker::{Relay, RelayConfig};
+pub(crate) use worker::{beat, reconnect_backoff};
 
 /// Channel the relay NOTIFYs after each batch, with the new last position (`<epoch>-<seq>`) as payload.
 pub const EVENTS_CHANNEL: &str = "ss_events";

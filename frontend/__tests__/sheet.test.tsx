@@ -1,0 +1,277 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { act, cleanup, fireEvent, render, screen, waitFor, within } from '@testing-library/react';
+import { App } from '../src/App';
+import { RecommendationsSheet } from '../src/components/RecommendationsSheet';
+import { ApiError, type Api, type Job, type Me, type RecommendationSet } from '../src/api';
+import { createRealtimeClient, type RealtimeClient } from '../src/realtime';
+import { FakeEventSource, recEvent } from './fakeEventSource';
+
+const NORTH_JOB = '11111111-1111-4111-8111-111111111111';
+const OTHER_JOB = '11111111-1111-4111-8111-222222222222';
+const E = '0badcafe';
+
+const alice: Me = { dispatcherId: 'alice', name: 'Alice', groups: ['region:north'] };
+
+function job(id: string, title: string): Job {
+  return {
+    id,
+    title,
+    region: 'north',
+    requiredSkills: ['hvac'],
+    location: { lat: 59.9, lon: 10.7 },
+    windowStart: '2026-01-01T08:00:00Z',
+    windowEnd: '2026-01-01T12:00:00Z',
+    createdAt: '2026-01-01T07:00:00Z',
+  };
+}
+
+function set(id: string, names: string[]): RecommendationSet {
+  return {
+    recommendationSetId: id,
+    jobId: NORTH_JOB,
+    generatedAt: '2026-01-01T09:00:00Z',
+    recommendations: names.map((name, i) => ({
+      rank: i + 1,
+      contractorId: `c-${name}`,
+      name,
+      score: 0.9 - i * 0.1234,
+      distanceKm: 3.14159 + i,
+      etaMinutes: 10 + i,
+      matchedSkills: ['hvac'],
+    })),
+  };
+}
+
+function fakeApi(overrides: Partial<Api> = {}): Api & { [K in keyof Api]: ReturnType<typeof vi.fn> } {
+  return {
+    me: vi.fn(async () => alice),
+    devDispatchers: vi.fn(async () => [alice, { dispatcherId: 'bob', name: 'Bob', groups: ['region:south'] }]),
+    devSignIn: vi.fn(async () => alice),
+    signIn: vi.fn(async () => alice),
+    signOut: vi.fn(async () => undefined),
+    jobs: vi.fn(async () => [job(NORTH_JOB, 'Boiler repair'), job(OTHER_JOB, 'Heat pump service')]),
+    recommendations: vi.fn(async () => set('set-1', ['Ada', 'Grace'])),
+    generate: vi.fn(async () => set('set-gen', ['Linus'])),
+    ...overrides,
+  } as never;
+}
+
+let client: RealtimeClient;
+
+beforeEach(() => {
+  FakeEventSource.reset();
+  client = createRealtimeClient({ EventSource: FakeEventSource, online: null, random: () => 0 });
+});
+
+afterEach(() => {
+  client.stop();
+  cleanup();
+});
+
+async function openSheet(api: Api) {
+  render(<App api={api} client={client} />);
+  fireEvent.click(await screen.findByTestId(`job-row-${NORTH_JOB}`));
+  await screen.findAllByTestId('sheet-row');
+}
+
+describe('RecommendationsSheet', () => {
+  it('renders one row per recommendation with score to 2 decimals', () => {
+    render(
+      <RecommendationsSheet
+        job={job(NORTH_JOB, 'Boiler repair')}
+        state={{ kind: 'loaded', set: set('s', ['Ada', 'Grace']) }}
+        updatedAt={null}
+        flashKey={0}
+        generating={false}
+        generateError={null}
+        degraded={false}
+        onGenerate={() => {}}
+      />,
+    );
+    const rows = screen.getAllByTestId('sheet-row');
+    expect(rows).toHaveLength(2);
+    const cells = within(rows[1]).getAllByRole('cell').map((c) => c.textContent);
+    expect(cells).toEqual(['2', 'Grace', '0.78', '11', '4.1', 'hvac']);
+    expect(screen.queryByTestId('sheet-updated')).toBeNull();
+  });
+
+  it('shows "No recommendations yet" for a job without a set', () => {
+    render(
+      <RecommendationsSheet
+        job={job(NORTH_JOB, 'Boiler repair')}
+        state={{ kind: 'none' }}
+        updatedAt={null}
+        flashKey={0}
+        generating={false}
+        generateError={null}
+        degraded={false}
+        onGenerate={() => {}}
+      />,
+    );
+    expect(screen.getByTestId('sheet-empty').textContent).toBe('No recommendations yet');
+  });
+});
+
+describe('console', () => {
+  it('signs in through the dev picker when /api/me is 401', async () => {
+    const api = fakeApi({ me: vi.fn(async () => Promise.reject(new ApiError(401, 'unauthorized', 'no session'))) });
+    render(<App api={api} client={client} />);
+    await screen.findByTestId('signin');
+    expect(FakeEventSource.instances).toHaveLength(0); // no stream before sign-in
+    fireEvent.click(await screen.findByTestId('signin-alice'));
+    expect(await screen.findByTestId('whoami')).toHaveProperty('textContent', 'Alice (alice)');
+    expect(screen.getByTestId('groups').textContent).toBe('region:north');
+    expect(api.devSignIn).toHaveBeenCalledWith('alice');
+    expect(FakeEventSource.instances).toHaveLength(1);
+    expect(screen.getByTestId('connection-status').textContent).toBe('reconnecting');
+    act(() => FakeEventSource.last.open());
+    expect(screen.getByTestId('connection-status').textContent).toBe('live');
+  });
+
+  it('shows "No recommendations yet" on 404 and the API error message on failure', async () => {
+    const api = fakeApi({
+      recommendations: vi.fn(async () => Promise.reject(new ApiError(404, 'not_found', 'no set'))),
+      generate: vi.fn(async () => Promise.reject(new ApiError(403, 'forbidden', 'Not your region'))),
+    });
+    render(<App api={api} client={client} />);
+    fireEvent.click(await screen.findByTestId(`job-row-${NORTH_JOB}`));
+    expect((await screen.findByTestId('sheet-empty')).textContent).toBe('No recommendations yet');
+    fireEvent.click(screen.getByTestId('generate'));
+    expect((await screen.findByTestId('error')).textContent).toBe('Not your region');
+  });
+
+  it('refetches the open sheet on a RecommendationReady for it and shows the updated cue', async () => {
+    const api = fakeApi();
+    await openSheet(api);
+    act(() => FakeEventSource.last.open());
+    expect(screen.getAllByTestId('sheet-row')).toHaveLength(2);
+    expect(screen.queryByTestId('sheet-updated')).toBeNull();
+
+    api.recommendations.mockResolvedValueOnce(set('set-2', ['Ada', 'Grace', 'Margaret']));
+    act(() =>
+      FakeEventSource.last.emit('RecommendationReady', recEvent(`${E}-1`, { jobId: NORTH_JOB, recommendationSetId: 'set-2' })),
+    );
+    await waitFor(() => expect(screen.getAllByTestId('sheet-row')).toHaveLength(3));
+    expect(screen.getByTestId('sheet-updated').textContent).toBe('Updated just now');
+    expect(screen.getByTestId('sheet').getAttribute('data-set-id')).toBe('set-2');
+    expect(screen.getByTestId('sheet').className).toContain('sheet--flash');
+    expect(api.recommendations).toHaveBeenCalledTimes(2);
+    // no badge for the selected job
+    expect(screen.queryByTestId(`job-badge-${NORTH_JOB}`)).toBeNull();
+  });
+
+  it('a duplicate event does not refetch again', async () => {
+    const api = fakeApi();
+    await openSheet(api);
+    const ev = recEvent(`${E}-7`, { jobId: NORTH_JOB, recommendationSetId: 'set-3' });
+    api.recommendations.mockResolvedValueOnce(set('set-3', ['Ada']));
+    act(() => FakeEventSource.last.emit('RecommendationReady', ev));
+    await waitFor(() => expect(screen.getAllByTestId('sheet-row')).toHaveLength(1));
+    act(() => FakeEventSource.last.emit('RecommendationReady', ev));
+    await act(async () => {
+      await Promise.resolve();
+    });
+    expect(api.recommendations).toHaveBeenCalledTimes(2);
+  });
+
+  it('counts events for other jobs on their row badge, cleared when selected', async () => {
+    const api = fakeApi();
+    await openSheet(api);
+    const es = FakeEventSource.last;
+    act(() => es.emit('RecommendationReady', recEvent(`${E}-1`, { jobId: OTHER_JOB })));
+    expect((await screen.findByTestId(`job-badge-${OTHER_JOB}`)).textContent).toBe('new');
+    act(() => es.emit('RecommendationReady', recEvent(`${E}-2`, { jobId: OTHER_JOB })));
+    await waitFor(() => expect(screen.getByTestId(`job-badge-${OTHER_JOB}`).textContent).toBe('2 new'));
+    expect(screen.queryByTestId('sheet-updated')).toBeNull(); // the open sheet is untouched
+    expect(api.recommendations).toHaveBeenCalledTimes(1);
+
+    fireEvent.click(screen.getByTestId(`job-row-${OTHER_JOB}`));
+    await waitFor(() => expect(screen.queryByTestId(`job-badge-${OTHER_JOB}`)).toBeNull());
+  });
+
+  it('reloads jobs and the sheet over REST on reset', async () => {
+    const api = fakeApi();
+    await openSheet(api);
+    act(() => FakeEventSource.last.emit('reset', { reason: 'expired', position: `${E}-99` }));
+    await waitFor(() => expect(api.jobs).toHaveBeenCalledTimes(2));
+    await waitFor(() => expect(api.recommendations).toHaveBeenCalledTimes(2));
+  });
+
+  it('returns to sign-in with a notice on auth-expired, and resumes after signing in', async () => {
+    const api = fakeApi();
+    await openSheet(api);
+    const es = FakeEventSource.last;
+    act(() => es.open());
+    act(() => es.emit('RecommendationReady', recEvent(`${E}-5`, { jobId: OTHER_JOB })));
+    act(() => es.emit('auth-expired', {}));
+    expect((await screen.findByTestId('signin-notice')).textContent).toBe('Session expired, sign in again');
+    expect(es.closed).toBe(true);
+    fireEvent.click(await screen.findByTestId('signin-alice'));
+    await screen.findByTestId('whoami');
+    await waitFor(() => expect(FakeEventSource.instances).toHaveLength(2));
+    expect(FakeEventSource.last.searchParams.get('lastEventId')).toBe(`${E}-5`);
+  });
+
+  it('polls the open sheet over REST while the stream is down for long', async () => {
+    vi.useFakeTimers({ shouldAdvanceTime: true });
+    try {
+      const api = fakeApi();
+      await openSheet(api);
+      const es = FakeEventSource.last;
+      act(() => es.open());
+      act(() => es.dropAndRetry());
+      expect(screen.getByTestId('connection-status').textContent).toBe('reconnecting');
+      await act(async () => {
+        await vi.advanceTimersByTimeAsync(10_000);
+      });
+      expect(screen.getByTestId('degraded')).toBeTruthy();
+      expect(api.recommendations).toHaveBeenCalledTimes(2);
+      await act(async () => {
+        await vi.advanceTimersByTimeAsync(5_000);
+      });
+      expect(api.recommendations).toHaveBeenCalledTimes(3);
+      act(() => es.open());
+      await act(async () => {
+        await vi.advanceTimersByTimeAsync(20_000);
+      });
+      expect(api.recommendations).toHaveBeenCalledTimes(3);
+      expect(screen.queryByTestId('degraded')).toBeNull();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
+describe('refused stream', () => {
+  it('asks for a new sign-in when the stream is refused and the session is gone', async () => {
+    const api = fakeApi();
+    await openSheet(api);
+    const es = FakeEventSource.last;
+    act(() => es.open());
+    act(() => es.emit('RecommendationReady', recEvent(`${E}-3`, { jobId: OTHER_JOB })));
+    api.me.mockRejectedValueOnce(new ApiError(401, 'unauthorized', 'token expired'));
+    act(() => es.failForGood());
+    expect((await screen.findByTestId('signin-notice')).textContent).toBe('Session expired, sign in again');
+    vi.useFakeTimers({ shouldAdvanceTime: true });
+    try {
+      await act(async () => {
+        await vi.advanceTimersByTimeAsync(120_000); // far past any backoff
+      });
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(FakeEventSource.instances).toHaveLength(1); // stopped: no retry with a dead session
+    fireEvent.click(await screen.findByTestId('signin-alice'));
+    await screen.findByTestId('whoami');
+    await waitFor(() => expect(FakeEventSource.instances).toHaveLength(2));
+    expect(FakeEventSource.last.searchParams.get('lastEventId')).toBe(`${E}-3`);
+  });
+
+  it('keeps retrying when the session is still valid', async () => {
+    const api = fakeApi();
+    await openSheet(api);
+    act(() => FakeEventSource.last.failForGood());
+    await waitFor(() => expect(FakeEventSource.instances).toHaveLength(2), { timeout: 2000 });
+    expect(screen.queryByTestId('signin')).toBeNull();
+  });
+});

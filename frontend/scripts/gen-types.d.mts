@@ -1,0 +1,3 @@
+export const SCHEMA_PATH: string;
+export const OUTPUT_PATH: string;
+export function generate(): Promise<string>;

@@ -1,0 +1,124 @@
+import { useCallback, useEffect, useState } from 'react';
+import { api as defaultApi, ApiError, type Api, type Me } from './api';
+import { getRealtimeClient, type RealtimeClient } from './realtime';
+import { useConnectionStatus, useRealtimeEvents } from './useRealtime';
+import { ConnectionBadge } from './components/ConnectionBadge';
+import { Console } from './components/Console';
+import { SignIn } from './components/SignIn';
+
+interface Props {
+  api?: Api;
+  client?: RealtimeClient;
+}
+
+type Auth = { kind: 'loading' } | { kind: 'signedOut' } | { kind: 'signedIn'; me: Me } | { kind: 'error'; message: string };
+
+export function App({ api = defaultApi, client = getRealtimeClient() }: Props) {
+  const [auth, setAuth] = useState<Auth>({ kind: 'loading' });
+  const [notice, setNotice] = useState<string | null>(null);
+  const status = useConnectionStatus(client);
+
+  const checkSession = useCallback(async () => {
+    setAuth({ kind: 'loading' });
+    try {
+      setAuth({ kind: 'signedIn', me: await api.me() });
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) setAuth({ kind: 'signedOut' });
+      else setAuth({ kind: 'error', message: err instanceof ApiError ? err.message : String(err) });
+    }
+  }, [api]);
+
+  useEffect(() => {
+    void checkSession();
+  }, [checkSession]);
+
+  const signedIn = auth.kind === 'signedIn';
+  useEffect(() => {
+    if (!signedIn) return;
+    if (client.authExpired) client.resume();
+    else client.start();
+  }, [client, signedIn]);
+
+  const sessionExpired = useCallback(() => {
+    setNotice('Session expired, sign in again');
+    setAuth({ kind: 'signedOut' });
+  }, []);
+
+  useRealtimeEvents(client, {
+    onAuthExpired: sessionExpired,
+    // The stream was refused (EventSource hides the status): if it is our session,
+    // stop retrying and ask for a new sign-in; otherwise the client keeps backing off.
+    onClosed: () => {
+      api.me().catch((err: unknown) => {
+        if (err instanceof ApiError && err.status === 401 && !client.authExpired) {
+          client.stop();
+          sessionExpired();
+        }
+      });
+    },
+  });
+
+  async function signOut() {
+    try {
+      await api.signOut();
+    } catch {
+      /* signed out locally anyway */
+    }
+    client.stop();
+    setNotice(null);
+    setAuth({ kind: 'signedOut' });
+  }
+
+  if (auth.kind === 'loading') return <p className="placeholder muted">Loading…</p>;
+  if (auth.kind === 'error') {
+    return (
+      <main className="signin">
+        <p className="error" role="alert" data-testid="error">
+          {auth.message}
+        </p>
+        <button type="button" onClick={() => void checkSession()}>
+          Retry
+        </button>
+      </main>
+    );
+  }
+  if (auth.kind === 'signedOut') {
+    return (
+      <SignIn
+        api={api}
+        notice={notice}
+        onSignedIn={(me) => {
+          setNotice(null);
+          setAuth({ kind: 'signedIn', me });
+        }}
+      />
+    );
+  }
+
+  const { me } = auth;
+  return (
+    <div className="app">
+      <header className="topbar">
+        <span className="brand">SmartScheduler</span>
+        <ConnectionBadge status={status} />
+        <span className="topbar__spacer" />
+        <span className="who">
+          <span data-testid="whoami" title={me.dispatcherId}>
+            {me.name} <span className="muted">({me.dispatcherId})</span>
+          </span>
+          <span className="groups" data-testid="groups">
+            {me.groups.map((g) => (
+              <span key={g} className="tag">
+                {g}
+              </span>
+            ))}
+          </span>
+        </span>
+        <button type="button" className="link" data-testid="signout" onClick={() => void signOut()}>
+          Sign out
+        </button>
+      </header>
+      <Console key={me.dispatcherId} me={me} api={api} client={client} />
+    </div>
+  );
+}

@@ -1,0 +1,96 @@
+/** Typed REST client for the SmartScheduler API (same origin, cookie auth). */
+
+export interface Me {
+  dispatcherId: string;
+  name: string;
+  groups: string[];
+}
+
+export interface Job {
+  id: string;
+  title: string;
+  region: string;
+  requiredSkills: string[];
+  location: { lat: number; lon: number };
+  windowStart: string;
+  windowEnd: string;
+  createdAt: string;
+}
+
+export interface Recommendation {
+  rank: number;
+  contractorId: string;
+  name: string;
+  score: number;
+  distanceKm: number;
+  etaMinutes: number;
+  matchedSkills: string[];
+}
+
+export interface RecommendationSet {
+  recommendationSetId: string;
+  jobId: string;
+  generatedAt: string;
+  recommendations: Recommendation[];
+}
+
+/** An error answered by the API (`{"error": {"code", "message"}}`) or a network failure. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  let res: Response;
+  try {
+    res = await fetch(path, {
+      method,
+      credentials: 'same-origin',
+      headers: body === undefined ? { Accept: 'application/json' } : { Accept: 'application/json', 'Content-Type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (err) {
+    throw new ApiError(0, 'network_error', `Cannot reach the server (${(err as Error).message})`);
+  }
+  if (res.status === 204) return undefined as T;
+  const text = await res.text();
+  let json: unknown = undefined;
+  if (text) {
+    try {
+      json = JSON.parse(text);
+    } catch {
+      /* not JSON */
+    }
+  }
+  if (!res.ok) {
+    const e = (json as { error?: { code?: string; message?: string } } | undefined)?.error;
+    throw new ApiError(
+      res.status,
+      e?.code ?? `http_${res.status}`,
+      e?.message ?? `Request failed: ${res.status} ${res.statusText}`,
+    );
+  }
+  return json as T;
+}
+
+export const api = {
+  me: () => request<Me>('GET', '/api/me'),
+  devDispatchers: () => request<Me[]>('GET', '/api/dev/dispatchers'),
+  devSignIn: (dispatcherId: string) => request<Me>('POST', '/api/dev/session', { dispatcherId }),
+  signIn: (token: string) => request<Me>('POST', '/api/session', { token }),
+  signOut: () => request<void>('DELETE', '/api/session'),
+  jobs: (region?: string) =>
+    request<Job[]>('GET', region ? `/api/jobs?region=${encodeURIComponent(region)}` : '/api/jobs'),
+  recommendations: (jobId: string) =>
+    request<RecommendationSet>('GET', `/api/jobs/${encodeURIComponent(jobId)}/recommendations`),
+  generate: (jobId: string) =>
+    request<RecommendationSet>('POST', `/api/jobs/${encodeURIComponent(jobId)}/recommendations`),
+};
+
+export type Api = typeof api;

@@ -1,0 +1,183 @@
+import { useCallback, useEffect, useRef, useState } from 'react';
+import { ApiError, type Api, type Job, type Me } from '../api';
+import type { RealtimeClient, RecommendationReadyEvent } from '../realtime';
+import { useDegraded, usePollWhileDegraded, useRealtimeEvents } from '../useRealtime';
+import { JobList } from './JobList';
+import { RecommendationsSheet, type SheetState } from './RecommendationsSheet';
+
+interface Props {
+  me: Me;
+  api: Api;
+  client: RealtimeClient;
+}
+
+function message(err: unknown): string {
+  return err instanceof ApiError ? err.message : String(err);
+}
+
+/** Jobs list + recommendations sheet, kept current by the realtime client. */
+export function Console({ me, api, client }: Props) {
+  const regions = me.groups.filter((g) => g.startsWith('region:')).map((g) => g.slice(7));
+  const [region, setRegion] = useState<string>('');
+  const [jobs, setJobs] = useState<Job[] | null>(null);
+  const [jobsError, setJobsError] = useState<string | null>(null);
+  const [selectedJobId, setSelectedJobId] = useState<string | null>(null);
+  const [badges, setBadges] = useState<Record<string, number>>({});
+  const [sheet, setSheet] = useState<SheetState>({ kind: 'loading' });
+  const [updatedAt, setUpdatedAt] = useState<number | null>(null);
+  const [flashKey, setFlashKey] = useState(0);
+  const [generating, setGenerating] = useState(false);
+  const [generateError, setGenerateError] = useState<string | null>(null);
+  const degraded = useDegraded(client);
+
+  const selectedRef = useRef<string | null>(null);
+  selectedRef.current = selectedJobId;
+  const jobsRef = useRef<Job[] | null>(null);
+  jobsRef.current = jobs;
+  const shownSetRef = useRef<string | null>(null);
+  shownSetRef.current = sheet.kind === 'loaded' ? sheet.set.recommendationSetId : null;
+
+  const loadJobs = useCallback(async () => {
+    try {
+      const list = await api.jobs(region || undefined);
+      setJobs(list);
+      setJobsError(null);
+    } catch (err) {
+      setJobsError(message(err));
+    }
+  }, [api, region]);
+
+  useEffect(() => {
+    void loadJobs();
+  }, [loadJobs]);
+
+  /** (Re)load the sheet of `jobId`; ignores the answer if another job was selected meanwhile. */
+  const loadSheet = useCallback(
+    async (jobId: string, opts: { quiet?: boolean } = {}): Promise<boolean> => {
+      if (!opts.quiet) setSheet({ kind: 'loading' });
+      try {
+        const set = await api.recommendations(jobId);
+        if (selectedRef.current !== jobId) return false;
+        setSheet({ kind: 'loaded', set });
+        return true;
+      } catch (err) {
+        if (selectedRef.current !== jobId) return false;
+        if (err instanceof ApiError && err.status === 404) setSheet({ kind: 'none' });
+        else if (!opts.quiet) setSheet({ kind: 'error', message: message(err) });
+        return false;
+      }
+    },
+    [api],
+  );
+
+  function select(jobId: string) {
+    setSelectedJobId(jobId);
+    selectedRef.current = jobId;
+    setUpdatedAt(null);
+    setFlashKey(0);
+    setGenerateError(null);
+    setBadges(({ [jobId]: _seen, ...rest }) => rest);
+    void loadSheet(jobId);
+  }
+
+  async function generate() {
+    const jobId = selectedJobId;
+    if (!jobId) return;
+    setGenerating(true);
+    setGenerateError(null);
+    try {
+      const set = await api.generate(jobId);
+      if (selectedRef.current === jobId) setSheet({ kind: 'loaded', set });
+    } catch (err) {
+      setGenerateError(message(err));
+    } finally {
+      setGenerating(false);
+    }
+  }
+
+  function markUpdated() {
+    setUpdatedAt(Date.now());
+    setFlashKey((k) => k + 1);
+  }
+
+  async function onRecommendationReady(ev: RecommendationReadyEvent) {
+    const jobId = ev.jobId;
+    if (jobId === selectedRef.current) {
+      if (ev.summary.recommendationSetId !== shownSetRef.current) {
+        await loadSheet(jobId, { quiet: true });
+      }
+      if (selectedRef.current === jobId) markUpdated();
+      return;
+    }
+    setBadges((b) => ({ ...b, [jobId]: (b[jobId] ?? 0) + 1 }));
+    if (jobsRef.current && !jobsRef.current.some((j) => j.id === jobId)) void loadJobs();
+  }
+
+  useRealtimeEvents(client, {
+    onRecommendationReady: (ev) => void onRecommendationReady(ev),
+    onReset: () => {
+      // Our view may be stale: reload everything over REST.
+      void loadJobs();
+      const jobId = selectedRef.current;
+      if (jobId) void loadSheet(jobId, { quiet: true });
+    },
+  });
+
+  usePollWhileDegraded(
+    client,
+    selectedJobId ? () => void loadSheet(selectedJobId, { quiet: true }) : null,
+    5000,
+  );
+
+  const selectedJob = jobs?.find((j) => j.id === selectedJobId) ?? null;
+
+  return (
+    <div className="console">
+      <aside className="console__jobs">
+        <div className="console__jobs-head">
+          <h2>Open jobs</h2>
+          {regions.length > 1 && (
+            <select
+              aria-label="Region"
+              data-testid="region-filter"
+              value={region}
+              onChange={(e) => setRegion(e.target.value)}
+            >
+              <option value="">All my regions</option>
+              {regions.map((r) => (
+                <option key={r} value={r}>
+                  {r}
+                </option>
+              ))}
+            </select>
+          )}
+        </div>
+        {jobsError && (
+          <p className="error" role="alert" data-testid="error">
+            {jobsError}
+          </p>
+        )}
+        {jobs === null && !jobsError && <p className="muted">Loading jobs…</p>}
+        {jobs !== null && (
+          <JobList jobs={jobs} selectedJobId={selectedJobId} badges={badges} onSelect={select} />
+        )}
+      </aside>
+      <div className="console__sheet">
+        {selectedJob ? (
+          <RecommendationsSheet
+            job={selectedJob}
+            state={sheet}
+            updatedAt={updatedAt}
+            flashKey={flashKey}
+            generating={generating}
+            generateError={generateError}
+            degraded={degraded}
+            onGenerate={() => void generate()}
+          />
+        ) : (
+          <p className="placeholder muted">Select a job to see its recommended contractors.</p>
+        )}
+      </div>
+    </div>
+  );
+}

@@ -1,0 +1,58 @@
+import type { Job } from '../api';
+import { formatWindow } from '../format';
+
+interface Props {
+  jobs: Job[];
+  selectedJobId: string | null;
+  badges: Record<string, number>;
+  onSelect: (jobId: string) => void;
+}
+
+export function JobList({ jobs, selectedJobId, badges, onSelect }: Props) {
+  if (jobs.length === 0) {
+    return (
+      <p className="muted" data-testid="job-list">
+        No open jobs in your regions.
+      </p>
+    );
+  }
+  return (
+    <ul className="jobs" data-testid="job-list">
+      {jobs.map((job) => {
+        const count = badges[job.id] ?? 0;
+        const selected = job.id === selectedJobId;
+        return (
+          <li key={job.id}>
+            <button
+              type="button"
+              className={`job${selected ? ' job--selected' : ''}`}
+              aria-pressed={selected}
+              data-testid={`job-row-${job.id}`}
+              onClick={() => onSelect(job.id)}
+            >
+              <span className="job__title">
+                {job.title}
+                {count > 0 && (
+                  <span
+                    className="badge"
+                    data-testid={`job-badge-${job.id}`}
+                    title={`${count} recommendation update${count === 1 ? '' : 's'}`}
+                  >
+                    {count === 1 ? 'new' : `${count} new`}
+                  </span>
+                )}
+              </span>
+              <span className="job__meta">
+                <span className="tag">{job.region}</span>
+                <span>{formatWindow(job.windowStart, job.windowEnd)}</span>
+              </span>
+              {job.requiredSkills.length > 0 && (
+                <span className="job__skills">{job.requiredSkills.join(' · ')}</span>
+              )}
+            </button>
+          </li>
+        );
+      })}
+    </ul>
+  );
+}

@@ -1,0 +1,56 @@
+import { useCallback, useEffect, useRef, useSyncExternalStore } from 'react';
+import type {
+  ConnectionStatus,
+  RealtimeClient,
+  RecommendationReadyEvent,
+  ResetInfo,
+} from './realtime';
+
+/** Current connection status of the client (re-renders on change). */
+export function useConnectionStatus(client: RealtimeClient): ConnectionStatus {
+  const subscribe = useCallback((cb: () => void) => client.onStatus(cb), [client]);
+  return useSyncExternalStore(subscribe, () => client.status, () => client.status);
+}
+
+/** True while the stream has been down long enough that REST polling is on. */
+export function useDegraded(client: RealtimeClient): boolean {
+  const subscribe = useCallback((cb: () => void) => client.onDegraded(cb), [client]);
+  return useSyncExternalStore(subscribe, () => client.degraded, () => client.degraded);
+}
+
+export interface RealtimeHandlers {
+  onRecommendationReady?: (ev: RecommendationReadyEvent) => void;
+  onReset?: (info: ResetInfo) => void;
+  onAuthExpired?: () => void;
+  onClosed?: () => void;
+}
+
+/** Subscribe to client events; handlers may change between renders without resubscribing. */
+export function useRealtimeEvents(client: RealtimeClient, handlers: RealtimeHandlers): void {
+  const ref = useRef(handlers);
+  ref.current = handlers;
+  useEffect(() => {
+    const offs = [
+      client.onRecommendationReady((ev) => ref.current.onRecommendationReady?.(ev)),
+      client.onReset((info) => ref.current.onReset?.(info)),
+      client.onAuthExpired(() => ref.current.onAuthExpired?.()),
+      client.onClosed(() => ref.current.onClosed?.()),
+    ];
+    return () => offs.forEach((off) => off());
+  }, [client]);
+}
+
+/** Run `poll` every `intervalMs` while the client is degraded (stream down > ~10 s). */
+export function usePollWhileDegraded(
+  client: RealtimeClient,
+  poll: (() => void) | null,
+  intervalMs = 5000,
+): void {
+  const ref = useRef(poll);
+  ref.current = poll;
+  const enabled = poll !== null;
+  useEffect(() => {
+    if (!enabled) return;
+    return client.whileDegraded(() => ref.current?.(), intervalMs);
+  }, [client, enabled, intervalMs]);
+}

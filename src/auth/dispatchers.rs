@@ -1,0 +1,129 @@
+//! Dispatchers and their groups (`dispatchers`, `dispatcher_groups`).
+
+use crate::outbox::{GroupKey, OutboxError};
+use serde::Serialize;
+use sqlx::PgPool;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Dispatcher {
+    pub dispatcher_id: String,
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    #[error("invalid dispatcher id {0:?}: letters, digits, '.', '_', '@', '-', at most 64")]
+    BadId(String),
+    #[error("a dispatcher's name must be 1 to 200 characters")]
+    BadName,
+    #[error(transparent)]
+    BadGroup(#[from] OutboxError),
+    #[error("no dispatcher {0:?}")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+fn valid_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.len() <= 64
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._@-".contains(c))
+}
+
+fn parse_groups(groups: &[String]) -> Result<Vec<String>, DispatcherError> {
+    groups.iter().map(|g| GroupKey::parse(g).map(|k| k.as_str().to_owned()).map_err(Into::into)).collect()
+}
+
+/// One dispatcher with their current groups, or None.
+pub async fn dispatcher(pool: &PgPool, id: &str) -> Result<Option<Dispatcher>, sqlx::Error> {
+    sqlx::query_as::<_, (String, String, Vec<String>)>(
+        "SELECT d.id, d.name,
+                coalesce(array_agg(g.group_key ORDER BY g.group_key) FILTER (WHERE g.group_key IS NOT NULL), '{}')
+         FROM dispatchers d LEFT JOIN dispatcher_groups g ON g.dispatcher_id = d.id
+         WHERE d.id = $1 GROUP BY d.id",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map(|row| row.map(|(dispatcher_id, name, groups)| Dispatcher { dispatcher_id, name, groups }))
+}
+
+pub async fn list_dispatchers(pool: &PgPool) -> Result<Vec<Dispatcher>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, (String, String, Vec<String>)>(
+        "SELECT d.id, d.name,
+                coalesce(array_agg(g.group_key ORDER BY g.group_key) FILTER (WHERE g.group_key IS NOT NULL), '{}')
+         FROM dispatchers d LEFT JOIN dispatcher_groups g ON g.dispatcher_id = d.id
+         GROUP BY d.id ORDER BY d.id",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(dispatcher_id, name, groups)| Dispatcher { dispatcher_id, name, groups }).collect())
+}
+
+/// Adds a dispatcher, or renames an existing one; adds `groups` to their membership.
+pub async fn add_dispatcher(
+    pool: &PgPool,
+    id: &str,
+    name: &str,
+    groups: &[String],
+) -> Result<Dispatcher, DispatcherError> {
+    if !valid_id(id) {
+        return Err(DispatcherError::BadId(id.to_owned()));
+    }
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(DispatcherError::BadName);
+    }
+    let groups = parse_groups(groups)?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO dispatchers (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = $2")
+        .bind(id)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO dispatcher_groups (dispatcher_id, group_key) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(&groups)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    dispatcher(pool, id).await?.ok_or_else(|| DispatcherError::NotFound(id.to_owned()))
+}
+
+/// Adds and removes groups of an existing dispatcher.
+pub async fn set_groups(
+    pool: &PgPool,
+    id: &str,
+    add: &[String],
+    remove: &[String],
+) -> Result<Dispatcher, DispatcherError> {
+    let add = parse_groups(add)?;
+    let remove = parse_groups(remove)?;
+    let mut tx = pool.begin().await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dispatchers WHERE id = $1)")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !exists {
+        return Err(DispatcherError::NotFound(id.to_owned()));
+    }
+    sqlx::query("DELETE FROM dispatcher_groups WHERE dispatcher_id = $1 AND group_key = ANY($2)")
+        .bind(id)
+        .bind(&remove)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO dispatcher_groups (dispatcher_id, group_key) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(&add)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    dispatcher(pool, id).await?.ok_or_else(|| DispatcherError::NotFound(id.to_owned()))
+}

@@ -1,0 +1,8 @@
+//! Who is asking: dispatcher tokens (HS256 JWT with `sub`, `iat`, `exp`) and group membership, which lives
+//! in the database so that a change reaches open streams without a new token.
+
+mod dispatchers;
+mod token;
+
+pub use dispatchers::{add_dispatcher, dispatcher, list_dispatchers, set_groups, Dispatcher, DispatcherError};
+pub use token::{AuthError, AuthSecret, Claims, MIN_SECRET_BYTES};

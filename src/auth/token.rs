@@ -1,0 +1,127 @@
+//! Signed dispatcher tokens.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Shortest secret accepted for HS256 (the contract asks for at least 32 bytes).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AuthError {
+    #[error("SMARTSCHEDULER_AUTH_SECRET is not set (serve --dev generates an ephemeral one)")]
+    MissingSecret,
+    #[error("SMARTSCHEDULER_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes, got {0}")]
+    ShortSecret(usize),
+    #[error("no token: send Authorization: Bearer <token> or the ss_session cookie")]
+    MissingToken,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid")]
+    Invalid,
+    #[error("cannot sign the token: {0}")]
+    Signing(String),
+}
+
+/// What a token says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    /// The dispatcher id.
+    pub sub: String,
+    /// Issued at (seconds since the epoch).
+    pub iat: i64,
+    /// Expires at (seconds since the epoch).
+    pub exp: i64,
+}
+
+/// The HMAC secret tokens are signed with.
+#[derive(Clone)]
+pub struct AuthSecret {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for AuthSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthSecret(..)")
+    }
+}
+
+impl AuthSecret {
+    pub fn new(secret: &[u8]) -> Result<Self, AuthError> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(AuthError::ShortSecret(secret.len()));
+        }
+        Ok(Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret) })
+    }
+
+    /// Reads `SMARTSCHEDULER_AUTH_SECRET`.
+    pub fn from_env() -> Result<Self, AuthError> {
+        match std::env::var("SMARTSCHEDULER_AUTH_SECRET") {
+            Ok(s) if !s.is_empty() => Self::new(s.as_bytes()),
+            _ => Err(AuthError::MissingSecret),
+        }
+    }
+
+    /// A random secret for development: tokens die with the process.
+    pub fn ephemeral() -> Self {
+        let mut bytes = [0u8; 48];
+        rand::rng().fill_bytes(&mut bytes);
+        Self { encoding: EncodingKey::from_secret(&bytes), decoding: DecodingKey::from_secret(&bytes) }
+    }
+
+    pub fn issue(&self, dispatcher_id: &str, ttl: Duration) -> Result<String, AuthError> {
+        let now = chrono::Utc::now().timestamp();
+        let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        let claims = Claims { sub: dispatcher_id.to_owned(), iat: now, exp: now.saturating_add(ttl) };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AuthError::Signing(e.to_string()))
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0; // expiry is exact: the stream ends at exp with auth-expired
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map(|data| data.claims).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_round_trips_and_names_its_dispatcher() {
+        let secret = AuthSecret::new(&[7u8; 32]).unwrap();
+        let token = secret.issue("alice", Duration::from_secs(60)).unwrap();
+        let claims = secret.verify(&token).unwrap();
+        assert_eq!(claims.sub, "alice");
+        assert_eq!(claims.exp - claims.iat, 60);
+    }
+
+    #[test]
+    fn a_token_from_another_secret_is_invalid() {
+        let token = AuthSecret::new(&[1u8; 32]).unwrap().issue("alice", Duration::from_secs(60)).unwrap();
+        assert_eq!(AuthSecret::new(&[2u8; 32]).unwrap().verify(&token), Err(AuthError::Invalid));
+        assert_eq!(AuthSecret::new(&[2u8; 32]).unwrap().verify("garbage"), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn an_expired_token_says_so() {
+        let secret = AuthSecret::new(&[3u8; 40]).unwrap();
+        let token = secret.issue("bob", Duration::ZERO).unwrap();
+        std::thread::sleep(Duration::from_millis(1100)); // exp is in whole seconds
+        assert_eq!(secret.verify(&token), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert_eq!(AuthSecret::new(b"short").unwrap_err(), AuthError::ShortSecret(5));
+    }
+}

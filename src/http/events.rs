@@ -1,0 +1,106 @@
+//! `GET /api/events`: the SSE stream. Validates and authorises here; the stream itself is `crate::stream`.
+
+use super::extract::CurrentDispatcher;
+use super::{ApiError, AppState};
+use crate::outbox::GroupKey;
+use crate::position::Position;
+use crate::stream::{open_stream, StreamMeta, StreamRequest};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response, Sse};
+use axum::routing::get;
+use axum::Router;
+use chrono::{TimeZone, Utc};
+use serde::Deserialize;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/events", get(events))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventsQuery {
+    groups: Option<String>,
+    last_event_id: Option<String>,
+}
+
+/// The resume position: the `Last-Event-ID` header, else `?lastEventId=`. The header wins because a
+/// browser's automatic reconnect sends a newer header than the URL it was first opened with.
+fn resume_position(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Position>, ApiError> {
+    let header = headers.get("last-event-id").map(|v| v.to_str().unwrap_or("\u{0}"));
+    let raw = match header.or(query) {
+        None => return Ok(None),
+        Some(raw) if raw.trim().is_empty() => return Ok(None),
+        Some(raw) => raw.trim(),
+    };
+    raw.parse::<Position>()
+        .map(Some)
+        .map_err(|e| ApiError::bad_request("bad_last_event_id", format!("invalid Last-Event-ID {raw:?}: {e}")))
+}
+
+/// `?groups=a,b`: absent or empty means all of the dispatcher's groups; a group not held is 403.
+fn requested_groups(raw: Option<&str>, held: &[String]) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else { return Ok(None) };
+    let mut groups = Vec::new();
+    for key in raw.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        let key = GroupKey::parse(key).map_err(|e| ApiError::bad_request("invalid_group", e.to_string()))?;
+        if !held.iter().any(|g| g == key.as_str()) {
+            return Err(ApiError::forbidden(format!("you are not in group {key}")));
+        }
+        groups.push(key.as_str().to_owned());
+    }
+    groups.sort();
+    groups.dedup();
+    Ok(Some(groups))
+}
+
+async fn events(
+    State(state): State<AppState>,
+    current: CurrentDispatcher,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let resume_from = resume_position(&headers, query.last_event_id.as_deref())?;
+    let requested = requested_groups(query.groups.as_deref(), &current.dispatcher.groups)?;
+    let groups = requested.clone().unwrap_or_else(|| current.dispatcher.groups.clone());
+    let meta = StreamMeta::read(&state.pool).await?;
+    let request = StreamRequest {
+        dispatcher_id: current.dispatcher.dispatcher_id.clone(),
+        requested_groups: requested,
+        groups,
+        resume_from,
+        token_expires_at: Utc.timestamp_opt(current.claims.exp, 0).single().unwrap_or_else(Utc::now),
+    };
+    let mut response = Sse::new(open_stream(state.hub.clone(), request, meta)).into_response();
+    // Proxies (nginx) must not buffer the stream.
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_wins_over_the_query() {
+        let mut headers = HeaderMap::new();
+        headers.insert("last-event-id", HeaderValue::from_static("0000000a-5"));
+        let p = resume_position(&headers, Some("0000000a-3")).unwrap().unwrap();
+        assert_eq!(p.seq, 5);
+    }
+
+    #[test]
+    fn a_malformed_position_is_a_400_with_its_code() {
+        let err = resume_position(&HeaderMap::new(), Some("nope")).unwrap_err();
+        assert_eq!(err.code, "bad_last_event_id");
+    }
+
+    #[test]
+    fn groups_not_held_are_forbidden() {
+        let held = vec!["region:north".to_owned()];
+        assert_eq!(requested_groups(Some("region:south"), &held).unwrap_err().code, "forbidden");
+        assert_eq!(requested_groups(Some("region:north"), &held).unwrap(), Some(held.clone()));
+        assert_eq!(requested_groups(None, &held).unwrap(), None);
+        assert_eq!(requested_groups(Some("Bad Key"), &held).unwrap_err().code, "invalid_group");
+    }
+}

@@ -1,0 +1,72 @@
+//! Extractors: the signed-in dispatcher, and JSON bodies with the contract's errors.
+
+use super::{ApiError, AppState};
+use crate::auth::{self, AuthError, Claims, Dispatcher};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum_extra::extract::CookieJar;
+use serde::de::DeserializeOwned;
+
+pub const SESSION_COOKIE: &str = "ss_session";
+
+/// The caller, from `Authorization: Bearer <token>` or the `ss_session` cookie. Groups come from the
+/// database on every request, never from the token.
+pub struct CurrentDispatcher {
+    pub dispatcher: Dispatcher,
+    pub claims: Claims,
+}
+
+impl CurrentDispatcher {
+    /// The regions whose jobs this dispatcher may see (their `region:*` groups).
+    pub fn regions(&self) -> Vec<String> {
+        self.dispatcher.groups.iter().filter_map(|g| g.strip_prefix("region:")).map(str::to_owned).collect()
+    }
+
+    pub fn may_see_region(&self, region: &str) -> bool {
+        self.dispatcher.groups.iter().any(|g| g.strip_prefix("region:") == Some(region))
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<String> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+impl FromRequestParts<AppState> for CurrentDispatcher {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)
+            .or_else(|| CookieJar::from_headers(&parts.headers).get(SESSION_COOKIE).map(|c| c.value().to_owned()))
+            .ok_or(AuthError::MissingToken)?;
+        let claims = state.secret.verify(&token)?;
+        let dispatcher = auth::dispatcher(&state.pool, &claims.sub)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("unknown_dispatcher", "the token's dispatcher does not exist"))?;
+        Ok(Self { dispatcher, claims })
+    }
+}
+
+/// A JSON body, whatever its Content-Type says; malformed JSON is 400, an oversized body 413.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection: BytesRejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request bodies are limited to 64 KiB")
+            } else {
+                ApiError::bad_request("bad_request", rejection.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON body: {e}")))
+    }
+}

@@ -1,0 +1,96 @@
+//! The web edge: routes, authentication extractor, errors in the contract's shape.
+
+mod error;
+mod events;
+mod extract;
+mod health;
+mod jobs;
+mod session;
+
+pub use error::ApiError;
+
+use crate::auth::AuthSecret;
+use crate::metrics as m;
+use crate::outbox::RelayWaker;
+use crate::stream::Hub;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower_http::services::{ServeDir, ServeFile};
+use tower_http::trace::TraceLayer;
+
+/// Largest request body accepted (the contract: 413 above 64 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState(Arc<AppStateInner>);
+
+pub struct AppStateInner {
+    pub pool: PgPool,
+    pub hub: Hub,
+    pub secret: AuthSecret,
+    pub waker: RelayWaker,
+    /// Enables `/api/dev/*` (demo login).
+    pub dev: bool,
+    pub metrics: PrometheusHandle,
+    /// Lifetime of tokens minted by `POST /api/dev/session`.
+    pub dev_token_ttl: Duration,
+}
+
+impl AppState {
+    pub fn new(inner: AppStateInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// The whole HTTP surface. `static_dir` serves the browser console at `/`.
+pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
+    let api = Router::new()
+        .merge(session::router())
+        .merge(jobs::router())
+        .merge(events::router())
+        .fallback(|| async { ApiError::not_found("no such API route") });
+    let mut app = Router::new()
+        .nest("/api", api)
+        .merge(health::router())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record_request))
+        .layer(TraceLayer::new_for_http())
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state);
+    if let Some(dir) = static_dir {
+        // Unknown paths get index.html so that the single-page app can route them.
+        let index = dir.join("index.html");
+        app = app.fallback_service(ServeDir::new(dir).fallback(ServeFile::new(index)));
+    } else {
+        app = app.fallback(|| async {
+            "SmartScheduler realtime API. Start serve with --static-dir frontend/dist for the console.\n"
+        });
+    }
+    app
+}
+
+/// HTTP request duration by route and status.
+async fn record_request(State(_): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(m::HTTP_DURATION, "route" => route, "method" => method, "status" => status)
+        .record(started.elapsed().as_secs_f64());
+    response.into_response()
+}

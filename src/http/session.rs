@@ -1,0 +1,94 @@
+//! Sessions: exchange a token for the HttpOnly cookie, the demo login under `--dev`, and `GET /api/me`.
+
+use super::extract::{CurrentDispatcher, JsonBody, SESSION_COOKIE};
+use super::{ApiError, AppState};
+use crate::auth::{self, Dispatcher};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use axum_extra::extract::CookieJar;
+use serde::Deserialize;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/me", get(me))
+        .route("/session", post(create_session).delete(end_session))
+        .route("/dev/session", post(dev_session))
+        .route("/dev/dispatchers", get(dev_dispatchers))
+}
+
+async fn me(current: CurrentDispatcher) -> Json<Dispatcher> {
+    Json(current.dispatcher)
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    token: String,
+}
+
+fn session_cookie(token: String, max_age_secs: i64) -> Cookie<'static> {
+    Cookie::build((SESSION_COOKIE, token))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .max_age(time_seconds(max_age_secs))
+        .build()
+}
+
+fn time_seconds(secs: i64) -> time::Duration {
+    time::Duration::seconds(secs.max(0))
+}
+
+/// `POST /api/session {"token"}`: checks the token and stores it in the `ss_session` cookie.
+async fn create_session(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    JsonBody(body): JsonBody<TokenBody>,
+) -> Result<Response, ApiError> {
+    let claims = state.secret.verify(body.token.trim())?;
+    let dispatcher = auth::dispatcher(&state.pool, &claims.sub)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown_dispatcher", "the token's dispatcher does not exist"))?;
+    let max_age = claims.exp - chrono::Utc::now().timestamp();
+    let jar = jar.add(session_cookie(body.token.trim().to_owned(), max_age));
+    Ok((jar, Json(dispatcher)).into_response())
+}
+
+async fn end_session(jar: CookieJar) -> Response {
+    let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/").build());
+    (jar, StatusCode::NO_CONTENT).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DevSessionBody {
+    dispatcher_id: String,
+}
+
+/// `POST /api/dev/session {"dispatcherId"}` (only under `--dev`): signs in as a demo dispatcher.
+async fn dev_session(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    JsonBody(body): JsonBody<DevSessionBody>,
+) -> Result<Response, ApiError> {
+    if !state.dev {
+        return Err(ApiError::not_found("the demo login exists only under serve --dev"));
+    }
+    let dispatcher = auth::dispatcher(&state.pool, &body.dispatcher_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no dispatcher {:?}", body.dispatcher_id)))?;
+    let token = state.secret.issue(&dispatcher.dispatcher_id, state.dev_token_ttl)?;
+    let jar = jar.add(session_cookie(token, state.dev_token_ttl.as_secs() as i64));
+    Ok((jar, Json(dispatcher)).into_response())
+}
+
+/// `GET /api/dev/dispatchers` (only under `--dev`): who one can sign in as.
+async fn dev_dispatchers(State(state): State<AppState>) -> Result<Json<Vec<Dispatcher>>, ApiError> {
+    if !state.dev {
+        return Err(ApiError::not_found("the demo login exists only under serve --dev"));
+    }
+    Ok(Json(auth::list_dispatchers(&state.pool).await?))
+}

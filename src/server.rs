@@ -1,0 +1,109 @@
+//! `serve`: wires the pool, hub, relay, retention and HTTP router into one process, and shuts it down
+//! cleanly: stop accepting, end open streams (clients resume elsewhere), finish the relay batch in flight.
+
+use crate::auth::AuthSecret;
+use crate::http::{router, AppState, AppStateInner};
+use crate::outbox::RelayWaker;
+use crate::relay::{Relay, RelayConfig};
+use crate::stream::{Hub, HubConfig};
+use anyhow::Context;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Everything `serve` needs to know.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    pub dev: bool,
+    pub run_relay: bool,
+    pub static_dir: Option<PathBuf>,
+    pub hub: HubConfig,
+    pub relay: RelayConfig,
+    pub dev_token_ttl: Duration,
+    /// How often retention runs inside serve.
+    pub retention_interval: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            dev: false,
+            run_relay: true,
+            static_dir: None,
+            hub: HubConfig::default(),
+            relay: RelayConfig::default(),
+            dev_token_ttl: Duration::from_secs(8 * 3600),
+            retention_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A started server: bound, hub listening, relay running.
+pub struct Server {
+    listener: TcpListener,
+    app: axum::Router,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Server {
+    /// Binds and starts the background work. `pool` must be migrated.
+    pub async fn start(
+        pool: PgPool,
+        config: ServerConfig,
+        secret: AuthSecret,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let node_id = Uuid::new_v4();
+        let waker = RelayWaker::new();
+        let hub = Hub::start(pool.clone(), config.hub.clone(), node_id, shutdown.clone())
+            .await
+            .context("starting the stream hub")?;
+        let mut tasks = Vec::new();
+        if config.run_relay {
+            let relay = Relay::new(pool.clone(), config.relay.clone(), waker.clone(), node_id);
+            tasks.push(tokio::spawn(relay.run(shutdown.clone())));
+        }
+        tasks.push(tokio::spawn(crate::ops::retention::run_periodically(
+            pool.clone(),
+            config.retention_interval,
+            shutdown.clone(),
+        )));
+        let state = AppState::new(AppStateInner {
+            pool,
+            hub,
+            secret,
+            waker,
+            dev: config.dev,
+            metrics: crate::metrics::install(),
+            dev_token_ttl: config.dev_token_ttl,
+        });
+        let app = router(state, config.static_dir.clone());
+        let listener =
+            TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
+        Ok(Self { listener, app, tasks, shutdown })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until the shutdown token is cancelled, then waits for streams and the relay to finish.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
+        axum::serve(self.listener, self.app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("HTTP server failed")?;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}

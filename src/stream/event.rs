@@ -1,0 +1,126 @@
+//! Events as the stream sends them, and the two queries that read them: the hub's read of everything
+//! after its head, and a resuming client's read of its groups only.
+
+use crate::position::{Epoch, Position};
+use axum::response::sse::Event;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+use sqlx::types::Json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// An event encoded once, ready to be written to any number of streams.
+#[derive(Debug)]
+pub struct StreamEvent {
+    pub seq: i64,
+    pub published_at: DateTime<Utc>,
+    pub groups: Vec<String>,
+    pub sse: Event,
+}
+
+/// The state of the log that decides how a client may resume.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamMeta {
+    pub epoch: Epoch,
+    pub last_seq: i64,
+    pub expired_through_seq: i64,
+}
+
+impl StreamMeta {
+    pub async fn read(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        let (epoch, last_seq, expired_through_seq): (String, i64, i64) =
+            sqlx::query_as("SELECT epoch, last_seq, expired_through_seq FROM stream_meta WHERE stream = 'main'")
+                .fetch_one(pool)
+                .await?;
+        let epoch = epoch.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        Ok(Self { epoch, last_seq, expired_through_seq })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    seq: i64,
+    event_id: Uuid,
+    event_type: String,
+    groups: Vec<String>,
+    payload: Json<Map<String, Value>>,
+    replay_of: Option<String>,
+    occurred_at: DateTime<Utc>,
+    published_at: DateTime<Utc>,
+}
+
+impl EventRow {
+    /// The SSE frame: `id:` position, `event:` type, `data:` the envelope merged with the payload, one line.
+    pub(crate) fn encode(self, epoch: Epoch) -> StreamEvent {
+        let position = Position::new(epoch, self.seq).to_string();
+        let mut data = self.payload.0;
+        data.insert("eventId".into(), Value::String(self.event_id.to_string()));
+        data.insert("type".into(), Value::String(self.event_type.clone()));
+        data.insert("position".into(), Value::String(position.clone()));
+        data.insert("groups".into(), Value::from(self.groups.clone()));
+        data.insert("occurredAt".into(), Value::String(self.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true)));
+        data.insert("replayOf".into(), self.replay_of.map_or(Value::Null, Value::String));
+        // serde_json escapes control characters, so the JSON is a single line as SSE requires.
+        let json = Value::Object(data).to_string();
+        let sse = Event::default().id(position).event(self.event_type).data(json);
+        StreamEvent { seq: self.seq, published_at: self.published_at, groups: self.groups, sse }
+    }
+}
+
+const COLUMNS: &str = "e.seq, e.event_id, e.event_type, e.groups, e.payload, e.replay_of, e.occurred_at, e.published_at";
+
+/// Everything after `after_seq`, for the hub. `published_from` (the head's publish time) lets PostgreSQL
+/// skip older partitions: published_at never decreases along seq.
+pub(crate) async fn fetch_after(
+    pool: &PgPool,
+    after_seq: i64,
+    published_from: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<EventRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM event_log e
+         WHERE e.seq > $1 AND e.published_at >= coalesce($2, '-infinity'::timestamptz)
+         ORDER BY e.seq LIMIT $3"
+    )))
+    .bind(after_seq)
+    .bind(published_from)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The events of `groups` in `(after_seq, through_seq]`, at most `limit`, in seq order.
+///
+/// Walks `event_log_groups (group_key, seq)` once per group, each walk bounded by the limit, so a client of
+/// a quiet group pays for its own events, not for everything the busy groups got meanwhile.
+pub async fn fetch_for_groups(
+    pool: &PgPool,
+    epoch: Epoch,
+    groups: &[String],
+    after_seq: i64,
+    through_seq: i64,
+    limit: i64,
+) -> Result<Vec<StreamEvent>, sqlx::Error> {
+    let rows: Vec<EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH wanted AS (
+             SELECT DISTINCT x.seq, x.published_at
+             FROM unnest($1::text[]) AS g(key)
+             CROSS JOIN LATERAL (
+                 SELECT lg.seq, lg.published_at FROM event_log_groups lg
+                 WHERE lg.group_key = g.key AND lg.seq > $2 AND lg.seq <= $3
+                 ORDER BY lg.seq LIMIT $4
+             ) AS x
+             ORDER BY x.seq LIMIT $4
+         )
+         SELECT {COLUMNS} FROM wanted w
+         JOIN event_log e ON e.seq = w.seq AND e.published_at = w.published_at
+         ORDER BY e.seq"
+    )))
+    .bind(groups)
+    .bind(after_seq)
+    .bind(through_seq)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|row| row.encode(epoch)).collect())
+}

@@ -1,0 +1,12 @@
+//! Real-time delivery: one hub per process LISTENs for published batches, reads each batch from
+//! `event_log` once, encodes each event once and fans it out in memory to the open streams of its groups.
+//! Each stream resumes from a position by reading the backlog from the database, then joins the live
+//! fan-out with no gap and no duplicate at the seam.
+
+mod event;
+mod hub;
+mod session;
+
+pub use event::{fetch_for_groups, StreamEvent, StreamMeta};
+pub use hub::{Hub, HubConfig};
+pub use session::{open_stream, ResetReason, StreamRequest};

@@ -1,0 +1,219 @@
+//! One client's stream: opening lines, optional reset, backlog from the database, then live events, with
+//! heartbeats, membership changes, token expiry and the switch to database catch-up when it lags.
+
+use super::event::{fetch_for_groups, StreamMeta};
+use super::hub::{ClientShared, Delivery, Hub};
+use crate::metrics as m;
+use crate::position::Position;
+use axum::response::sse::Event;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Why a resuming client must reload its state instead of resuming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The position belongs to another event log (recreated or restored), or to none we know.
+    Epoch,
+    /// The position is older than the retention window.
+    Expired,
+}
+
+impl ResetReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::Epoch => "epoch",
+            ResetReason::Expired => "expired",
+        }
+    }
+}
+
+/// A validated, authorised request for a stream.
+#[derive(Debug, Clone)]
+pub struct StreamRequest {
+    pub dispatcher_id: String,
+    /// Groups named in `?groups=` (None: all of the dispatcher's groups).
+    pub requested_groups: Option<Vec<String>>,
+    /// The groups to deliver now (requested ∩ held).
+    pub groups: Vec<String>,
+    pub resume_from: Option<Position>,
+    /// When the token expires: the stream then sends `auth-expired` and ends.
+    pub token_expires_at: DateTime<Utc>,
+}
+
+/// Decides where a resuming client starts: its own seq, or a reset.
+fn resume_point(meta: &StreamMeta, resume: Option<Position>) -> Result<Option<i64>, ResetReason> {
+    match resume {
+        None => Ok(None),
+        Some(p) if p.epoch != meta.epoch => Err(ResetReason::Epoch),
+        // A position this log never reached: the log was replaced under the same epoch.
+        Some(p) if p.seq > meta.last_seq => Err(ResetReason::Epoch),
+        Some(p) if p.seq < meta.expired_through_seq => Err(ResetReason::Expired),
+        Some(p) => Ok(Some(p.seq)),
+    }
+}
+
+/// Removes the client from the hub when the response body is dropped (client gone or stream ended).
+struct ClientGuard {
+    hub: Hub,
+    id: u64,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.hub.remove_client(self.id);
+    }
+}
+
+enum Step {
+    Deliver(Delivery),
+    QueueClosed,
+    Heartbeat,
+    TokenExpired,
+    Shutdown,
+}
+
+/// The SSE event stream for one client. `meta` is read at connect time (fresh from the database).
+pub fn open_stream(hub: Hub, request: StreamRequest, meta: StreamMeta) -> impl Stream<Item = Result<Event, Infallible>> {
+    async_stream::stream! {
+        let epoch = meta.epoch;
+        let (id, shared) = hub.add_client(&request.dispatcher_id, request.requested_groups.clone(), request.groups.clone());
+        let _guard = ClientGuard { hub: hub.clone(), id };
+        let shutdown = hub.shutdown_token().clone();
+        let page = hub.config().page_size;
+
+        let start = resume_point(&meta, request.resume_from);
+        // Attach before reading the backlog: events after `head` arrive in the queue, events up to it are read
+        // from the database. That is the seam, and nothing falls through it.
+        let (mut rx, head) = hub.attach(id);
+        let opening = match start { Ok(Some(seq)) => seq, _ => head };
+        yield Ok(Event::default().retry(Duration::from_millis(3000)).id(Position::new(epoch, opening).to_string()));
+
+        let mut sent_through = opening;
+        if let Err(reason) = start {
+            metrics::counter!(m::SSE_RESETS, "reason" => reason.as_str()).increment(1);
+            let position = Position::new(epoch, head).to_string();
+            let data = json!({ "reason": reason.as_str(), "position": position }).to_string();
+            yield Ok(Event::default().id(position).event("reset").data(data));
+        }
+
+        let mut backlog_through = Some(head).filter(|h| *h > sent_through);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hub.config().heartbeat, hub.config().heartbeat);
+        let expires_in = (request.token_expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let expiry = tokio::time::sleep(expires_in);
+        tokio::pin!(expiry);
+
+        loop {
+            // Backlog (at start, and after falling behind): read our groups from the database, page by page.
+            if let Some(through) = backlog_through {
+                match fetch_for_groups(hub.pool(), epoch, &shared.groups(), sent_through, through, page).await {
+                    Ok(events) => {
+                        let complete = (events.len() as i64) < page;
+                        for event in events {
+                            sent_through = event.seq;
+                            metrics::counter!(m::SSE_EVENTS_SENT).increment(1);
+                            yield Ok(event.sse);
+                        }
+                        if complete {
+                            sent_through = through; // nothing else of ours up to `through`
+                            backlog_through = None;
+                        }
+                        continue;
+                    }
+                    Err(error) => {
+                        // End the stream; the client reconnects and resumes from what it received.
+                        tracing::warn!(%error, "backlog read failed; ending the stream");
+                        break;
+                    }
+                }
+            }
+
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Step::Shutdown,
+                _ = &mut expiry => Step::TokenExpired,
+                received = rx.recv() => received.map_or(Step::QueueClosed, Step::Deliver),
+                _ = heartbeat.tick() => Step::Heartbeat,
+            };
+            match step {
+                Step::Deliver(event) => {
+                    // The queue only holds events after the attach-time head, but a resumed position can be
+                    // ahead of this process's head (the client came from a faster server): skip what it has.
+                    if event.seq > sent_through {
+                        sent_through = event.seq;
+                        metrics::counter!(m::SSE_EVENTS_SENT).increment(1);
+                        yield Ok(event.sse.clone());
+                    }
+                }
+                Step::QueueClosed => {
+                    if !shared.take_lagged() {
+                        break; // the hub ended us (epoch change): the client reconnects and gets a reset
+                    }
+                    metrics::counter!(m::SSE_CATCHUP).increment(1);
+                    tracing::debug!(client = id, from = sent_through, "stream fell behind; catching up from the log");
+                    let (new_rx, head) = hub.attach(id);
+                    rx = new_rx;
+                    backlog_through = Some(head).filter(|h| *h > sent_through);
+                }
+                Step::Heartbeat => {
+                    let ping = Event::default().comment("ping");
+                    match heartbeat_position(&hub, &rx, &shared, sent_through) {
+                        Some(seq) => {
+                            sent_through = seq;
+                            yield Ok(ping.id(Position::new(epoch, seq).to_string()));
+                        }
+                        None => yield Ok(ping),
+                    }
+                }
+                Step::TokenExpired => {
+                    let data = json!({ "position": Position::new(epoch, sent_through).to_string() }).to_string();
+                    yield Ok(Event::default().event("auth-expired").data(data));
+                    break;
+                }
+                Step::Shutdown => break,
+            }
+        }
+    }
+}
+
+/// The position a heartbeat may carry: the hub's head, when this stream has everything up to it.
+fn heartbeat_position(hub: &Hub, rx: &mpsc::Receiver<Delivery>, shared: &Arc<ClientShared>, sent_through: i64) -> Option<i64> {
+    let _ = shared;
+    hub.head_if_drained(rx).filter(|head| *head > sent_through)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position::Epoch;
+
+    fn meta() -> StreamMeta {
+        StreamMeta { epoch: Epoch(0xabcdef01), last_seq: 100, expired_through_seq: 10 }
+    }
+
+    #[test]
+    fn a_fresh_client_starts_live() {
+        assert_eq!(resume_point(&meta(), None), Ok(None));
+    }
+
+    #[test]
+    fn a_position_in_the_window_resumes() {
+        assert_eq!(resume_point(&meta(), Some(Position::new(Epoch(0xabcdef01), 10))), Ok(Some(10)));
+        assert_eq!(resume_point(&meta(), Some(Position::new(Epoch(0xabcdef01), 100))), Ok(Some(100)));
+    }
+
+    #[test]
+    fn a_foreign_or_unknown_position_resets_with_epoch() {
+        assert_eq!(resume_point(&meta(), Some(Position::new(Epoch(1), 50))), Err(ResetReason::Epoch));
+        assert_eq!(resume_point(&meta(), Some(Position::new(Epoch(0xabcdef01), 101))), Err(ResetReason::Epoch));
+    }
+
+    #[test]
+    fn a_position_before_retention_resets_with_expired() {
+        assert_eq!(resume_point(&meta(), Some(Position::new(Epoch(0xabcdef01), 9))), Err(ResetReason::Expired));
+    }
+}

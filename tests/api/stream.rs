@@ -1,0 +1,379 @@
+//! The event stream as a browser sees it: targeting, resume, seam, resets, membership, expiry, slow
+//! clients, lost LISTEN connections, restarts and moving between servers.
+
+use crate::app::*;
+use crate::helpers::*;
+use futures::StreamExt;
+use serde_json::json;
+use smartscheduler::auth;
+use std::collections::HashSet;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn epoch(db: &TestDb) -> String {
+    sqlx::query_scalar("SELECT epoch FROM stream_meta").fetch_one(&db.pool).await.unwrap()
+}
+
+/// Writes `n` events for `group`, each in its own transaction, payload {"n": i}.
+async fn write_numbered(db: &TestDb, group: &str, range: std::ops::Range<usize>) {
+    for i in range {
+        write_event(&db.pool, &[group], json!({ "n": i })).await;
+    }
+}
+
+#[tokio::test]
+async fn events_reach_only_their_groups_and_foreign_groups_are_forbidden() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let bob = dispatcher_token(&db, "bob", &["region:south"]).await;
+
+    let refused = Connect::new(&bob).groups("region:north").send(&app.base).await;
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden");
+    let anonymous = http().get(app.url("/api/events")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let mut north = Connect::new(&alice).open(&app.base).await;
+    let mut south = Connect::new(&bob).groups("region:south").open(&app.base).await;
+    write_event(&db.pool, &["region:north"], json!({"for": "north"})).await;
+    write_event(&db.pool, &["region:south"], json!({"for": "south"})).await;
+
+    assert_eq!(data_json(&north.next_data(WAIT).await)["for"], "north");
+    // Bob's first event is the south one: the north event, published before it, never reached him.
+    let first_for_bob = south.next_data(WAIT).await;
+    assert_eq!(data_json(&first_for_bob)["for"], "south");
+    assert_eq!(seq_of(&first_for_bob), 2);
+}
+
+#[tokio::test]
+async fn the_stream_opens_with_retry_and_the_current_position_and_the_contract_headers() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    write_events(&db.pool, 3, &["region:north"]).await;
+    smartscheduler::relay::publish_all_pending(&db.pool, 100).await.unwrap();
+
+    let response = Connect::new(&alice).send(&app.base).await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    assert!(headers.get("content-encoding").is_none(), "the stream must never be compressed");
+
+    let mut body = response.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&first);
+    assert!(text.starts_with("retry: 3000\n"), "opening block was {text:?}");
+    assert!(text.contains(&format!("id: {}-3\n", epoch(&db).await)), "opening block was {text:?}");
+}
+
+#[tokio::test]
+async fn a_client_resumes_by_header_by_query_and_the_header_wins() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    write_events(&db.pool, 10, &["region:north"]).await;
+    smartscheduler::relay::publish_all_pending(&db.pool, 100).await.unwrap();
+    let e = epoch(&db).await;
+
+    let mut by_header = Connect::new(&alice).header(&format!("{e}-4")).open(&app.base).await;
+    assert_eq!(by_header.take(6, WAIT).await.iter().map(seq_of).collect::<Vec<_>>(), (5..=10).collect::<Vec<_>>());
+
+    let mut by_query = Connect::new(&alice).query(&format!("{e}-7")).open(&app.base).await;
+    assert_eq!(by_query.take(3, WAIT).await.iter().map(seq_of).collect::<Vec<_>>(), vec![8, 9, 10]);
+
+    let mut both = Connect::new(&alice).header(&format!("{e}-8")).query(&format!("{e}-2")).open(&app.base).await;
+    assert_eq!(both.take(2, WAIT).await.iter().map(seq_of).collect::<Vec<_>>(), vec![9, 10]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_seam_between_backlog_and_live_has_no_gap_and_no_duplicate_while_events_keep_arriving() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    write_numbered(&db, "region:north", 0..200).await;
+    let e = epoch(&db).await;
+
+    // A writer keeps writing while the client resumes from an early position.
+    let writer_pool = db.pool.clone();
+    let writer = tokio::spawn(async move {
+        for i in 200..600 {
+            write_event(&writer_pool, &["region:north"], json!({ "n": i })).await;
+        }
+    });
+    let mut client = Connect::new(&alice).header(&format!("{e}-0")).open(&app.base).await;
+    let events = client.take(600, WAIT).await;
+    writer.await.unwrap();
+
+    let seqs: Vec<i64> = events.iter().map(seq_of).collect();
+    assert_eq!(seqs, (1..=600).collect::<Vec<_>>(), "gap or duplicate at the seam");
+    let ns: Vec<i64> = events.iter().map(|e| data_json(e)["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, (0..600).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn foreign_epochs_and_expired_positions_get_a_reset_and_malformed_ones_a_400() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    write_events(&db.pool, 10, &["region:north"]).await;
+    smartscheduler::relay::publish_all_pending(&db.pool, 100).await.unwrap();
+    let e = epoch(&db).await;
+    let other_epoch = if e == "00000000" { "00000001" } else { "00000000" };
+
+    let mut foreign = Connect::new(&alice).header(&format!("{other_epoch}-3")).open(&app.base).await;
+    let reset = foreign.next_data(WAIT).await;
+    assert_eq!(reset.event, "reset");
+    assert_eq!(data_json(&reset), json!({"reason": "epoch", "position": format!("{e}-10")}));
+
+    sqlx::query("UPDATE stream_meta SET expired_through_seq = 5").execute(&db.pool).await.unwrap();
+    let mut expired = Connect::new(&alice).query(&format!("{e}-2")).open(&app.base).await;
+    let reset = expired.next_data(WAIT).await;
+    assert_eq!(reset.event, "reset");
+    assert_eq!(data_json(&reset)["reason"], "expired");
+    // After the reset the client is live: the next event is a new one.
+    write_event(&db.pool, &["region:north"], json!({})).await;
+    assert_eq!(seq_of(&expired.next_data(WAIT).await), 11);
+
+    for bad in ["banana", "7f3a9c21", "7F3A9C21-1", "7f3a9c21--1"] {
+        let response = Connect::new(&alice).header(bad).send(&app.base).await;
+        assert_eq!(response.status(), 400, "{bad}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_last_event_id", "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn events_written_with_plain_sql_arrive_with_the_envelope_merged_into_the_payload() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let alice = dispatcher_token(&db, "alice", &["team:hvac"]).await;
+    let mut client = Connect::new(&alice).open(&app.base).await;
+    let aggregate = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO outbox (event_type, aggregate_id, groups, payload)
+         VALUES ('JobUpdated', $1, '{team:hvac}', '{\"status\": \"assigned\", \"note\": \"line1\\nline2\"}')",
+    )
+    .bind(aggregate)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let event = client.next_data(WAIT).await;
+    assert_eq!(event.event, "JobUpdated");
+    let data = data_json(&event);
+    assert_eq!(data["type"], "JobUpdated");
+    assert_eq!(data["status"], "assigned");
+    assert_eq!(data["note"], "line1\nline2");
+    assert_eq!(data["groups"], json!(["team:hvac"]));
+    assert_eq!(data["position"], event.id);
+    assert_eq!(data["replayOf"], serde_json::Value::Null);
+    assert!(uuid::Uuid::parse_str(data["eventId"].as_str().unwrap()).is_ok());
+    assert!(chrono::DateTime::parse_from_rfc3339(data["occurredAt"].as_str().unwrap()).is_ok());
+}
+
+#[tokio::test]
+async fn a_membership_change_reaches_an_open_stream_within_five_seconds() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let carol = dispatcher_token(&db, "carol", &["region:north", "region:south"]).await;
+    let mut client = Connect::new(&carol).open(&app.base).await;
+    write_event(&db.pool, &["region:south"], json!({"probe": "before"})).await;
+    assert_eq!(data_json(&client.next_data(WAIT).await)["probe"], "before");
+
+    auth::set_groups(&db.pool, "carol", &[], &["region:south".into()]).await.unwrap();
+    let removed_at = tokio::time::Instant::now();
+    // Probe with (south, north) pairs until a south probe no longer arrives before its north marker.
+    let mut round = 0;
+    loop {
+        round += 1;
+        write_event(&db.pool, &["region:south"], json!({ "probe": format!("south-{round}") })).await;
+        write_event(&db.pool, &["region:north"], json!({ "probe": format!("north-{round}") })).await;
+        let mut got_south = false;
+        loop {
+            let probe = data_json(&client.next_data(WAIT).await)["probe"].as_str().unwrap().to_owned();
+            if probe == format!("north-{round}") {
+                break;
+            }
+            got_south |= probe.starts_with("south");
+        }
+        if !got_south {
+            break;
+        }
+        assert!(removed_at.elapsed() < Duration::from_secs(5), "a removed group still delivered after 5 s");
+        tokio::time::sleep(Duration::from_millis(200)).await; // the probing cadence, not synchronisation
+    }
+
+    auth::set_groups(&db.pool, "carol", &["region:south".into()], &[]).await.unwrap();
+    let added_at = tokio::time::Instant::now();
+    loop {
+        round += 1;
+        write_event(&db.pool, &["region:south"], json!({ "probe": format!("added-{round}") })).await;
+        write_event(&db.pool, &["region:north"], json!({ "probe": format!("north-{round}") })).await;
+        let mut got_south = false;
+        loop {
+            let probe = data_json(&client.next_data(WAIT).await)["probe"].as_str().unwrap().to_owned();
+            if probe == format!("north-{round}") {
+                break;
+            }
+            got_south |= probe == format!("added-{round}");
+        }
+        if got_south {
+            break;
+        }
+        assert!(added_at.elapsed() < Duration::from_secs(5), "an added group did not start within 5 s");
+        tokio::time::sleep(Duration::from_millis(200)).await; // the probing cadence, not synchronisation
+    }
+}
+
+#[tokio::test]
+async fn when_the_token_expires_the_stream_says_auth_expired_and_ends() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    dispatcher_token(&db, "alice", &["region:north"]).await;
+    let short = secret().issue("alice", Duration::from_secs(2)).unwrap();
+    let mut client = Connect::new(&short).open(&app.base).await;
+    let event = client.next_data(Duration::from_secs(5)).await;
+    assert_eq!(event.event, "auth-expired");
+    assert!(data_json(&event)["position"].is_string());
+    assert!(client.ends_within(Duration::from_secs(2)).await, "the stream must end after auth-expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_client_catches_up_from_the_database_without_holding_back_others() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn_with(&db, |c| c.hub.client_queue = 16).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let mut fast = Connect::new(&alice).open(&app.base).await;
+    let mut slow = Connect::new(&alice).open(&app.base).await; // not read until the burst is over
+
+    write_events(&db.pool, 3000, &["region:north"]).await;
+    let fast_seqs: Vec<i64> = fast.take(3000, WAIT).await.iter().map(seq_of).collect();
+    assert_eq!(fast_seqs, (1..=3000).collect::<Vec<_>>());
+
+    let slow_seqs: Vec<i64> = slow.take(3000, WAIT).await.iter().map(seq_of).collect();
+    assert_eq!(slow_seqs, (1..=3000).collect::<Vec<_>>(), "the slow client missed or repeated events");
+
+    let metrics = http().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let catchups = metrics
+        .lines()
+        .find(|l| l.starts_with("smartscheduler_sse_catchup_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(catchups >= 1.0, "expected a database catch-up to be counted:\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_listen_connection_loses_nothing() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let mut client = Connect::new(&alice).open(&app.base).await;
+    write_numbered(&db, "region:north", 0..5).await;
+    assert_eq!(client.take(5, WAIT).await.len(), 5);
+
+    assert!(db.terminate("server-app").await >= 1, "expected to kill the server's connections");
+    write_numbered(&db, "region:north", 5..20).await;
+    let seqs: Vec<i64> = client.take(15, WAIT).await.iter().map(seq_of).collect();
+    assert_eq!(seqs, (6..=20).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_moves_between_two_servers_on_one_database_without_loss() {
+    let db = TestDb::new().await;
+    let a = TestApp::spawn_named(&db, "server-a", |_| {}).await;
+    let b = TestApp::spawn_named(&db, "server-b", |_| {}).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let writer_pool = db.pool.clone();
+    let writer = tokio::spawn(async move { write_numbered_pool(&writer_pool, 0..300).await });
+
+    let mut on_a = Connect::new(&alice).header(&format!("{}-0", epoch(&db).await)).open(&a.base).await;
+    let mut received = on_a.take(120, WAIT).await;
+    drop(on_a); // the browser loses server A
+    let last = received.last().unwrap().id.clone();
+    let mut on_b = Connect::new(&alice).header(&last).open(&b.base).await;
+    received.extend(on_b.take(180, WAIT).await);
+    writer.await.unwrap();
+
+    let seqs: Vec<i64> = received.iter().map(seq_of).collect();
+    assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+    let ids: HashSet<String> = received.iter().map(|e| data_json(e)["eventId"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 300);
+}
+
+async fn write_numbered_pool(pool: &sqlx::PgPool, range: std::ops::Range<usize>) {
+    for i in range {
+        write_event(pool, &["region:north"], json!({ "n": i })).await;
+    }
+}
+
+/// The real binary, killed with SIGKILL mid-stream and started again: the client resumes with no loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_killed_and_restarted_mid_stream_loses_nothing() {
+    let db = TestDb::new().await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
+            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", &db.url)
+            .env("SMARTSCHEDULER_AUTH_SECRET", std::str::from_utf8(SECRET).unwrap())
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the server binary")
+    };
+    let wait_ready = |base: String| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http().get(format!("{base}/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "server not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await; // readiness polling, nothing to await
+        }
+    };
+
+    let mut server = start();
+    wait_ready(base.clone()).await;
+    let mut client = Connect::new(&alice).header(&format!("{}-0", epoch(&db).await)).open(&base).await;
+    write_numbered(&db, "region:north", 0..50).await;
+    let mut received = client.take(50, WAIT).await;
+
+    server.kill().await.unwrap(); // SIGKILL: no goodbye
+    assert!(client.ends_within(WAIT).await);
+    write_numbered(&db, "region:north", 50..100).await; // committed while no relay runs
+
+    let mut server = start();
+    wait_ready(base.clone()).await;
+    let last = received.last().unwrap().id.clone();
+    let mut resumed = Connect::new(&alice).header(&last).open(&base).await;
+    received.extend(resumed.take(50, WAIT).await);
+    server.kill().await.unwrap();
+
+    let ns: Vec<i64> = received.iter().map(|e| data_json(e)["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, (0..100).collect::<Vec<_>>());
+    assert_eq!(received.iter().map(seq_of).collect::<Vec<_>>(), (1..=100).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_and_the_server_exits_zero() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let mut client = Connect::new(&alice).open(&app.base).await;
+    write_event(&db.pool, &["region:north"], json!({})).await;
+    client.next_data(WAIT).await;
+    let stopping = tokio::spawn(app.stop());
+    assert!(client.ends_within(WAIT).await, "open streams must end on shutdown");
+    stopping.await.unwrap();
+}
