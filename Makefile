@@ -57,7 +57,7 @@ test-e2e: chromium frontend
 	$(CARGO) build --bin smartscheduler --locked
 	@server=$$(scripts/postgres.sh url); db="ss_e2e_$$(date +%s)_$$$$"; \
 	scripts/create-db.sh "$$server" "$$db"; \
-	trap 'scripts/create-db.sh --drop "$$server" "$$db"' EXIT; \
+	trap '$(CURDIR)/scripts/create-db.sh --drop "$$server" "$$db"' EXIT; \
 	cd frontend && SMARTSCHEDULER_BIN="$(CURDIR)/$(BIN)" DATABASE_URL="$$server/$$db" npm run test:e2e
 
 bench:

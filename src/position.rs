@@ -92,9 +92,21 @@ mod tests {
     #[test]
     fn rejects_malformed_positions() {
         for bad in [
-            "", "-", "7f3a9c21", "7f3a9c21-", "7F3A9C21-1", "7f3a9c2-1", "7f3a9c211-1", "zzzzzzzz-1",
-            "7f3a9c21--1", "7f3a9c21-+1", "7f3a9c21-1.5", "7f3a9c21-1 ", " 7f3a9c21-1",
-            "7f3a9c21-99999999999999999999", "7f3a9c21-1-2",
+            "",
+            "-",
+            "7f3a9c21",
+            "7f3a9c21-",
+            "7F3A9C21-1",
+            "7f3a9c2-1",
+            "7f3a9c211-1",
+            "zzzzzzzz-1",
+            "7f3a9c21--1",
+            "7f3a9c21-+1",
+            "7f3a9c21-1.5",
+            "7f3a9c21-1 ",
+            " 7f3a9c21-1",
+            "7f3a9c21-99999999999999999999",
+            "7f3a9c21-1-2",
         ] {
             assert!(bad.parse::<Position>().is_err(), "{bad:?} should be rejected");
         }

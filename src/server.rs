@@ -2,7 +2,7 @@
 //! cleanly: stop accepting, end open streams (clients resume elsewhere), finish the relay batch in flight.
 
 use crate::auth::AuthSecret;
-use crate::http::{router, AppState, AppStateInner};
+use crate::http::{AppState, AppStateInner, router};
 use crate::outbox::RelayWaker;
 use crate::relay::{Relay, RelayConfig};
 use crate::stream::{Hub, HubConfig};

@@ -4,5 +4,5 @@
 mod dispatchers;
 mod token;
 
-pub use dispatchers::{add_dispatcher, dispatcher, list_dispatchers, set_groups, Dispatcher, DispatcherError};
+pub use dispatchers::{Dispatcher, DispatcherError, add_dispatcher, dispatcher, list_dispatchers, set_groups};
 pub use token::{AuthError, AuthSecret, Claims, MIN_SECRET_BYTES};

@@ -1,1 +1,125 @@
-fn main(){}
+//! `smartscheduler-bench`: the performance suite behind `make bench` (figures go to docs/performance.md).
+//!
+//! Every section measures our design and a naive baseline in the same run, on fresh databases
+//! (`ss_bench_<uuid>`) created on the admin server and dropped at the end. Every loop is bounded in count
+//! and in time; everything talks to 127.0.0.1 only.
+
+#[path = "bench/common.rs"]
+mod common;
+#[path = "bench/memory.rs"]
+mod memory;
+#[path = "bench/relay_drain.rs"]
+mod relay_drain;
+#[path = "bench/stream.rs"]
+mod stream;
+#[path = "bench/writer.rs"]
+mod writer;
+
+use anyhow::Context;
+use clap::Parser;
+use common::{Ctx, Report};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Benchmarks of the outbox writer, the relay, the SSE fan-out and recommendation generation.
+#[derive(Debug, Parser)]
+#[command(name = "smartscheduler-bench")]
+struct Args {
+    /// Write the markdown report to this file (overwritten).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A smaller, faster run (shorter phases, fewer rows and connections).
+    #[arg(long)]
+    quick: bool,
+    /// Run only these sections (comma-separated numbers 1-8).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<u8>,
+    /// Server on which the benchmark creates (and drops) its databases.
+    #[arg(long, env = "SMARTSCHEDULER_TEST_ADMIN_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    admin_url: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    common::now_ns(); // start the shared monotonic clock
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let ctx = Ctx::new(&args.admin_url, args.quick);
+    let header = common::machine_header(&ctx).await.context("cannot reach the admin database")?;
+    let mut report = Report::default();
+    let wanted = |n: u8| args.only.is_empty() || args.only.contains(&n);
+
+    macro_rules! section {
+        ($n:expr, $title:expr, $body:expr) => {
+            if wanted($n) {
+                let t = Instant::now();
+                eprintln!("[bench] section {}: {} ...", $n, $title);
+                let result: anyhow::Result<()> = $body.await;
+                if let Err(e) = result {
+                    eprintln!("[bench] section {} failed: {e:#}", $n);
+                    report.section(&format!("{}. {}", $n, $title), &format!("**ERROR**: {e:#}\n"));
+                    report.summary_row(&format!("{}. {}", $n, $title), "-", "error", Some(false));
+                }
+                eprintln!("[bench] section {} done in {:.1} s", $n, t.elapsed().as_secs_f64());
+            }
+        };
+    }
+
+    section!(1, "Writer cost of the outbox", writer::run(&ctx, &mut report));
+    section!(2, "Relay drain", relay_drain::run(&ctx, &mut report));
+    section!(3, "Stream latency and 4. maximum deliveries/s", stream::latency_and_steps(&ctx, &mut report, wanted(4)));
+    section!(5, "Memory per idle SSE connection", memory::run(&ctx, &mut report));
+    section!(6, "Catch-up of one client 100,000 events behind", stream::catch_up(&ctx, &mut report));
+    section!(7, "Naive fan-out (LISTEN + query per client)", stream::naive_comparison(&ctx, &mut report));
+    section!(8, "Recommendation generation", generation(&ctx, &mut report));
+
+    ctx.drop_all().await;
+    let text = report.render(&header, args.quick, started.elapsed());
+    println!("{text}");
+    if let Some(path) = &args.out {
+        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("[bench] report written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Section 8: the library's own generation benchmark on a fresh database.
+async fn generation(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let db = ctx.fresh_db(4).await?;
+    let iterations = if ctx.quick { 30 } else { 200 };
+    let result = smartscheduler::recommendations::bench::bench_generation(&db.pool, iterations).await;
+    ctx.drop_db(db).await;
+    let g = result?;
+    let pass = g.total_median_ms < 20.0;
+    let mut body = String::new();
+    body.push_str(
+        "`recommendations::bench::bench_generation`: 1,000 active contractors in the job's region, one \
+         generation = lock the job, load candidates, score, insert the set and its rows, insert the \
+         `RecommendationReady` outbox row, commit. The naive baseline here is the same transaction without \
+         the outbox row, i.e. the outbox share below.\n\n",
+    );
+    body.push_str(&format!("```\n{g}\n```\n\n"));
+    body.push_str(&format!(
+        "Target: median < 20 ms → **{}** ({:.2} ms; outbox insert {:.3} ms = {:.1}% of it)\n",
+        common::pass_word(pass),
+        g.total_median_ms,
+        g.outbox_median_ms,
+        g.outbox_share_pct
+    ));
+    report.section("8. Recommendation generation (issue 4)", &body);
+    report.summary_row(
+        "8. Generation median (1,000 contractors)",
+        "< 20 ms",
+        &format!("{:.2} ms (outbox {:.1}%)", g.total_median_ms, g.outbox_share_pct),
+        Some(pass),
+    );
+    Ok(())
+}

@@ -3,9 +3,9 @@
 
 use crate::auth::{AuthError, DispatcherError};
 use crate::recommendations::RecommendationError;
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 
 #[derive(Debug)]

@@ -4,12 +4,12 @@ use super::extract::CurrentDispatcher;
 use super::{ApiError, AppState};
 use crate::outbox::GroupKey;
 use crate::position::Position;
-use crate::stream::{open_stream, StreamMeta, StreamRequest};
+use crate::stream::{StreamMeta, StreamRequest, open_stream};
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response, Sse};
 use axum::routing::get;
-use axum::Router;
 use chrono::{TimeZone, Utc};
 use serde::Deserialize;
 

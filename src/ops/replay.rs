@@ -1,8 +1,491 @@
-//! `smartscheduler replay`.
+//! `smartscheduler replay`: publish copies of past events again.
+//!
+//! A replay selects original events of the current epoch (never earlier copies: rows with `replay_of`
+//! set are not selected) by position range or by publish time, narrowed by groups and job, and inserts a
+//! copy of each into the `outbox`: a new event id, the same type, aggregate, groups and payload, and
+//! `replay_of` = the original's position. The relay publishes the copies like any other event, at new
+//! positions after the current end of the log, in the originals' order.
+//!
+//! Re-runs are idempotent: an original that already has a copy (in `outbox` or in `event_log`) is
+//! skipped. So an interrupted replay completes when run again, and a finished one is a no-op.
+//!
+//! The copy runs inside PostgreSQL, one `INSERT .. SELECT` per batch and one transaction per batch; a
+//! transaction-scoped advisory lock serialises concurrent replays so that two of them never copy the same
+//! original twice.
 
 use crate::cli::ReplayArgs;
+use crate::commands::UsageError;
+use crate::outbox::GroupKey;
+use crate::position::{Position, PositionError};
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use std::io::IsTerminal;
+use uuid::Uuid;
 
-pub async fn run(_pool: &PgPool, _args: ReplayArgs) -> anyhow::Result<()> {
-    anyhow::bail!("replay is not implemented yet")
+/// Originals copied per transaction.
+pub const DEFAULT_BATCH_SIZE: i64 = 500;
+/// Advisory lock key held by each replay batch ("SSREPLAY").
+const REPLAY_LOCK: i64 = 0x5353_5245_504c_4159;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{flag} {value:?} is not a position: {source}")]
+    BadPosition {
+        flag: &'static str,
+        value: String,
+        #[source]
+        source: PositionError,
+    },
+    #[error("{flag} {value:?} is not an RFC 3339 time (for example 2026-11-25T08:00:00Z): {source}")]
+    BadTime {
+        flag: &'static str,
+        value: String,
+        #[source]
+        source: chrono::ParseError,
+    },
+    #[error("--group {0:?} is not a group key (^[a-z0-9][a-z0-9:_-]{{0,63}}$, for example region:north)")]
+    BadGroup(String),
+    #[error("{0}")]
+    BadRange(String),
+    #[error(
+        "{flag} {position} is of epoch {given}, but the log's epoch is {current}: the log was recreated or \
+         restored and positions of another epoch name other events; select by time with --since/--until instead"
+    )]
+    EpochMismatch { flag: &'static str, position: String, given: String, current: String },
+    #[error("database error during replay: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl ReplayError {
+    /// Mistakes in how the command was called (exit code 2), as opposed to failures.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::BadPosition { .. } | Self::BadTime { .. } | Self::BadGroup(_) | Self::BadRange(_))
+    }
+}
+
+/// Which originals to select, as the user gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplayRange {
+    /// After `after` (exclusive) through `through` (inclusive; default: the current end of the log).
+    Positions { after: Position, through: Option<Position> },
+    /// Published at or after `since` and before `until` (default: now).
+    Times { since: DateTime<Utc>, until: Option<DateTime<Utc>> },
+}
+
+/// A replay request: the range and the filters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayRequest {
+    pub range: ReplayRange,
+    /// Only events whose groups overlap these (empty: every group).
+    pub groups: Vec<GroupKey>,
+    /// Only events about this aggregate (job) id.
+    pub job: Option<Uuid>,
+}
+
+impl ReplayRequest {
+    /// Validates the command-line arguments (no database access).
+    pub fn from_args(args: &ReplayArgs) -> Result<Self, ReplayError> {
+        let position = |flag: &'static str, value: &str| {
+            value.parse::<Position>().map_err(|source| ReplayError::BadPosition {
+                flag,
+                value: value.to_owned(),
+                source,
+            })
+        };
+        let time =
+            |flag: &'static str, value: &str| {
+                DateTime::parse_from_rfc3339(value)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|source| ReplayError::BadTime { flag, value: value.to_owned(), source })
+            };
+        let range = match (&args.from, &args.since) {
+            (Some(from), None) => {
+                if args.until.is_some() {
+                    return Err(ReplayError::BadRange("--until goes with --since, not with --from".into()));
+                }
+                let after = position("--from", from)?;
+                let through = args.to.as_deref().map(|to| position("--to", to)).transpose()?;
+                if let Some(through) = through
+                    && through.epoch == after.epoch
+                    && through.seq < after.seq
+                {
+                    return Err(ReplayError::BadRange(format!("--to {through} is before --from {after}")));
+                }
+                ReplayRange::Positions { after, through }
+            }
+            (None, Some(since)) => {
+                if args.to.is_some() {
+                    return Err(ReplayError::BadRange("--to goes with --from, not with --since".into()));
+                }
+                let since = time("--since", since)?;
+                let until = args.until.as_deref().map(|until| time("--until", until)).transpose()?;
+                if let Some(until) = until
+                    && until < since
+                {
+                    return Err(ReplayError::BadRange(format!(
+                        "--until {} is before --since {}",
+                        until.to_rfc3339(),
+                        since.to_rfc3339()
+                    )));
+                }
+                ReplayRange::Times { since, until }
+            }
+            _ => return Err(ReplayError::BadRange("give either --from POSITION or --since TIME".into())),
+        };
+        let groups = args
+            .groups
+            .iter()
+            .map(|g| GroupKey::parse(g).map_err(|_| ReplayError::BadGroup(g.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { range, groups, job: args.job })
+    }
+}
+
+/// A request pinned to concrete seqs of the current epoch: originals with `after_seq < seq <= through_seq`.
+/// Time ranges map exactly to seq ranges because `published_at` never decreases along `seq`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedReplay {
+    pub epoch: String,
+    pub after_seq: i64,
+    pub through_seq: i64,
+    pub groups: Vec<String>,
+    pub job: Option<Uuid>,
+    /// Highest seq dropped by retention when resolved (originals at or below it are gone).
+    pub expired_through_seq: i64,
+}
+
+impl ResolvedReplay {
+    pub fn position(&self, seq: i64) -> String {
+        format!("{}-{seq}", self.epoch)
+    }
+
+    fn groups_filter(&self) -> Option<&[String]> {
+        if self.groups.is_empty() { None } else { Some(&self.groups) }
+    }
+
+    fn copy_pattern(&self) -> String {
+        format!("{}-%", self.epoch)
+    }
+}
+
+/// Checks epochs and pins the range to seqs of the log as it is now.
+pub async fn resolve(pool: &PgPool, request: &ReplayRequest) -> Result<ResolvedReplay, ReplayError> {
+    let (epoch, last_seq, expired_through_seq): (String, i64, i64) =
+        sqlx::query_as("SELECT epoch, last_seq, expired_through_seq FROM stream_meta WHERE stream = 'main'")
+            .fetch_one(pool)
+            .await?;
+    let (after_seq, through_seq) = match &request.range {
+        ReplayRange::Positions { after, through } => {
+            for (flag, position) in std::iter::once(("--from", after)).chain(through.iter().map(|t| ("--to", t))) {
+                let given = position.epoch.to_string();
+                if given != epoch {
+                    return Err(ReplayError::EpochMismatch {
+                        flag,
+                        position: position.to_string(),
+                        given,
+                        current: epoch,
+                    });
+                }
+            }
+            // The end is pinned now, so that copies published during the run are never in range.
+            (after.seq, through.map_or(last_seq, |t| t.seq).min(last_seq))
+        }
+        ReplayRange::Times { since, until } => {
+            let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT min(seq), max(seq) FROM event_log
+                 WHERE published_at >= $1 AND published_at < coalesce($2, 'infinity'::timestamptz) AND seq <= $3",
+            )
+            .bind(since)
+            .bind(until)
+            .bind(last_seq)
+            .fetch_one(pool)
+            .await?;
+            match (first, last) {
+                (Some(first), Some(last)) => (first - 1, last),
+                _ => (last_seq, last_seq),
+            }
+        }
+    };
+    Ok(ResolvedReplay {
+        epoch,
+        after_seq,
+        through_seq: through_seq.max(after_seq),
+        groups: request.groups.iter().map(|g| g.as_str().to_owned()).collect(),
+        job: request.job,
+        expired_through_seq,
+    })
+}
+
+/// The originals in range ($1 exclusive .. $2 inclusive, $3 groups, $4 job) and the seqs that already have a
+/// copy ($5: `<epoch>-%`). Copies are always published after their original, so only the log after $1 can
+/// hold copies of originals in range; the outbox holds copies not yet published.
+const SELECTION: &str = "
+    WITH selected AS (
+        SELECT e.seq, e.groups FROM event_log e
+        WHERE e.seq > $1 AND e.seq <= $2 AND e.replay_of IS NULL
+          AND ($3::text[] IS NULL OR e.groups && $3) AND ($4::uuid IS NULL OR e.aggregate_id = $4)
+    ), copies AS MATERIALIZED (
+        SELECT split_part(replay_of, '-', 2)::bigint AS seq FROM event_log WHERE seq > $1 AND replay_of LIKE $5
+        UNION
+        SELECT split_part(replay_of, '-', 2)::bigint FROM outbox WHERE replay_of LIKE $5
+    ), marked AS (
+        SELECT s.seq, s.groups, EXISTS (SELECT 1 FROM copies c WHERE c.seq = s.seq) AS done FROM selected s
+    )";
+
+/// What a replay would do (the dry run), or what is left to do.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayPlan {
+    /// Originals in range that match the filters.
+    pub matched: i64,
+    /// Of those, originals that already have a copy (skipped).
+    pub already_replayed: i64,
+    /// Originals that would be copied now.
+    pub to_replay: i64,
+    /// First and last seq that would be copied.
+    pub first_seq: Option<i64>,
+    pub last_seq: Option<i64>,
+    /// Per group: (group, matched, to replay). An event in several groups counts in each.
+    pub per_group: Vec<(String, i64, i64)>,
+}
+
+/// Counts what [`execute`] would copy now, without writing anything.
+pub async fn plan(pool: &PgPool, replay: &ResolvedReplay) -> Result<ReplayPlan, sqlx::Error> {
+    let (matched, already_replayed, first_seq, last_seq): (i64, i64, Option<i64>, Option<i64>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SELECTION}
+             SELECT count(*), count(*) FILTER (WHERE done),
+                    min(seq) FILTER (WHERE NOT done), max(seq) FILTER (WHERE NOT done)
+             FROM marked"
+        )))
+        .bind(replay.after_seq)
+        .bind(replay.through_seq)
+        .bind(replay.groups_filter())
+        .bind(replay.job)
+        .bind(replay.copy_pattern())
+        .fetch_one(pool)
+        .await?;
+    let per_group: Vec<(String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECTION}
+         SELECT g, count(*), count(*) FILTER (WHERE NOT done)
+         FROM marked, unnest(groups) AS g GROUP BY g ORDER BY g"
+    )))
+    .bind(replay.after_seq)
+    .bind(replay.through_seq)
+    .bind(replay.groups_filter())
+    .bind(replay.job)
+    .bind(replay.copy_pattern())
+    .fetch_all(pool)
+    .await?;
+    Ok(ReplayPlan { matched, already_replayed, to_replay: matched - already_replayed, first_seq, last_seq, per_group })
+}
+
+/// How [`execute`] runs.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Originals examined per transaction.
+    pub batch_size: i64,
+    /// Stop after this many batches (tests use it to simulate an interrupted run).
+    pub max_batches: Option<usize>,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        Self { batch_size: DEFAULT_BATCH_SIZE, max_batches: None }
+    }
+}
+
+/// Progress after each committed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayProgress {
+    /// Copies inserted into the outbox so far by this run.
+    pub replayed: i64,
+    /// Originals skipped so far because they already had a copy.
+    pub skipped: i64,
+    /// Every original up to this seq has been handled.
+    pub through_seq: i64,
+    /// False when the run stopped early (`max_batches`).
+    pub complete: bool,
+}
+
+/// Copies the originals of `replay` into the outbox, batch after batch, in seq order.
+/// `on_batch` is called after each committed batch.
+pub async fn execute(
+    pool: &PgPool,
+    replay: &ResolvedReplay,
+    options: &ReplayOptions,
+    mut on_batch: impl FnMut(&ReplayProgress),
+) -> Result<ReplayProgress, sqlx::Error> {
+    let batch_size = options.batch_size.max(1);
+    let mut progress = ReplayProgress { through_seq: replay.after_seq, ..ReplayProgress::default() };
+    let mut batches = 0usize;
+    loop {
+        if options.max_batches.is_some_and(|max| batches >= max) {
+            return Ok(progress);
+        }
+        let mut tx = pool.begin().await?;
+        // Serialises replays: the copy check below then sees every copy another replay committed.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(REPLAY_LOCK).execute(&mut *tx).await?;
+        let (examined, inserted, batch_last): (i64, i64, Option<i64>) = sqlx::query_as(
+            "WITH batch AS (
+                 SELECT e.seq, e.event_type, e.aggregate_id, e.groups, e.payload FROM event_log e
+                 WHERE e.seq > $1 AND e.seq <= $2 AND e.replay_of IS NULL
+                   AND ($3::text[] IS NULL OR e.groups && $3) AND ($4::uuid IS NULL OR e.aggregate_id = $4)
+                 ORDER BY e.seq LIMIT $6
+             ), copies AS MATERIALIZED (
+                 SELECT split_part(replay_of, '-', 2)::bigint AS seq FROM event_log
+                 WHERE seq > $1 AND replay_of LIKE $5
+                 UNION
+                 SELECT split_part(replay_of, '-', 2)::bigint FROM outbox WHERE replay_of LIKE $5
+             ), inserted AS (
+                 INSERT INTO outbox (event_type, aggregate_id, groups, payload, replay_of)
+                 SELECT b.event_type, b.aggregate_id, b.groups, b.payload, $7 || '-' || b.seq
+                 FROM batch b
+                 WHERE NOT EXISTS (SELECT 1 FROM copies c WHERE c.seq = b.seq)
+                 ORDER BY b.seq
+                 RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM inserted), (SELECT max(seq) FROM batch)",
+        )
+        .bind(progress.through_seq)
+        .bind(replay.through_seq)
+        .bind(replay.groups_filter())
+        .bind(replay.job)
+        .bind(replay.copy_pattern())
+        .bind(batch_size)
+        .bind(&replay.epoch)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        batches += 1;
+        progress.replayed += inserted;
+        progress.skipped += examined - inserted;
+        match batch_last {
+            Some(last) if examined == batch_size => progress.through_seq = last,
+            _ => {
+                progress.through_seq = replay.through_seq;
+                progress.complete = true;
+            }
+        }
+        on_batch(&progress);
+        if progress.complete {
+            return Ok(progress);
+        }
+    }
+}
+
+/// The `replay` command.
+pub async fn run(pool: &PgPool, args: ReplayArgs) -> anyhow::Result<()> {
+    let request = ReplayRequest::from_args(&args).map_err(|e| UsageError(e.to_string()))?;
+    let replay = resolve(pool, &request).await?;
+    let range = format!(
+        "after {} through {}{}{}",
+        replay.position(replay.after_seq),
+        replay.position(replay.through_seq),
+        if replay.groups.is_empty() { String::new() } else { format!(", groups {}", replay.groups.join(",")) },
+        replay.job.map_or_else(String::new, |job| format!(", job {job}")),
+    );
+    if replay.after_seq < replay.expired_through_seq {
+        println!(
+            "note: events through {} have expired (retention); only later events can be replayed",
+            replay.position(replay.expired_through_seq)
+        );
+    }
+    let plan = plan(pool, &replay).await?;
+    if args.dry_run {
+        println!("dry run: {range}");
+        print_plan(&replay, &plan);
+        println!("nothing was published");
+        return Ok(());
+    }
+    if plan.to_replay == 0 {
+        println!(
+            "nothing to replay ({range}): {} matching event(s), {} already replayed",
+            plan.matched, plan.already_replayed
+        );
+        return Ok(());
+    }
+    println!("replaying {} event(s) ({range}); {} already replayed, skipped", plan.to_replay, plan.already_replayed);
+    let total = plan.to_replay;
+    let bar = std::io::stdout().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(total.unsigned_abs());
+        let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} replayed, {eta} left {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar
+    });
+    let done = execute(pool, &replay, &ReplayOptions::default(), |p| match &bar {
+        Some(bar) => {
+            bar.set_position(p.replayed.unsigned_abs());
+            bar.set_message(format!("(through {})", replay.position(p.through_seq)));
+        }
+        None => println!("replayed {}/{total} (through {})", p.replayed, replay.position(p.through_seq)),
+    })
+    .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    println!(
+        "replayed {} event(s) into the outbox, skipped {} already replayed; the relay publishes them as new \
+         positions after {}",
+        done.replayed,
+        done.skipped,
+        replay.position(replay.through_seq)
+    );
+    Ok(())
+}
+
+fn print_plan(replay: &ResolvedReplay, plan: &ReplayPlan) {
+    let position = |seq: Option<i64>| seq.map_or_else(|| "-".to_owned(), |s| replay.position(s));
+    println!("matching events:   {}", plan.matched);
+    println!("already replayed:  {} (would be skipped)", plan.already_replayed);
+    println!("would replay:      {}", plan.to_replay);
+    println!("first position:    {}", position(plan.first_seq));
+    println!("last position:     {}", position(plan.last_seq));
+    if !plan.per_group.is_empty() {
+        let width = plan.per_group.iter().map(|(g, _, _)| g.len()).max().unwrap_or(5).max(5);
+        println!("per group (an event counts in each of its groups):");
+        println!("  {:width$}  {:>9}  {:>12}", "GROUP", "MATCHING", "WOULD REPLAY");
+        for (group, matched, to_replay) in &plan.per_group {
+            println!("  {group:width$}  {matched:>9}  {to_replay:>12}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ReplayArgs {
+        ReplayArgs { from: None, to: None, since: None, until: None, groups: vec![], job: None, dry_run: false }
+    }
+
+    #[test]
+    fn positions_parse_and_must_be_ordered() {
+        let a = ReplayArgs { from: Some("7f3a9c21-10".into()), to: Some("7f3a9c21-20".into()), ..args() };
+        let r = ReplayRequest::from_args(&a).unwrap();
+        assert!(
+            matches!(r.range, ReplayRange::Positions { after, through: Some(t) } if after.seq == 10 && t.seq == 20)
+        );
+
+        let a = ReplayArgs { from: Some("7f3a9c21-20".into()), to: Some("7f3a9c21-10".into()), ..args() };
+        let e = ReplayRequest::from_args(&a).unwrap_err();
+        assert!(e.is_usage() && e.to_string().contains("before"), "{e}");
+
+        let a = ReplayArgs { from: Some("nope".into()), ..args() };
+        assert!(matches!(ReplayRequest::from_args(&a), Err(ReplayError::BadPosition { flag: "--from", .. })));
+    }
+
+    #[test]
+    fn times_and_groups_are_validated() {
+        let a =
+            ReplayArgs { since: Some("2026-11-25T08:00:00Z".into()), groups: vec!["region:north".into()], ..args() };
+        let r = ReplayRequest::from_args(&a).unwrap();
+        assert_eq!(r.groups.len(), 1);
+        let a = ReplayArgs { since: Some("yesterday".into()), ..args() };
+        assert!(matches!(ReplayRequest::from_args(&a), Err(ReplayError::BadTime { flag: "--since", .. })));
+        let a = ReplayArgs { since: Some("2026-11-25T08:00:00Z".into()), groups: vec!["North".into()], ..args() };
+        assert!(matches!(ReplayRequest::from_args(&a), Err(ReplayError::BadGroup(_))));
+    }
 }

@@ -38,9 +38,8 @@ pub async fn run_once(pool: &PgPool, dry_run: bool) -> Result<RetentionReport, s
     .fetch_all(&mut *tx)
     .await?;
     let mut report = RetentionReport::default();
-    let mut expired_through: i64 = sqlx::query_scalar("SELECT expired_through_seq FROM stream_meta")
-        .fetch_one(&mut *tx)
-        .await?;
+    let mut expired_through: i64 =
+        sqlx::query_scalar("SELECT expired_through_seq FROM stream_meta").fetch_one(&mut *tx).await?;
     for (partition, groups_partition) in expired {
         let max_seq: Option<i64> =
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT max(seq) FROM {}", quote(&partition))))

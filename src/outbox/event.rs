@@ -102,7 +102,12 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    pub fn new(event_type: &str, aggregate_id: Uuid, groups: Vec<GroupKey>, payload: Value) -> Result<Self, OutboxError> {
+    pub fn new(
+        event_type: &str,
+        aggregate_id: Uuid,
+        groups: Vec<GroupKey>,
+        payload: Value,
+    ) -> Result<Self, OutboxError> {
         let event_type = EventType::parse(event_type)?;
         if groups.is_empty() || groups.len() > MAX_GROUPS {
             return Err(OutboxError::GroupCount(groups.len()));

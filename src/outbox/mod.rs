@@ -7,7 +7,7 @@
 
 mod event;
 
-pub use event::{EventType, GroupKey, NewEvent, OutboxError, MAX_PAYLOAD_BYTES};
+pub use event::{EventType, GroupKey, MAX_PAYLOAD_BYTES, NewEvent, OutboxError};
 
 use std::sync::Arc;
 use tokio::sync::Notify;

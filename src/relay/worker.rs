@@ -1,13 +1,13 @@
 //! The relay loop: publish while there is work, then sleep until woken (in-process doorbell, a NOTIFY on
 //! the wake channel, or the poll timer), and reconnect forever with backoff when the database goes away.
 
-use super::publish::{publish_batch, BatchOutcome};
 use super::WAKE_CHANNEL;
+use super::publish::{BatchOutcome, publish_batch};
 use crate::metrics as m;
 use crate::outbox::RelayWaker;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -44,7 +44,8 @@ impl Relay {
 
     /// Runs until `shutdown` is cancelled. A batch in flight is always finished first.
     pub async fn run(self, shutdown: CancellationToken) {
-        let wake_task = tokio::spawn(forward_wake_notifications(self.pool.clone(), self.waker.clone(), shutdown.clone()));
+        let wake_task =
+            tokio::spawn(forward_wake_notifications(self.pool.clone(), self.waker.clone(), shutdown.clone()));
         let mut backoff = reconnect_backoff();
         let mut last_heartbeat: Option<Instant> = None;
         tracing::info!(node = %self.node_id, batch_size = self.config.batch_size, "relay started");

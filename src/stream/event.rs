@@ -5,8 +5,8 @@ use crate::position::{Epoch, Position};
 use axum::response::sse::Event;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
-use sqlx::types::Json;
 use sqlx::PgPool;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 /// An event encoded once, ready to be written to any number of streams.
@@ -67,7 +67,8 @@ impl EventRow {
     }
 }
 
-const COLUMNS: &str = "e.seq, e.event_id, e.event_type, e.groups, e.payload, e.replay_of, e.occurred_at, e.published_at";
+const COLUMNS: &str =
+    "e.seq, e.event_id, e.event_type, e.groups, e.payload, e.replay_of, e.occurred_at, e.published_at";
 
 /// Everything after `after_seq`, for the hub. `published_from` (the head's publish time) lets PostgreSQL
 /// skip older partitions: published_at never decreases along seq.

@@ -5,13 +5,13 @@
 //! from `event_log` from its own position and re-attaches when caught up. Nobody waits for a slow client,
 //! and a slow client never silently misses an event.
 
-use super::event::{fetch_after, StreamEvent, StreamMeta};
+use super::event::{StreamEvent, StreamMeta, fetch_after};
 use crate::metrics as m;
 use crate::position::{Epoch, Position};
 use crate::relay::EVENTS_CHANNEL;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -199,8 +199,13 @@ impl Hub {
     ) -> (u64, Arc<ClientShared>) {
         let id = self.0.next_client.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(ClientShared { groups: Mutex::new(groups.clone()), lagged: AtomicBool::new(false) });
-        let entry =
-            ClientEntry { dispatcher_id: dispatcher_id.to_owned(), requested, groups, tx: None, shared: shared.clone() };
+        let entry = ClientEntry {
+            dispatcher_id: dispatcher_id.to_owned(),
+            requested,
+            groups,
+            tx: None,
+            shared: shared.clone(),
+        };
         lock(&self.0.registry).clients.insert(id, entry);
         metrics::gauge!(m::SSE_CONNECTIONS).increment(1.0);
         (id, shared)
@@ -395,10 +400,9 @@ impl Hub {
                 tracing::warn!(%error, "could not refresh group membership of open streams");
             }
             beats += 1;
-            if beats % 3 == 1 && self.is_listening() {
-                if let Err(error) = crate::relay::beat(&self.0.pool, self.0.node_id, "listener").await {
-                    tracing::warn!(%error, "listener heartbeat failed");
-                }
+            let due = beats % 3 == 1 && self.is_listening();
+            if due && let Err(error) = crate::relay::beat(&self.0.pool, self.0.node_id, "listener").await {
+                tracing::warn!(%error, "listener heartbeat failed");
             }
         }
     }

@@ -7,6 +7,6 @@ mod event;
 mod hub;
 mod session;
 
-pub use event::{fetch_for_groups, StreamEvent, StreamMeta};
+pub use event::{StreamEvent, StreamMeta, fetch_for_groups};
 pub use hub::{Hub, HubConfig};
-pub use session::{open_stream, ResetReason, StreamRequest};
+pub use session::{ResetReason, StreamRequest, open_stream};

@@ -1,8 +1,8 @@
 //! One client's stream: opening lines, optional reset, backlog from the database, then live events, with
 //! heartbeats, membership changes, token expiry and the switch to database catch-up when it lags.
 
-use super::event::{fetch_for_groups, StreamMeta};
-use super::hub::{ClientShared, Delivery, Hub};
+use super::event::{StreamMeta, fetch_for_groups};
+use super::hub::{Delivery, Hub};
 use crate::metrics as m;
 use crate::position::Position;
 use axum::response::sse::Event;
@@ -10,9 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde_json::json;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Why a resuming client must reload its state instead of resuming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +76,11 @@ enum Step {
 }
 
 /// The SSE event stream for one client. `meta` is read at connect time (fresh from the database).
-pub fn open_stream(hub: Hub, request: StreamRequest, meta: StreamMeta) -> impl Stream<Item = Result<Event, Infallible>> {
+pub fn open_stream(
+    hub: Hub,
+    request: StreamRequest,
+    meta: StreamMeta,
+) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
         let epoch = meta.epoch;
         let (id, shared) = hub.add_client(&request.dispatcher_id, request.requested_groups.clone(), request.groups.clone());
@@ -161,7 +163,7 @@ pub fn open_stream(hub: Hub, request: StreamRequest, meta: StreamMeta) -> impl S
                 }
                 Step::Heartbeat => {
                     let ping = Event::default().comment("ping");
-                    match heartbeat_position(&hub, &rx, &shared, sent_through) {
+                    match hub.head_if_drained(&rx).filter(|head| *head > sent_through) {
                         Some(seq) => {
                             sent_through = seq;
                             yield Ok(ping.id(Position::new(epoch, seq).to_string()));
@@ -178,12 +180,6 @@ pub fn open_stream(hub: Hub, request: StreamRequest, meta: StreamMeta) -> impl S
             }
         }
     }
-}
-
-/// The position a heartbeat may carry: the hub's head, when this stream has everything up to it.
-fn heartbeat_position(hub: &Hub, rx: &mpsc::Receiver<Delivery>, shared: &Arc<ClientShared>, sent_through: i64) -> Option<i64> {
-    let _ = shared;
-    hub.head_if_drained(rx).filter(|head| *head > sent_through)
 }
 
 #[cfg(test)]

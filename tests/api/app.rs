@@ -45,7 +45,15 @@ impl TestApp {
     }
 
     pub async fn spawn_named(db: &TestDb, pool_name: &str, configure: impl FnOnce(&mut ServerConfig)) -> Self {
-        let pool = db.pool_named(pool_name, 16).await;
+        Self::start(db.pool_named(pool_name, 16).await, configure).await
+    }
+
+    /// A server whose pool connects to `url` lazily (it may be unreachable at times).
+    pub async fn spawn_url(url: &str, configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start(smartscheduler::db::connect_lazy(url, 16).unwrap(), configure).await
+    }
+
+    async fn start(pool: sqlx::PgPool, configure: impl FnOnce(&mut ServerConfig)) -> Self {
         let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
         config.dev = true;
         config.hub = test_hub_config();

@@ -97,8 +97,9 @@ pub async fn write_events(pool: &PgPool, n: usize, groups: &[&str]) -> Vec<Uuid>
     let mut tx = pool.begin().await.expect("begin");
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let event = NewEvent::new("TestEvent", Uuid::new_v4(), groups.iter().map(|g| group(g)).collect(), json!({"i": i}))
-            .expect("valid event");
+        let event =
+            NewEvent::new("TestEvent", Uuid::new_v4(), groups.iter().map(|g| group(g)).collect(), json!({"i": i}))
+                .expect("valid event");
         ids.push(outbox::enqueue(&mut tx, &event).await.expect("enqueue"));
     }
     tx.commit().await.expect("commit");

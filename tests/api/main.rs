@@ -2,7 +2,11 @@
 //! One binary (this file declares the modules) links once.
 
 mod app;
+mod cli;
 mod helpers;
+mod outage;
+mod ops;
 mod private_cluster;
+mod recommendations;
 mod relay;
 mod stream;

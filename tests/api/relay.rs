@@ -19,7 +19,11 @@ fn fast_relay_config(batch_size: i64) -> RelayConfig {
     RelayConfig { batch_size, poll_interval: Duration::from_millis(20), ..RelayConfig::default() }
 }
 
-fn spawn_relay(pool: PgPool, config: RelayConfig, waker: RelayWaker) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+fn spawn_relay(
+    pool: PgPool,
+    config: RelayConfig,
+    waker: RelayWaker,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(Relay::new(pool, config, waker, Uuid::new_v4()).run(shutdown.clone()));
     (shutdown, handle)
@@ -39,9 +43,13 @@ async fn run_out_of_order_writers(pool: PgPool, waker: RelayWaker) -> Written {
             let mut written = Vec::new();
             for i in 0..EVENTS_PER_WRITER {
                 let mut tx = pool.begin().await.unwrap();
-                let event =
-                    NewEvent::new("TestEvent", Uuid::new_v4(), vec![group("region:north")], json!({"writer": writer, "i": i}))
-                        .unwrap();
+                let event = NewEvent::new(
+                    "TestEvent",
+                    Uuid::new_v4(),
+                    vec![group("region:north")],
+                    json!({"writer": writer, "i": i}),
+                )
+                .unwrap();
                 let id = outbox::enqueue(&mut tx, &event).await.unwrap();
                 let hold = rand::rng().random_range(0..12);
                 tokio::time::sleep(Duration::from_millis(hold)).await; // the point of the test: late commits

@@ -1,0 +1,218 @@
+//! Section 1: what the outbox row costs a realistic writer transaction.
+
+use crate::common::{Ctx, Report, fmt_int, histogram, ms, pass_word};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use smartscheduler::outbox::{self, GroupKey, NewEvent};
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const CONTRACTORS: i64 = 200;
+const JOBS: i64 = 64;
+const PER_SET: usize = 10;
+
+struct Fixture {
+    contractors: Vec<Uuid>,
+    jobs: Vec<Uuid>,
+}
+
+async fn fixture(pool: &PgPool) -> anyhow::Result<Fixture> {
+    sqlx::query("INSERT INTO regions (key, name, center_lat, center_lon) VALUES ('north', 'North', 47.6, -122.3)")
+        .execute(pool)
+        .await?;
+    let contractors: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO contractors (name, region, home_lat, home_lon, skills)
+         SELECT 'Contractor ' || i, 'north', 47.6 + i * 0.0005, -122.3 - i * 0.0005, '{hvac,electrical}'
+         FROM generate_series(1, $1) AS i RETURNING id",
+    )
+    .bind(CONTRACTORS)
+    .fetch_all(pool)
+    .await?;
+    let jobs: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO jobs (title, region, required_skills, lat, lon, window_start, window_end)
+         SELECT 'Bench job ' || i, 'north', '{hvac}', 47.6, -122.3, now(), now() + interval '2 hours'
+         FROM generate_series(1, $1) AS i RETURNING id",
+    )
+    .bind(JOBS)
+    .fetch_all(pool)
+    .await?;
+    Ok(Fixture { contractors, jobs })
+}
+
+/// One recommendation transaction: a set, its 10 rows (one multi-row INSERT), optionally the outbox row.
+async fn transaction(
+    pool: &PgPool,
+    fx: &Fixture,
+    rng: &mut StdRng,
+    job: Uuid,
+    with_outbox: bool,
+) -> anyhow::Result<()> {
+    let picked = rand::seq::index::sample(rng, fx.contractors.len(), PER_SET);
+    let contractor_ids: Vec<Uuid> = picked.iter().map(|i| fx.contractors[i]).collect();
+    let ranks: Vec<i32> = (1..=PER_SET as i32).collect();
+    let scores: Vec<f64> = (0..PER_SET).map(|i| 0.95 - i as f64 * 0.03).collect();
+    let distances: Vec<f64> = (0..PER_SET).map(|_| rng.random_range(0.5..40.0)).collect();
+    let etas: Vec<i32> = distances.iter().map(|d| (d * 1.5) as i32 + 5).collect();
+    let skills: Vec<&str> = vec!["hvac"; PER_SET];
+
+    let mut tx = pool.begin().await?;
+    let set_id: Uuid = sqlx::query_scalar(
+        "INSERT INTO recommendation_sets (job_id, algorithm, candidates) VALUES ($1, 'weighted-v1', $2) RETURNING id",
+    )
+    .bind(job)
+    .bind(CONTRACTORS as i32)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO recommendations (set_id, rank, contractor_id, score, distance_km, eta_minutes, matched_skills)
+         SELECT $1, r, c, s, d, e, string_to_array(m, ',')
+         FROM UNNEST($2::int4[], $3::uuid[], $4::float8[], $5::float8[], $6::int4[], $7::text[]) AS u(r, c, s, d, e, m)",
+    )
+    .bind(set_id)
+    .bind(&ranks)
+    .bind(&contractor_ids)
+    .bind(&scores)
+    .bind(&distances)
+    .bind(&etas)
+    .bind(&skills)
+    .execute(&mut *tx)
+    .await?;
+    if with_outbox {
+        let top: Vec<_> = (0..3)
+            .map(|i| {
+                json!({"contractorId": contractor_ids[i], "name": format!("Contractor {i}"),
+                       "score": scores[i], "etaMinutes": etas[i]})
+            })
+            .collect();
+        let event = NewEvent::new(
+            "RecommendationReady",
+            job,
+            vec![GroupKey::for_region("north")?],
+            json!({"jobId": job, "summary": {"recommendationSetId": set_id, "count": PER_SET, "top": top}}),
+        )?;
+        outbox::enqueue(&mut tx, &event).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Runs `writers` concurrent writers for `duration`; returns (transactions, latency histogram, wall time).
+async fn drive(
+    pool: &PgPool,
+    fx: &std::sync::Arc<Fixture>,
+    writers: usize,
+    with_outbox: bool,
+    duration: Duration,
+) -> anyhow::Result<(u64, Histogram<u64>, Duration)> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let pool = pool.clone();
+        let fx = fx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(w as u64 + 1);
+            let mut hist = histogram();
+            let mut n = 0u64;
+            // Bounded in time and in count.
+            while Instant::now() < deadline && n < 1_000_000 {
+                let job = fx.jobs[(w + n as usize * writers) % fx.jobs.len()];
+                let t = Instant::now();
+                transaction(&pool, &fx, &mut rng, job, with_outbox).await?;
+                hist.saturating_record(t.elapsed().as_micros() as u64);
+                n += 1;
+            }
+            anyhow::Ok((n, hist))
+        }));
+    }
+    let mut total = 0;
+    let mut hist = histogram();
+    for t in tasks {
+        let (n, h) = t.await??;
+        total += n;
+        hist.add(h)?;
+    }
+    Ok((total, hist, started.elapsed()))
+}
+
+async fn reset(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("TRUNCATE outbox, recommendation_sets CASCADE").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE outbox").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE recommendations").execute(pool).await?;
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let db = ctx.fresh_db(20).await?;
+    let result = run_on(ctx, &db.pool, report).await;
+    ctx.drop_db(db).await;
+    result
+}
+
+async fn run_on(ctx: &Ctx, pool: &PgPool, report: &mut Report) -> anyhow::Result<()> {
+    let fx = std::sync::Arc::new(fixture(pool).await?);
+    // Each configuration runs in `rounds` alternating slices so that background noise hits both alike.
+    let (slice, rounds) = if ctx.quick { (Duration::from_millis(1000), 1) } else { (Duration::from_millis(2500), 2) };
+    // Warm-up: connections, prepared statements, caches.
+    drive(pool, &fx, 16, true, Duration::from_millis(500)).await?;
+
+    let mut body = String::from(
+        "A realistic recommendation transaction: `INSERT` one `recommendation_sets` row, then its 10 \
+         `recommendations` rows in one multi-row `INSERT ... SELECT FROM UNNEST(...)`, then (ours) the \
+         `RecommendationReady` row via `outbox::enqueue` in the same transaction, `COMMIT`. Baseline: the same \
+         transaction without the outbox row. Writer alone (no relay running; the outbox is truncated between \
+         runs). 200 contractors, 64 jobs. ",
+    );
+    body.push_str(&format!(
+        "Each configuration ran {rounds} × {:.1} s, alternating with/without.\n\n",
+        slice.as_secs_f64()
+    ));
+    body.push_str(
+        "| writers | without outbox tx/s | with outbox tx/s | throughput ratio (with/without) | mean latency without | mean latency with | p99 without | p99 with | outbox overhead |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut worst_overhead: f64 = f64::MIN;
+    for writers in [1usize, 16] {
+        let mut agg = [(0u64, histogram(), Duration::ZERO), (0u64, histogram(), Duration::ZERO)];
+        for _ in 0..rounds {
+            for (i, with) in [false, true].into_iter().enumerate() {
+                reset(pool).await?;
+                let (n, h, took) = drive(pool, &fx, writers, with, slice).await?;
+                agg[i].0 += n;
+                agg[i].1.add(h)?;
+                agg[i].2 += took;
+            }
+        }
+        let rate = |i: usize| agg[i].0 as f64 / agg[i].2.as_secs_f64();
+        let (without, with) = (rate(0), rate(1));
+        let ratio = with / without;
+        let overhead = (1.0 - ratio) * 100.0;
+        worst_overhead = worst_overhead.max(overhead);
+        body.push_str(&format!(
+            "| {writers} | {} | {} | {ratio:.3} | {} | {} | {} | {} | {overhead:+.1}% |\n",
+            fmt_int(without),
+            fmt_int(with),
+            ms(agg[0].1.mean() as u64),
+            ms(agg[1].1.mean() as u64),
+            ms(agg[0].1.value_at_quantile(0.99)),
+            ms(agg[1].1.value_at_quantile(0.99)),
+        ));
+        report.summary_row(
+            &format!("1. Outbox writer overhead, {writers} writer(s)"),
+            "≤ 10% fewer tx/s",
+            &format!("{} vs {} tx/s ({overhead:+.1}%)", fmt_int(with), fmt_int(without)),
+            Some(overhead <= 10.0),
+        );
+    }
+    reset(pool).await?;
+    body.push_str(&format!(
+        "\nTarget: the outbox row costs at most 10% of writer throughput → **{}** (worst overhead {worst_overhead:+.1}%; \
+         a negative overhead is noise).\n",
+        pass_word(worst_overhead <= 10.0)
+    ));
+    report.section("1. Writer cost of the outbox (issue 2)", &body);
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! Recommendations over HTTP: generation commits the set and its RecommendationReady event together, the
+//! event reaches exactly the job's region, matches the versioned JSON Schema, and bad input gets the
+//! contract's errors.
+
+use crate::app::*;
+use crate::helpers::*;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn schema_validator() -> jsonschema::Validator {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/recommendation-ready.v1.schema.json");
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("schema file")).expect("schema JSON");
+    jsonschema::validator_for(&schema).expect("a valid JSON Schema")
+}
+
+fn new_job(region: &str) -> Value {
+    json!({
+        "title": "Replace rooftop HVAC unit",
+        "region": region,
+        "requiredSkills": ["hvac"],
+        "location": {"lat": 47.70, "lon": -122.33},
+        // Tomorrow 09:00 to 13:00 UTC: inside the demo contractors' working hours.
+        "windowStart": tomorrow_at(9).to_rfc3339(),
+        "windowEnd": tomorrow_at(13).to_rfc3339(),
+    })
+}
+
+fn tomorrow_at(hour: u32) -> chrono::DateTime<chrono::Utc> {
+    let day = chrono::Utc::now().date_naive() + chrono::Days::new(1);
+    day.and_hms_opt(hour, 0, 0).unwrap().and_utc()
+}
+
+async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
+    http().post(app.url(path)).bearer_auth(token).json(&body).send().await.unwrap()
+}
+
+async fn seeded() -> (TestDb, TestApp) {
+    let db = TestDb::new().await;
+    smartscheduler::seed::seed_demo(&db.pool).await.expect("seed");
+    let app = TestApp::spawn(&db).await;
+    (db, app)
+}
+
+fn token(id: &str) -> String {
+    secret().issue(id, Duration::from_secs(3600)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_post_produces_a_ranked_set_and_its_event_reaches_exactly_the_jobs_region() {
+    let (_db, app) = seeded().await;
+    let (alice, bob, dana) = (token("alice"), token("bob"), token("dana"));
+    let mut north = Connect::new(&alice).open(&app.base).await;
+    let mut everywhere = Connect::new(&dana).open(&app.base).await;
+    let mut south = Connect::new(&bob).open(&app.base).await;
+
+    let created = post(&app, &alice, "/api/jobs", new_job("north")).await;
+    assert_eq!(created.status(), 201);
+    let job: Value = created.json().await.unwrap();
+    let job_id = job["id"].as_str().unwrap().to_owned();
+
+    let generated = post(&app, &alice, &format!("/api/jobs/{job_id}/recommendations"), json!({})).await;
+    assert_eq!(generated.status(), 201);
+    let set: Value = generated.json().await.unwrap();
+    let recs = set["recommendations"].as_array().unwrap();
+    assert!(!recs.is_empty(), "the demo data has hvac contractors in the north");
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["rank"], i + 1);
+        assert!(r["matchedSkills"].as_array().unwrap().contains(&json!("hvac")));
+        for field in ["contractorId", "name", "score", "distanceKm", "etaMinutes"] {
+            assert!(!r[field].is_null(), "{field} missing");
+        }
+    }
+    let scores: Vec<f64> = recs.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked by score");
+
+    let validator = schema_validator();
+    for stream in [&mut north, &mut everywhere] {
+        let event = stream.next_data(WAIT).await;
+        assert_eq!(event.event, "RecommendationReady");
+        let data = data_json(&event);
+        let errors: Vec<String> = validator.iter_errors(&data).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "the event does not match its schema: {errors:?}\n{data}");
+        assert_eq!(data["jobId"], job_id.as_str());
+        assert_eq!(data["summary"]["recommendationSetId"], set["recommendationSetId"]);
+        assert_eq!(data["summary"]["count"], recs.len());
+        assert!(data["summary"]["top"].as_array().unwrap().len() <= 3);
+        assert_eq!(data["groups"], json!(["region:north"]));
+    }
+
+    // The south dispatcher got nothing: their first event is a later south one.
+    let south_job: Value = post(&app, &bob, "/api/jobs", new_job("south")).await.json().await.unwrap();
+    let south_id = south_job["id"].as_str().unwrap();
+    assert_eq!(post(&app, &bob, &format!("/api/jobs/{south_id}/recommendations"), json!({})).await.status(), 201);
+    assert_eq!(data_json(&south.next_data(WAIT).await)["jobId"], south_id);
+
+    let latest: Value = http()
+        .get(app.url(&format!("/api/jobs/{job_id}/recommendations")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(latest["recommendationSetId"], set["recommendationSetId"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_generations_arrive_in_position_order_and_later_generations_have_higher_positions() {
+    let (db, app) = seeded().await;
+    let dana = token("dana");
+    let mut client = Connect::new(&dana).open(&app.base).await;
+    let jobs: Vec<String> =
+        sqlx::query_scalar("SELECT id::text FROM jobs ORDER BY id LIMIT 12").fetch_all(&db.pool).await.unwrap();
+
+    let mut tasks = Vec::new();
+    for round in 0..3 {
+        for job in &jobs {
+            let (url, token) = (app.url(&format!("/api/jobs/{job}/recommendations")), dana.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = http().post(url).bearer_auth(token).send().await.unwrap();
+                assert_eq!(r.status(), 201, "round {round}");
+                r.json::<Value>().await.unwrap()["recommendationSetId"].as_str().unwrap().to_owned()
+            }));
+        }
+    }
+    let mut sets = HashSet::new();
+    for t in tasks {
+        sets.insert(t.await.unwrap());
+    }
+
+    let events = client.take(sets.len(), WAIT).await;
+    let seqs: Vec<i64> = events.iter().map(seq_of).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "events out of position order: {seqs:?}");
+    let delivered: HashSet<String> =
+        events.iter().map(|e| data_json(e)["summary"]["recommendationSetId"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(delivered, sets, "every generation's event, exactly once");
+
+    // Per job, the set generated last (latest generated_at) has the highest position.
+    for job in &jobs {
+        let latest: Value = http()
+            .get(app.url(&format!("/api/jobs/{job}/recommendations")))
+            .bearer_auth(&dana)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let last_event_for_job = events.iter().rev().find(|e| data_json(e)["jobId"] == job.as_str()).unwrap();
+        assert_eq!(data_json(last_event_for_job)["summary"]["recommendationSetId"], latest["recommendationSetId"]);
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_contract_errors_and_changes_nothing() {
+    let (db, app) = seeded().await;
+    let (alice, bob) = (token("alice"), token("bob"));
+    let check = |status: u16, code: &'static str| {
+        move |(actual, body): (u16, Value)| {
+            assert_eq!(actual, status, "{body}");
+            assert_eq!(body["error"]["code"], code, "{body}");
+            assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    };
+    async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = request.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+    let jobs_url = app.url("/api/jobs");
+
+    check(401, "unauthorized")(send(http().post(&jobs_url).json(&new_job("north"))).await);
+    check(401, "invalid_token")(send(http().get(&jobs_url).bearer_auth("not-a-token")).await);
+    check(400, "invalid_json")(send(http().post(&jobs_url).bearer_auth(&alice).body("{\"title\": ")).await);
+    let mut missing = new_job("north");
+    missing.as_object_mut().unwrap().remove("windowEnd");
+    check(400, "invalid_json")(send(http().post(&jobs_url).bearer_auth(&alice).json(&missing)).await);
+    let mut bad_coords = new_job("north");
+    bad_coords["location"] = json!({"lat": 123.0, "lon": 0.0});
+    check(400, "invalid_input")(send(http().post(&jobs_url).bearer_auth(&alice).json(&bad_coords)).await);
+    let mut backwards = new_job("north");
+    backwards["windowEnd"] = json!((chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339());
+    check(400, "invalid_input")(send(http().post(&jobs_url).bearer_auth(&alice).json(&backwards)).await);
+    check(400, "invalid_input")(send(http().post(&jobs_url).bearer_auth(&alice).json(&new_job("atlantis"))).await);
+    check(403, "forbidden")(send(http().post(&jobs_url).bearer_auth(&bob).json(&new_job("north"))).await);
+    let huge = json!({ "title": "x".repeat(70 * 1024) });
+    check(413, "payload_too_large")(send(http().post(&jobs_url).bearer_auth(&alice).json(&huge)).await);
+
+    let unknown = uuid::Uuid::new_v4();
+    check(404, "not_found")(send(http().get(app.url(&format!("/api/jobs/{unknown}"))).bearer_auth(&alice)).await);
+    check(404, "not_found")(send(http().get(app.url("/api/jobs/not-a-uuid")).bearer_auth(&alice)).await);
+    check(404, "not_found")(
+        send(http().post(app.url(&format!("/api/jobs/{unknown}/recommendations"))).bearer_auth(&alice)).await,
+    );
+    check(403, "forbidden")(send(http().get(app.url("/api/jobs?region=south")).bearer_auth(&alice)).await);
+
+    let north_job: String = sqlx::query_scalar("SELECT id::text FROM jobs WHERE region = 'north' LIMIT 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    check(403, "forbidden")(
+        send(http().post(app.url(&format!("/api/jobs/{north_job}/recommendations"))).bearer_auth(&bob)).await,
+    );
+    check(404, "not_found")(
+        send(http().get(app.url(&format!("/api/jobs/{north_job}/recommendations"))).bearer_auth(&alice)).await,
+    );
+
+    // Nothing above wrote anything.
+    let sets: i64 = sqlx::query_scalar("SELECT count(*) FROM recommendation_sets").fetch_one(&db.pool).await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&db.pool).await.unwrap();
+    let published: i64 = sqlx::query_scalar("SELECT last_seq FROM stream_meta").fetch_one(&db.pool).await.unwrap();
+    assert_eq!((sets, events, published), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn sessions_me_and_the_dev_login() {
+    let (_db, app) = seeded().await;
+    let me = http().get(app.url("/api/me")).bearer_auth(token("carol")).send().await.unwrap();
+    assert_eq!(me.status(), 200);
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me["dispatcherId"], "carol");
+    assert_eq!(me["groups"], json!(["region:north", "region:south"]));
+
+    let cookie_client = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    let login =
+        cookie_client.post(app.url("/api/dev/session")).json(&json!({"dispatcherId": "bob"})).send().await.unwrap();
+    assert_eq!(login.status(), 200);
+    let set_cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.starts_with("ss_session=") && set_cookie.contains("HttpOnly"), "{set_cookie}");
+    let me: Value = cookie_client.get(app.url("/api/me")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["dispatcherId"], "bob");
+
+    let with_token =
+        cookie_client.post(app.url("/api/session")).json(&json!({"token": token("dana")})).send().await.unwrap();
+    assert_eq!(with_token.status(), 200);
+    let me: Value = cookie_client.get(app.url("/api/me")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["dispatcherId"], "dana");
+    assert_eq!(cookie_client.delete(app.url("/api/session")).send().await.unwrap().status(), 204);
+    assert_eq!(cookie_client.get(app.url("/api/me")).send().await.unwrap().status(), 401);
+}
