@@ -122,11 +122,15 @@ BEGIN
             EXECUTE format('CREATE TABLE %I PARTITION OF event_log FOR VALUES FROM (%L) TO (%L)',
                            'event_log_p' || suffix, d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
             EXECUTE format('CREATE INDEX ON %I USING brin (published_at)', 'event_log_p' || suffix);
+            EXECUTE format('COMMENT ON TABLE %I IS %L', 'event_log_p' || suffix,
+                           'Partition of event_log: events published on ' || d || ' (UTC). Dropped whole by retention.');
             created := created + 1;
         END IF;
         IF to_regclass('event_log_groups_p' || suffix) IS NULL THEN
             EXECUTE format('CREATE TABLE %I PARTITION OF event_log_groups FOR VALUES FROM (%L) TO (%L)',
                            'event_log_groups_p' || suffix, d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
+            EXECUTE format('COMMENT ON TABLE %I IS %L', 'event_log_groups_p' || suffix,
+                           'Partition of event_log_groups for events published on ' || d || ' (UTC).');
         END IF;
         d := d + 1;
     END LOOP;

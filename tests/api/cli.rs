@@ -1,7 +1,7 @@
 //! The command line as an operator uses it: exit codes 0/1/2, one-line causes, the dispatcher and token
 //! commands, idempotent seeding.
 
-use crate::app::{secret, SECRET};
+use crate::app::{SECRET, secret};
 use crate::helpers::TestDb;
 use std::process::{Command, Output};
 

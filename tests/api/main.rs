@@ -4,9 +4,10 @@
 mod app;
 mod cli;
 mod helpers;
-mod outage;
 mod ops;
+mod outage;
 mod private_cluster;
 mod recommendations;
 mod relay;
+mod schema;
 mod stream;

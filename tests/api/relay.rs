@@ -123,7 +123,7 @@ async fn a_seq_reader_sees_every_late_committing_event_exactly_once_in_commit_or
     assert_eq!(log_entries(&db.pool).await, seen);
 
     // Each writer's events keep that writer's commit order.
-    let mut next_i = vec![0usize; WRITERS];
+    let mut next_i = [0usize; WRITERS];
     for (_, id) in &seen {
         let (writer, i) = written[id];
         assert_eq!(i, next_i[writer], "writer {writer}'s events are out of its commit order");

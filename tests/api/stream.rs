@@ -333,10 +333,10 @@ async fn a_server_killed_and_restarted_mid_stream_loses_nothing() {
     let wait_ready = |base: String| async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = http().get(format!("{base}/readyz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = http().get(format!("{base}/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
             }
             assert!(tokio::time::Instant::now() < deadline, "server not ready");
             tokio::time::sleep(Duration::from_millis(50)).await; // readiness polling, nothing to await
