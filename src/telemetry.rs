@@ -1,4 +1,4 @@
-//! Logging: `RUST_LOG` filter (default `info`), pretty or JSON lines.
+//! Logging: `RUST_LOG` filter (default `info`), pretty or JSON lines, on stderr.
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,7 +11,9 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing), which tests rely on.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Default `info`, minus PostgreSQL's NOTICEs ("relation ... already exists, skipping" on every migrate).
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _already_set = match format {
         LogFormat::Pretty => builder.try_init(),
