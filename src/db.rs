@@ -1,7 +1,7 @@
 //! Connecting to PostgreSQL and applying `migrations/`.
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -10,15 +10,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("DATABASE_URL is not a valid PostgreSQL connection string: {0}")]
+    #[error("DATABASE_URL is not a valid PostgreSQL connection string")]
     BadUrl(#[source] sqlx::Error),
-    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    #[error("cannot connect to PostgreSQL at {target}")]
     Connect {
         target: String,
         #[source]
         source: sqlx::Error,
     },
-    #[error("migration failed: {0}")]
+    #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
@@ -32,6 +32,14 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
     let options = connect_options(url)?;
     let target = describe(&options);
+    // One direct connection first: a pool retries until its timeout and then reports only "timed out",
+    // while this says why (connection refused, no such database, authentication failed) at once.
+    PgConnection::connect_with(&options)
+        .await
+        .map_err(|source| DbError::Connect { target: target.clone(), source })?
+        .close()
+        .await
+        .ok();
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

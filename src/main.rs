@@ -19,8 +19,25 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let usage = e.downcast_ref::<smartscheduler::commands::UsageError>().is_some();
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             if usage { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
+}
+
+/// The error and its causes on one line, without repeating a cause that a message already includes
+/// (many errors, sqlx's among them, print their source inside their own message).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace(['\n', '\r'], " ")
 }

@@ -22,7 +22,7 @@ pub enum DispatcherError {
     BadGroup(#[from] OutboxError),
     #[error("no dispatcher {0:?}")]
     NotFound(String),
-    #[error("database error: {0}")]
+    #[error("database error")]
     Database(#[from] sqlx::Error),
 }
 

@@ -52,7 +52,7 @@ pub enum ReplayError {
          restored and positions of another epoch name other events; select by time with --since/--until instead"
     )]
     EpochMismatch { flag: &'static str, position: String, given: String, current: String },
-    #[error("database error during replay: {0}")]
+    #[error("database error during replay")]
     Database(#[from] sqlx::Error),
 }
 

@@ -9,6 +9,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
+use std::io::Write;
 use uuid::Uuid;
 
 /// A heartbeat younger than this means the process is alive (the writers beat every 5 s).
@@ -234,12 +235,16 @@ fn assess(status: &mut OutboxStatus, partition_headroom_seconds: Option<f64>) {
 /// Prints the status (an aligned table, or pretty JSON with `json`).
 pub async fn print(pool: &PgPool, json: bool) -> anyhow::Result<()> {
     let status = gather(pool).await.context("cannot read the outbox status from the database")?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status).context("cannot serialise the status")?);
+    let text = if json {
+        serde_json::to_string_pretty(&status).context("cannot serialise the status")? + "\n"
     } else {
-        print!("{}", render(&status));
+        render(&status)
+    };
+    // A closed pipe (`outbox status --json | head`) is not a failure of the command.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("cannot write to stdout"),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The human table: one `label: value` line per fact, labels aligned.
