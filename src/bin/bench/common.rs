@@ -106,13 +106,23 @@ pub fn fmt_int(n: f64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
     }
     if n < 0 { format!("-{out}") } else { out }
 }
+
+const NOTES: &str = "## How to read these figures\n\n\
+- Everything runs on one machine: PostgreSQL, the server and (sections 3, 4, 6, 7) the SSE clients share the \
+  same CPUs, so the clients' own parsing is part of every stream figure. Other work on the machine (see the load \
+  average above) shows up directly; compare runs only at similar load.\n\
+- Every commit is durable (`synchronous_commit = on` unless the server says otherwise): each writer \
+  transaction and each relay batch waits for a WAL flush, and the relay's flush is on the commit → receipt path.\n\
+- Baselines run in the same process and the same run as our figures, so their ratios are more stable than the \
+  absolute numbers.\n\
+- `--quick` shortens phases and shrinks row and connection counts; its figures are indicative only.\n";
 
 #[derive(Default)]
 pub struct Report {
@@ -153,6 +163,7 @@ impl Report {
         for (title, body) in &self.sections {
             s.push_str(&format!("## {title}\n\n{body}\n"));
         }
+        s.push_str(NOTES);
         s
     }
 }

@@ -22,11 +22,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// Concurrent writer tasks (and writer pool connections) at most.
+const WRITERS: u32 = 24;
 pub const REGIONS: [&str; 4] = ["north", "south", "east", "west"];
 pub const SECRET: &[u8] = b"smartscheduler-bench-secret-0123456789abcdef";
 const EVENT_TYPE: &str = "BenchEvent";
 const MAX_PHASES: usize = 8;
 const SHARDS: usize = 8;
+/// Most events one phase may write (bounds the commit-time table).
+const MAX_EVENTS_PER_PHASE: usize = 20_000;
 
 /// Adds one dispatcher per region (`bench-north` in `region:north`, ...) and returns their tokens.
 pub async fn region_dispatchers(pool: &PgPool) -> anyhow::Result<Vec<String>> {
@@ -65,7 +69,7 @@ impl Rig {
         let waker = RelayWaker::new();
         let relay = Relay::new(db.pool.clone(), RelayConfig::default(), waker.clone(), Uuid::new_v4());
         let relay = tokio::spawn(relay.run(shutdown.clone()));
-        let writer_pool = ctx.pool(&db.url, 16).await?;
+        let writer_pool = ctx.pool(&db.url, WRITERS).await?;
         Ok(Rig { db, writer_pool, addr, waker, tokens, shutdown, server, relay })
     }
 
@@ -84,6 +88,10 @@ pub struct Stats {
 }
 
 struct PhaseStats {
+    /// Commit-done time (ns) of event `n` of the phase, stored by the writer right after COMMIT returns.
+    commit_ns: Box<[AtomicU64]>,
+    /// Writer side: BEGIN → COMMIT returned, µs.
+    commit_hist: Mutex<Histogram<u64>>,
     delivered: AtomicU64,
     last_ns: AtomicU64,
     shards: Vec<Mutex<Histogram<u64>>>,
@@ -94,6 +102,8 @@ impl Stats {
         Arc::new(Self {
             phases: (0..MAX_PHASES)
                 .map(|_| PhaseStats {
+                    commit_ns: (0..MAX_EVENTS_PER_PHASE).map(|_| AtomicU64::new(0)).collect(),
+                    commit_hist: Mutex::new(histogram()),
                     delivered: AtomicU64::new(0),
                     last_ns: AtomicU64::new(0),
                     shards: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
@@ -102,12 +112,25 @@ impl Stats {
         })
     }
 
-    fn record(&self, phase: usize, shard: usize, sent_ns: u64) {
+    /// Latency from the event's commit-done time (falls back to its just-before-commit `sentNs` in the rare
+    /// case that the relay published it before the writer stored its commit time).
+    fn record(&self, phase: usize, shard: usize, n: usize, sent_ns: u64) {
         let Some(p) = self.phases.get(phase) else { return };
         let now = now_ns();
+        let committed = p.commit_ns.get(n).map(|c| c.load(Ordering::Acquire)).unwrap_or(0);
+        let sent_ns = if committed > 0 { committed } else { sent_ns };
         p.shards[shard % SHARDS].lock().unwrap().saturating_record(now.saturating_sub(sent_ns) / 1000);
         p.delivered.fetch_add(1, Ordering::Relaxed);
         p.last_ns.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn committed(&self, phase: usize, n: usize, began_ns: u64) {
+        let p = &self.phases[phase];
+        let now = now_ns();
+        if let Some(c) = p.commit_ns.get(n) {
+            c.store(now, Ordering::Release);
+        }
+        p.commit_hist.lock().unwrap().saturating_record(now.saturating_sub(began_ns) / 1000);
     }
 
     fn delivered(&self, phase: usize) -> u64 {
@@ -127,14 +150,15 @@ impl Stats {
 fn json_u64(data: &str, key: &str) -> Option<u64> {
     let pat = format!("\"{key}\":");
     let start = data.find(&pat)? + pat.len();
-    let digits: &str = &data[start..];
+    let digits: &str = data[start..].trim_start();
     let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
     digits[..end].parse().ok()
 }
 
 fn record_payload(stats: &Stats, shard: usize, data: &str) {
-    if let (Some(sent), Some(phase)) = (json_u64(data, "sentNs"), json_u64(data, "phase")) {
-        stats.record(phase as usize, shard, sent);
+    if let (Some(sent), Some(phase), Some(n)) = (json_u64(data, "sentNs"), json_u64(data, "phase"), json_u64(data, "n"))
+    {
+        stats.record(phase as usize, shard, n as usize, sent);
     }
 }
 
@@ -284,26 +308,42 @@ fn summary_template() -> &'static Value {
 }
 
 /// One event in its own transaction; `sentNs` is read just before the INSERT and COMMIT. Then the doorbell.
-async fn write_event(pool: &PgPool, waker: &RelayWaker, region: &str, phase: usize) -> anyhow::Result<()> {
+async fn write_event(
+    pool: &PgPool,
+    waker: &RelayWaker,
+    stats: &Stats,
+    region: &str,
+    phase: usize,
+    n: usize,
+) -> anyhow::Result<()> {
+    let began = now_ns();
     let mut tx = pool.begin().await?;
-    let payload = json!({"phase": phase, "sentNs": now_ns(), "summary": summary_template()});
+    let payload = json!({"phase": phase, "n": n, "sentNs": now_ns(), "summary": summary_template()});
     let event = NewEvent::new(EVENT_TYPE, Uuid::new_v4(), vec![GroupKey::for_region(region)?], payload)?;
     outbox::enqueue(&mut tx, &event).await?;
     tx.commit().await?;
+    stats.committed(phase, n, began);
     waker.wake();
     Ok(())
 }
 
 /// Writes `rate` events/s for `duration`, round-robin over the regions, with enough writers to keep up.
 /// Returns how many events were written and how long it took.
-async fn write_phase(rig: &Rig, rate: u32, duration: Duration, phase: usize) -> anyhow::Result<(u64, Duration)> {
-    let total = (rate as f64 * duration.as_secs_f64()).round() as u64;
-    let writers: u64 = if rate <= 400 { 4 } else { 16 };
+async fn write_phase(
+    rig: &Rig,
+    stats: &Arc<Stats>,
+    rate: u32,
+    duration: Duration,
+    phase: usize,
+) -> anyhow::Result<(u64, Duration)> {
+    let total = ((rate as f64 * duration.as_secs_f64()).round() as u64).min(MAX_EVENTS_PER_PHASE as u64);
+    // Enough writers that commit latency (fsync) does not throttle the offered rate.
+    let writers: u64 = (rate as u64 / 20).clamp(4, WRITERS as u64);
     let start = tokio::time::Instant::now();
     let hard_stop = start + duration * 3 + Duration::from_secs(5);
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (pool, waker) = (rig.writer_pool.clone(), rig.waker.clone());
+        let (pool, waker, stats) = (rig.writer_pool.clone(), rig.waker.clone(), stats.clone());
         tasks.push(tokio::spawn(async move {
             let mut written = 0u64;
             let mut i = w;
@@ -313,7 +353,7 @@ async fn write_phase(rig: &Rig, rate: u32, duration: Duration, phase: usize) -> 
                 if tokio::time::Instant::now() > hard_stop {
                     break;
                 }
-                write_event(&pool, &waker, REGIONS[(i % 4) as usize], phase).await?;
+                write_event(&pool, &waker, &stats, REGIONS[(i % 4) as usize], phase, i as usize).await?;
                 written += 1;
                 i += writers;
             }
@@ -333,6 +373,8 @@ pub struct PhaseResult {
     pub expected: u64,
     pub delivered: u64,
     pub hist: Histogram<u64>,
+    /// Writer transaction time (BEGIN → COMMIT returned), not part of `hist`.
+    pub commit: Histogram<u64>,
     pub write_secs: f64,
     pub deliveries_per_s: f64,
 }
@@ -346,14 +388,14 @@ impl PhaseResult {
 /// Writes a phase, then waits (bounded) until every expected delivery arrived.
 async fn run_phase(
     rig: &Rig,
-    stats: &Stats,
+    stats: &Arc<Stats>,
     per_region: u64,
     rate: u32,
     duration: Duration,
     phase: usize,
 ) -> anyhow::Result<PhaseResult> {
     let t0 = now_ns();
-    let (written, took) = write_phase(rig, rate, duration, phase).await?;
+    let (written, took) = write_phase(rig, stats, rate, duration, phase).await?;
     let expected = written * per_region;
     let deadline = Instant::now() + Duration::from_secs(20);
     while stats.delivered(phase) < expected && Instant::now() < deadline {
@@ -369,6 +411,7 @@ async fn run_phase(
         expected,
         delivered,
         hist: stats.histogram(phase),
+        commit: stats.phases[phase].commit_hist.lock().unwrap().clone(),
         write_secs: took.as_secs_f64(),
         deliveries_per_s: delivered as f64 / span,
     })
@@ -376,7 +419,7 @@ async fn run_phase(
 
 fn phase_row(label: &str, clients: u64, r: &PhaseResult) -> String {
     format!(
-        "| {label} | {clients} | {} ev/s | {} | {} / {} | {} | {} | {} | {} | {} |\n",
+        "| {label} | {clients} | {} ev/s | {} | {} / {} | {} | {} | {} | {} | {} | {} / {} |\n",
         r.rate,
         fmt_int(r.written as f64 / r.write_secs),
         fmt_int(r.delivered as f64),
@@ -386,11 +429,13 @@ fn phase_row(label: &str, clients: u64, r: &PhaseResult) -> String {
         ms(r.p(0.99)),
         ms(r.p(0.999)),
         ms(r.hist.max()),
+        ms(r.commit.value_at_quantile(0.5)),
+        ms(r.commit.value_at_quantile(0.99)),
     )
 }
 
-const PHASE_HEADER: &str = "| run | clients | offered rate | written ev/s | deliveries (got / expected) | deliveries/s | p50 | p99 | p99.9 | max |\n\
-                            |---|---|---|---|---|---|---|---|---|---|\n";
+const PHASE_HEADER: &str = "| run | clients | offered rate | written ev/s | deliveries (got / expected) | deliveries/s | p50 | p99 | p99.9 | max | writer tx p50 / p99 (not included) |\n\
+                            |---|---|---|---|---|---|---|---|---|---|---|\n";
 
 /// Sections 3 and 4.
 pub async fn latency_and_steps(ctx: &Ctx, report: &mut Report, steps: bool) -> anyhow::Result<()> {
@@ -442,8 +487,9 @@ async fn latency_and_steps_on(ctx: &Ctx, rig: &Rig, report: &mut Report, steps: 
          (reqwest + eventsource-stream, `Authorization: Bearer`), {per_region} per region dispatcher \
          (`region:north|south|east|west`), in the same process on a 2-worker tokio runtime (the clients' \
          CPU is part of the figure). Each event is its own transaction (`outbox::enqueue` + `COMMIT`), \
-         round-robin over the regions; the payload carries `sentNs` read from a process-wide monotonic clock \
-         just before the INSERT and COMMIT, so latency = receipt by the client − just-before-commit. \
+         round-robin over the regions; the writer stores the time its `COMMIT` returned (process-wide monotonic \
+         clock) in a table indexed by the event number carried in the payload, so latency = receipt by the \
+         client − commit done (the writer's own transaction time is shown separately). \
          Every event reaches the {per_region} clients of its region.\n\n",
         clients_total
     );
@@ -465,7 +511,7 @@ async fn latency_and_steps_on(ctx: &Ctx, rig: &Rig, report: &mut Report, steps: 
     );
 
     if steps {
-        let best = stepped.iter().filter(|r| r.p(0.99) < 100_000 && r.delivered == r.expected).last();
+        let best = stepped.iter().rfind(|r| r.p(0.99) < 100_000 && r.delivered == r.expected);
         let mut body = format!(
             "Same {clients_total} clients; the event rate steps up, {} s per step, until p99 ≥ 100 ms or a \
              delivery is missing (a step that fails ends the ramp).\n\n",
@@ -615,8 +661,8 @@ async fn naive_on(ctx: &Ctx, rig: &Rig, report: &mut Report) -> anyhow::Result<(
         sqlx::query_as("SELECT current_setting('max_connections')::int, (SELECT count(*) FROM pg_stat_activity)")
             .fetch_one(&rig.db.pool)
             .await?;
-    // Leave room for the rig's own pools (up to 36) and other users of the server.
-    let room = (max_conn as i64 - in_use - 36 - 12).max(8);
+    // Leave room for the rig's own pools (up to 44) and other users of the server.
+    let room = (max_conn as i64 - in_use - 40).max(8);
     let wanted: i64 = if ctx.quick { 20 } else { 60 };
     let clients = (room.min(wanted) / 4 * 4) as usize;
     let per_region = clients / 4;
