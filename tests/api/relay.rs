@@ -266,6 +266,8 @@ async fn the_outbox_table_refuses_bad_events_from_plain_sql() {
         ("'{}'", "'{}'", "no groups"),
         ("'{region:north}'", "'[1,2]'", "payload not an object"),
         ("'{region:north}'", "'{\"position\": 1}'", "payload shadows the envelope"),
+        ("'{region:north,region:north}'", "'{}'", "a repeated group"),
+        ("'{region:north,NULL}'", "'{}'", "a NULL group"),
     ] {
         let sql = format!(
             "INSERT INTO outbox (event_type, aggregate_id, groups, payload) VALUES ('X', gen_random_uuid(), {groups}, {payload})"
