@@ -6,13 +6,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT groups IS NOT NULL
        AND array_ndims(groups) = 1
        AND cardinality(groups) BETWEEN 1 AND 32
-       AND (SELECT count(g) = cardinality(groups)                     -- no NULLs
-               AND count(DISTINCT g) = cardinality(groups)            -- no repeats
-               AND coalesce(bool_and(g ~ '^[a-z0-9][a-z0-9:_-]{0,63}$'), false)
-            FROM unnest(groups) AS g)
+       AND NOT EXISTS (
+           SELECT 1 FROM unnest(groups) AS g
+           WHERE g IS NULL OR g !~ '^[a-z0-9][a-z0-9:_-]{0,63}$'
+       )
 $$;
 COMMENT ON FUNCTION ss_valid_groups(text[]) IS
-    'True when there are 1 to 32 distinct group keys, each matching ^[a-z0-9][a-z0-9:_-]{0,63}$.';
+    'True when every element is a group key (^[a-z0-9][a-z0-9:_-]{0,63}$) and there are 1 to 32 of them.';
 
 CREATE TABLE stream_meta (
     stream              text PRIMARY KEY DEFAULT 'main' CHECK (stream = 'main'),
