@@ -4,9 +4,7 @@
 use crate::position::{Epoch, Position};
 use axum::response::sse::Event;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Map, Value};
 use sqlx::PgPool;
-use sqlx::types::Json;
 use uuid::Uuid;
 
 /// An event encoded once, ready to be written to any number of streams.
@@ -43,7 +41,8 @@ pub(crate) struct EventRow {
     event_id: Uuid,
     event_type: String,
     groups: Vec<String>,
-    payload: Json<Map<String, Value>>,
+    /// `payload::text`: jsonb's one-line text form of the object.
+    payload: String,
     replay_of: Option<String>,
     occurred_at: DateTime<Utc>,
     published_at: DateTime<Utc>,
@@ -51,24 +50,41 @@ pub(crate) struct EventRow {
 
 impl EventRow {
     /// The SSE frame: `id:` position, `event:` type, `data:` the envelope merged with the payload, one line.
+    ///
+    /// The payload arrives as jsonb's text form, which is a JSON object on one line (control characters
+    /// in strings are escaped), so the envelope is spliced in front of its members instead of parsing and
+    /// re-serialising every payload: a resuming client pays for this once per event it reads. The outbox
+    /// refuses payloads that carry envelope keys, so no key appears twice.
     pub(crate) fn encode(self, epoch: Epoch) -> StreamEvent {
         let position = Position::new(epoch, self.seq).to_string();
-        let mut data = self.payload.0;
-        data.insert("eventId".into(), Value::String(self.event_id.to_string()));
-        data.insert("type".into(), Value::String(self.event_type.clone()));
-        data.insert("position".into(), Value::String(position.clone()));
-        data.insert("groups".into(), Value::from(self.groups.clone()));
-        data.insert("occurredAt".into(), Value::String(self.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true)));
-        data.insert("replayOf".into(), self.replay_of.map_or(Value::Null, Value::String));
-        // serde_json escapes control characters, so the JSON is a single line as SSE requires.
-        let json = Value::Object(data).to_string();
-        let sse = Event::default().id(position).event(self.event_type).data(json);
+        let json_string = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned());
+        let members = self.payload.trim().strip_prefix('{').and_then(|p| p.strip_suffix('}')).unwrap_or("").trim();
+        let mut data = String::with_capacity(256 + self.payload.len());
+        data.push_str("{\"eventId\":\"");
+        data.push_str(&self.event_id.to_string());
+        data.push_str("\",\"type\":");
+        data.push_str(&json_string(&self.event_type));
+        data.push_str(",\"position\":\"");
+        data.push_str(&position);
+        data.push_str("\",\"groups\":");
+        data.push_str(&serde_json::to_string(&self.groups).unwrap_or_else(|_| "[]".to_owned()));
+        data.push_str(",\"occurredAt\":\"");
+        data.push_str(&self.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true));
+        data.push_str("\",\"replayOf\":");
+        data.push_str(&self.replay_of.as_deref().map_or_else(|| "null".to_owned(), json_string));
+        if !members.is_empty() {
+            data.push(',');
+            data.push_str(members);
+        }
+        data.push('}');
+        let sse = Event::default().id(position).event(self.event_type).data(data);
         StreamEvent { seq: self.seq, published_at: self.published_at, groups: self.groups, sse }
     }
 }
 
 /// The hub's read: everything after a seq (`$1`), from a publish time on (`$2`), at most `$3` rows.
-const LIVE_SQL: &str = "SELECT e.seq, e.event_id, e.event_type, e.groups, e.payload, e.replay_of, e.occurred_at,
+const LIVE_SQL: &str =
+    "SELECT e.seq, e.event_id, e.event_type, e.groups, e.payload::text AS payload, e.replay_of, e.occurred_at,
         e.published_at
  FROM event_log e
  WHERE e.seq > $1 AND e.published_at >= coalesce($2, '-infinity'::timestamptz)
@@ -87,7 +103,7 @@ pub const BACKLOG_SQL: &str = "WITH wanted AS (
      ) AS x
      ORDER BY x.seq LIMIT $4
  )
- SELECT e.seq, e.event_id, e.event_type, e.groups, e.payload, e.replay_of, e.occurred_at, e.published_at
+ SELECT e.seq, e.event_id, e.event_type, e.groups, e.payload::text AS payload, e.replay_of, e.occurred_at, e.published_at
  FROM wanted w
  CROSS JOIN LATERAL (
      -- A lookup per wanted row (index probe; published_at prunes to one partition at run time). A plain

@@ -87,6 +87,8 @@ pub fn open_stream(
         let _guard = ClientGuard { hub: hub.clone(), id };
         let shutdown = hub.shutdown_token().clone();
         let page = hub.config().page_size;
+        // Looked up once: the macro consults the metrics registry on every call, and this runs per delivery.
+        let events_sent = metrics::counter!(m::SSE_EVENTS_SENT);
 
         let start = resume_point(&meta, request.resume_from);
         // Attach before reading the backlog: events after `head` arrive in the queue, events up to it are read
@@ -117,7 +119,7 @@ pub fn open_stream(
                         let complete = (events.len() as i64) < page;
                         for event in events {
                             sent_through = event.seq;
-                            metrics::counter!(m::SSE_EVENTS_SENT).increment(1);
+                            events_sent.increment(1);
                             yield Ok(event.sse);
                         }
                         if complete {
@@ -147,7 +149,7 @@ pub fn open_stream(
                     // ahead of this process's head (the client came from a faster server): skip what it has.
                     if event.seq > sent_through {
                         sent_through = event.seq;
-                        metrics::counter!(m::SSE_EVENTS_SENT).increment(1);
+                        events_sent.increment(1);
                         yield Ok(event.sse.clone());
                     }
                 }
