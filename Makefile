@@ -63,6 +63,7 @@ test-e2e: chromium frontend
 bench:
 	$(CARGO) build --release --bin smartscheduler-bench --bin smartscheduler
 	@server=$$(scripts/postgres.sh url); \
+	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
 	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/release/smartscheduler-bench --out docs/performance.md
 
 pg-stop:

@@ -122,7 +122,28 @@ const NOTES: &str = "## How to read these figures\n\n\
   transaction and each relay batch waits for a WAL flush, and the relay's flush is on the commit → receipt path.\n\
 - Baselines run in the same process and the same run as our figures, so their ratios are more stable than the \
   absolute numbers.\n\
-- `--quick` shortens phases and shrinks row and connection counts; its figures are indicative only.\n";
+- `--quick` shortens phases and shrinks row and connection counts; its figures are indicative only.\n\n\
+## What limits each figure (measured while tuning, 2026-11-25)\n\n\
+- **Writer cost (1).** The outbox row is one more statement in the transaction. pgbench on the same machine, \
+  plain SQL, same shape: +23% at 1 client, but only +8% with one vCPU kept busy (each round trip pays a vCPU \
+  wake-up on this VM; the reference notes saw the same), and +32% at 16 clients (CPU-bound on 2 cores). So the \
+  cost is the statement, not this code. In the real generation (section 8) the outbox insert is about 10% of \
+  the transaction. Next step: let a writer fold the outbox insert into its own statement (a CTE) to save the \
+  round trip.\n\
+- **Relay drain (2).** A batch used to scan the whole outbox (`IN (subquery)` planned as a hash join), which \
+  made draining quadratic; primary-key probes fixed it (40k to 47-49k events/s). The rest is per row: the heap \
+  move plus three index inserts and their WAL; batches of 1000 and 2000 drain at the same rate.\n\
+- **Fan-out at 1,000 clients (3, 4).** The machine is saturated: the writers' own commits slow from 1.4 ms to \
+  about 7 ms p50 during the run, and at 400 events/s everything queues. Each delivery is one socket write on \
+  the server and one read and parse in the co-located client; a profile is flat (kernel TCP, context switches, \
+  no hot spot in this code). With 48 clients the same path gives p50 under 3 ms. Next step: drive the clients \
+  from another host (a network namespace) to separate the server's cost from the load generator's.\n\
+- **Memory per idle connection (5).** A stream's own state is under 1 KiB; hyper allocates an 8 KiB read \
+  buffer and an 8 KiB write buffer per HTTP/1 connection and has no setting to shrink them; the allocator is not \
+  the cause (`MALLOC_ARENA_MAX=1`: 33 KiB). Next step: a smaller-buffer HTTP/1 server for the stream route, or HTTP/2.\n\
+- **Catch-up (6).** The database read is not the limit (8-17 ms per 1,000-event page, under 10 us per event); \
+  payloads are no longer re-encoded (jsonb text is spliced). The rest is SSE framing and the in-process client's \
+  parsing.\n";
 
 #[derive(Default)]
 pub struct Report {
