@@ -84,15 +84,21 @@ pub async fn add_dispatcher(
         .bind(name)
         .execute(&mut *tx)
         .await?;
+    grant_groups(&mut tx, id, &groups).await?;
+    tx.commit().await?;
+    dispatcher(pool, id).await?.ok_or_else(|| DispatcherError::NotFound(id.to_owned()))
+}
+
+/// Adds `groups` to a dispatcher's membership (groups already held stay as they are).
+async fn grant_groups(conn: &mut sqlx::PgConnection, id: &str, groups: &[String]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO dispatcher_groups (dispatcher_id, group_key) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
     )
     .bind(id)
-    .bind(&groups)
-    .execute(&mut *tx)
+    .bind(groups)
+    .execute(conn)
     .await?;
-    tx.commit().await?;
-    dispatcher(pool, id).await?.ok_or_else(|| DispatcherError::NotFound(id.to_owned()))
+    Ok(())
 }
 
 /// Adds and removes groups of an existing dispatcher.
@@ -117,13 +123,7 @@ pub async fn set_groups(
         .bind(&remove)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "INSERT INTO dispatcher_groups (dispatcher_id, group_key) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
-    )
-    .bind(id)
-    .bind(&add)
-    .execute(&mut *tx)
-    .await?;
+    grant_groups(&mut tx, id, &add).await?;
     tx.commit().await?;
     dispatcher(pool, id).await?.ok_or_else(|| DispatcherError::NotFound(id.to_owned()))
 }

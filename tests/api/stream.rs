@@ -187,46 +187,34 @@ async fn a_membership_change_reaches_an_open_stream_within_five_seconds() {
 
     auth::set_groups(&db.pool, "carol", &[], &["region:south".into()]).await.unwrap();
     let removed_at = tokio::time::Instant::now();
-    // Probe with (south, north) pairs until a south probe no longer arrives before its north marker.
     let mut round = 0;
-    loop {
-        round += 1;
-        write_event(&db.pool, &["region:south"], json!({ "probe": format!("south-{round}") })).await;
-        write_event(&db.pool, &["region:north"], json!({ "probe": format!("north-{round}") })).await;
-        let mut got_south = false;
-        loop {
-            let probe = data_json(&client.next_data(WAIT).await)["probe"].as_str().unwrap().to_owned();
-            if probe == format!("north-{round}") {
-                break;
-            }
-            got_south |= probe.starts_with("south");
-        }
-        if !got_south {
-            break;
-        }
+    // Probe until a south probe no longer arrives before its north marker.
+    while probe_south(&db, &mut client, &mut round).await {
         assert!(removed_at.elapsed() < Duration::from_secs(5), "a removed group still delivered after 5 s");
         tokio::time::sleep(Duration::from_millis(200)).await; // the probing cadence, not synchronisation
     }
 
     auth::set_groups(&db.pool, "carol", &["region:south".into()], &[]).await.unwrap();
     let added_at = tokio::time::Instant::now();
-    loop {
-        round += 1;
-        write_event(&db.pool, &["region:south"], json!({ "probe": format!("added-{round}") })).await;
-        write_event(&db.pool, &["region:north"], json!({ "probe": format!("north-{round}") })).await;
-        let mut got_south = false;
-        loop {
-            let probe = data_json(&client.next_data(WAIT).await)["probe"].as_str().unwrap().to_owned();
-            if probe == format!("north-{round}") {
-                break;
-            }
-            got_south |= probe == format!("added-{round}");
-        }
-        if got_south {
-            break;
-        }
+    while !probe_south(&db, &mut client, &mut round).await {
         assert!(added_at.elapsed() < Duration::from_secs(5), "an added group did not start within 5 s");
         tokio::time::sleep(Duration::from_millis(200)).await; // the probing cadence, not synchronisation
+    }
+}
+
+/// Writes a south probe and then a north marker; reads up to the marker and says whether the probe came.
+async fn probe_south(db: &TestDb, client: &mut SseClient, round: &mut u32) -> bool {
+    *round += 1;
+    let (south, north) = (format!("south-{round}"), format!("north-{round}"));
+    write_event(&db.pool, &["region:south"], json!({ "probe": south })).await;
+    write_event(&db.pool, &["region:north"], json!({ "probe": north })).await;
+    let mut got_south = false;
+    loop {
+        let probe = data_json(&client.next_data(WAIT).await)["probe"].as_str().unwrap().to_owned();
+        if probe == north {
+            return got_south;
+        }
+        got_south |= probe == south;
     }
 }
 
