@@ -29,6 +29,7 @@ pub fn install() -> PrometheusHandle {
             // Another recorder may already be installed (tests embedding several servers): keep ours for rendering.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            register_at_zero();
             handle
         })
         .clone()
@@ -44,4 +45,15 @@ fn describe() {
     metrics::describe_counter!(SSE_RESETS, "event: reset sent to resuming clients.");
     metrics::describe_histogram!(HTTP_DURATION, "HTTP request duration by route and status.");
     metrics::describe_counter!(LISTENER_RECONNECTS, "Times the LISTEN connection was lost and re-established.");
+}
+
+/// Touches every contract metric so that `/metrics` lists it from the start (the exporter renders only
+/// metrics it has seen): a scrape before the first event must still find the names.
+fn register_at_zero() {
+    for counter in [EVENTS_PUBLISHED, SSE_EVENTS_SENT, SSE_CATCHUP, LISTENER_RECONNECTS] {
+        metrics::counter!(counter).absolute(0);
+    }
+    metrics::gauge!(SSE_CONNECTIONS).set(0.0);
+    metrics::gauge!(OUTBOX_PENDING).set(0.0);
+    let _ = metrics::histogram!(PUBLISH_LAG);
 }

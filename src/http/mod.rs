@@ -15,6 +15,7 @@ use crate::outbox::RelayWaker;
 use crate::stream::Hub;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -63,7 +64,10 @@ pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(session::router())
         .merge(jobs::router())
         .merge(events::router())
-        .fallback(|| async { ApiError::not_found("no such API route") });
+        .fallback(|| async { ApiError::not_found("no such API route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        });
     let mut app = Router::new()
         .nest("/api", api)
         .merge(health::router())

@@ -4,6 +4,7 @@
 mod app;
 mod cli;
 mod helpers;
+mod http;
 mod ops;
 mod outage;
 mod private_cluster;
