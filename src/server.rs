@@ -95,12 +95,38 @@ impl Server {
     }
 
     /// Serves until the shutdown token is cancelled, then waits for streams and the relay to finish.
+    ///
+    /// HTTP/1.1 only, straight on hyper: browsers speak HTTP/1.1 to a plain-HTTP origin anyway, and the
+    /// HTTP/1 + HTTP/2 auto-detecting connection that `axum::serve` uses costs more memory per idle
+    /// connection, which matters for thousands of open event streams.
     pub async fn run(self) -> anyhow::Result<()> {
-        let shutdown = self.shutdown.clone();
-        axum::serve(self.listener, self.app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("HTTP server failed")?;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let service = hyper_util::service::TowerToHyperService::new(self.app);
+        loop {
+            let (stream, _peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        // Out of file descriptors and the like: keep serving the connections we have.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = self.shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
+        }
+        // Open streams end on the same token; idle keep-alive connections are closed here.
+        graceful.shutdown().await;
         for task in self.tasks {
             let _ = task.await;
         }

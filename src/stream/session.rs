@@ -100,7 +100,10 @@ pub fn open_stream(
         let mut sent_through = opening;
         if let Err(reason) = start {
             metrics::counter!(m::SSE_RESETS, "reason" => reason.as_str()).increment(1);
-            let position = Position::new(epoch, head).to_string();
+            // The current position of the log: this process's head may trail a publish by a moment. The
+            // client reloads over REST and then gets only what comes after it.
+            sent_through = head.max(meta.last_seq);
+            let position = Position::new(epoch, sent_through).to_string();
             let data = json!({ "reason": reason.as_str(), "position": position }).to_string();
             yield Ok(Event::default().id(position).event("reset").data(data));
         }
