@@ -136,11 +136,15 @@ const NOTES: &str = "## How to read these figures\n\n\
 - **Fan-out at 1,000 clients (3, 4).** The machine is saturated: the writers' own commits slow from 1.4 ms to \
   about 7 ms p50 during the run, and at 400 events/s everything queues. Each delivery is one socket write on \
   the server and one read and parse in the co-located client; a profile is flat (kernel TCP, context switches, \
-  no hot spot in this code). With 48 clients the same path gives p50 under 3 ms. Next step: drive the clients \
-  from another host (a network namespace) to separate the server's cost from the load generator's.\n\
-- **Memory per idle connection (5).** A stream's own state is under 1 KiB; hyper allocates an 8 KiB read \
-  buffer and an 8 KiB write buffer per HTTP/1 connection and has no setting to shrink them; the allocator is not \
-  the cause (`MALLOC_ARENA_MAX=1`: 33 KiB). Next step: a smaller-buffer HTTP/1 server for the stream route, or HTTP/2.\n\
+  no hot spot in this code). Serving HTTP/1.1 on hyper directly with `TCP_NODELAY` (instead of `axum::serve`) \
+  took p50 at 200 events/s from 26-35 ms to 13-21 ms across runs, and the highest step under p99 100 ms from 200 to 400 events/s in one of two runs (runs on this VM vary by up to 2x). Next step: drive the clients from another host (a network namespace) \
+  to separate the server's cost from the load generator's.\n\
+- **Memory per idle connection (5).** Measured with 3,000 idle connections: a bare idle HTTP/1 keep-alive \
+  connection costs 30.7 KiB under `axum::serve` (its HTTP/1 + HTTP/2 auto-detecting connection) and 12.6 KiB \
+  on hyper's HTTP/1 connection, which `serve` now uses; an event stream adds about 4.4 KiB to that (its queue, \
+  timers, registry entry and state machine). hyper's fixed 8 KiB read and write buffers are most of what is \
+  left; the allocator is not the cause (`MALLOC_ARENA_MAX=1` changed nothing material). Next step: an HTTP/1 \
+  connection with smaller buffers for the stream route.\n\
 - **Catch-up (6).** The database read is not the limit (8-17 ms per 1,000-event page, under 10 us per event); \
   payloads are no longer re-encoded (jsonb text is spliced). The rest is SSE framing and the in-process client's \
   parsing.\n";
