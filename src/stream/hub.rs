@@ -181,14 +181,6 @@ impl Hub {
     pub fn is_listening(&self) -> bool {
         self.0.listening.load(Ordering::Acquire)
     }
-    pub fn epoch(&self) -> Epoch {
-        lock(&self.0.registry).epoch
-    }
-    /// The last position fanned out by this process.
-    pub fn head(&self) -> Position {
-        let reg = lock(&self.0.registry);
-        Position::new(reg.epoch, reg.head)
-    }
 
     /// Adds a stream (not yet attached to the live fan-out).
     pub(crate) fn add_client(

@@ -34,6 +34,10 @@ fn tomorrow_at(hour: u32) -> chrono::DateTime<chrono::Utc> {
     day.and_hms_opt(hour, 0, 0).unwrap().and_utc()
 }
 
+async fn get_json(app: &TestApp, token: &str, path: &str) -> Value {
+    http().get(app.url(path)).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+}
+
 async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
     http().post(app.url(path)).bearer_auth(token).json(&body).send().await.unwrap()
 }
@@ -97,15 +101,7 @@ async fn one_post_produces_a_ranked_set_and_its_event_reaches_exactly_the_jobs_r
     assert_eq!(post(&app, &bob, &format!("/api/jobs/{south_id}/recommendations"), json!({})).await.status(), 201);
     assert_eq!(data_json(&south.next_data(WAIT).await)["jobId"], south_id);
 
-    let latest: Value = http()
-        .get(app.url(&format!("/api/jobs/{job_id}/recommendations")))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let latest: Value = get_json(&app, &alice, &format!("/api/jobs/{job_id}/recommendations")).await;
     assert_eq!(latest["recommendationSetId"], set["recommendationSetId"]);
 }
 
@@ -142,15 +138,7 @@ async fn concurrent_generations_arrive_in_position_order_and_later_generations_h
 
     // Per job, the set generated last (latest generated_at) has the highest position.
     for job in &jobs {
-        let latest: Value = http()
-            .get(app.url(&format!("/api/jobs/{job}/recommendations")))
-            .bearer_auth(&dana)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let latest: Value = get_json(&app, &dana, &format!("/api/jobs/{job}/recommendations")).await;
         let last_event_for_job = events.iter().rev().find(|e| data_json(e)["jobId"] == job.as_str()).unwrap();
         assert_eq!(data_json(last_event_for_job)["summary"]["recommendationSetId"], latest["recommendationSetId"]);
     }

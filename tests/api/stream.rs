@@ -15,6 +15,17 @@ async fn epoch(db: &TestDb) -> String {
     sqlx::query_scalar("SELECT epoch FROM stream_meta").fetch_one(&db.pool).await.unwrap()
 }
 
+/// A server over a log of `n` published region:north events, alice (region:north) and the log's epoch.
+async fn north_log_of(n: usize) -> (TestDb, TestApp, String, String) {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    write_events(&db.pool, n, &["region:north"]).await;
+    smartscheduler::relay::publish_all_pending(&db.pool, 100).await.unwrap();
+    let e = epoch(&db).await;
+    (db, app, alice, e)
+}
+
 /// Writes `n` events for `group`, each in its own transaction, payload {"n": i}.
 async fn write_numbered(db: &TestDb, group: &str, range: std::ops::Range<usize>) {
     for i in range {
@@ -50,11 +61,7 @@ async fn events_reach_only_their_groups_and_foreign_groups_are_forbidden() {
 
 #[tokio::test]
 async fn the_stream_opens_with_retry_and_the_current_position_and_the_contract_headers() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(&db).await;
-    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
-    write_events(&db.pool, 3, &["region:north"]).await;
-    smartscheduler::relay::publish_all_pending(&db.pool, 100).await.unwrap();
+    let (_db, app, alice, e) = north_log_of(3).await;
 
     let response = Connect::new(&alice).send(&app.base).await;
     assert_eq!(response.status(), 200);
@@ -68,17 +75,12 @@ async fn the_stream_opens_with_retry_and_the_current_position_and_the_contract_h
     let first = body.next().await.unwrap().unwrap();
     let text = String::from_utf8_lossy(&first);
     assert!(text.starts_with("retry: 3000\n"), "opening block was {text:?}");
-    assert!(text.contains(&format!("id: {}-3\n", epoch(&db).await)), "opening block was {text:?}");
+    assert!(text.contains(&format!("id: {e}-3\n")), "opening block was {text:?}");
 }
 
 #[tokio::test]
 async fn a_client_resumes_by_header_by_query_and_the_header_wins() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(&db).await;
-    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
-    write_events(&db.pool, 10, &["region:north"]).await;
-    smartscheduler::relay::publish_all_pending(&db.pool, 100).await.unwrap();
-    let e = epoch(&db).await;
+    let (_db, app, alice, e) = north_log_of(10).await;
 
     let mut by_header = Connect::new(&alice).header(&format!("{e}-4")).open(&app.base).await;
     assert_eq!(by_header.take(6, WAIT).await.iter().map(seq_of).collect::<Vec<_>>(), (5..=10).collect::<Vec<_>>());
@@ -117,12 +119,7 @@ async fn the_seam_between_backlog_and_live_has_no_gap_and_no_duplicate_while_eve
 
 #[tokio::test]
 async fn foreign_epochs_and_expired_positions_get_a_reset_and_malformed_ones_a_400() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(&db).await;
-    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
-    write_events(&db.pool, 10, &["region:north"]).await;
-    smartscheduler::relay::publish_all_pending(&db.pool, 100).await.unwrap();
-    let e = epoch(&db).await;
+    let (db, app, alice, e) = north_log_of(10).await;
     let other_epoch = if e == "00000000" { "00000001" } else { "00000000" };
 
     let mut foreign = Connect::new(&alice).header(&format!("{other_epoch}-3")).open(&app.base).await;
