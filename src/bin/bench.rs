@@ -10,6 +10,8 @@ mod common;
 mod memory;
 #[path = "bench/relay_drain.rs"]
 mod relay_drain;
+#[path = "bench/sse_client.rs"]
+mod sse_client;
 #[path = "bench/stream.rs"]
 mod stream;
 #[path = "bench/writer.rs"]

@@ -28,13 +28,19 @@ impl BatchOutcome {
     }
 }
 
-/// Publishes up to `batch_size` events in its own transaction.
+/// Publishes up to `batch_size` events in its own transaction, if any are waiting.
 pub async fn publish_batch(pool: &PgPool, batch_size: i64) -> Result<BatchOutcome, sqlx::Error> {
     // Cheap unlocked peek first, so that an idle poll costs one index probe and takes no row lock.
     let pending: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox)").fetch_one(pool).await?;
     if !pending {
         return Ok(BatchOutcome::Empty);
     }
+    publish_batch_now(pool, batch_size).await
+}
+
+/// Publishes up to `batch_size` events in its own transaction, without peeking first: for when a writer
+/// just rang the doorbell, so that the peek's round trip is not added to every event's latency.
+pub async fn publish_batch_now(pool: &PgPool, batch_size: i64) -> Result<BatchOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let outcome = publish_batch_uncommitted(&mut tx, batch_size).await?;
     tx.commit().await?;
@@ -70,8 +76,10 @@ pub async fn publish_batch_uncommitted(tx: &mut PgConnection, batch_size: i64) -
         ensure_partitions(&mut *tx).await?;
     }
 
-    // Move the lowest committed ids, numbered after last_seq in id order. published_at is taken after the
-    // fence, so it never decreases along seq (retention drops whole time ranges without making holes).
+    // Move the lowest committed ids, numbered after last_seq in id order, advance the counter and NOTIFY,
+    // all in one statement (one round trip: this is on every event's path to the screen). published_at
+    // is taken after the fence, so it never decreases along seq (retention drops whole time ranges
+    // without making holes). The NOTIFY is delivered at COMMIT, and only if there is one.
     let (count, lags): (i64, Vec<f64>) = sqlx::query_as(
         "WITH moved AS (
              DELETE FROM outbox
@@ -92,33 +100,33 @@ pub async fn publish_batch_uncommitted(tx: &mut PgConnection, batch_size: i64) -
              INSERT INTO event_log_groups (group_key, seq, published_at)
              -- The outbox refuses repeated groups (ss_valid_groups), so no DISTINCT is needed here.
              SELECT g, logged.seq, statement_timestamp() FROM logged, unnest(logged.groups) AS g
+         ), batch AS (
+             SELECT count(*) AS n,
+                    coalesce(array_agg(greatest(0, extract(epoch FROM statement_timestamp() - created_at))::float8),
+                             '{}') AS lags
+             FROM numbered
+         ), advanced AS (
+             UPDATE stream_meta SET last_seq = $1 + batch.n, last_published_at = statement_timestamp()
+             FROM batch WHERE stream_meta.stream = 'main' AND batch.n > 0
+             RETURNING stream_meta.last_seq
          )
-         SELECT count(*),
-                coalesce(array_agg(greatest(0, extract(epoch FROM statement_timestamp() - created_at))::float8),
-                         '{}')
-         FROM numbered",
+         -- One NOTIFY per batch, carrying only the new last position: listeners read the rows themselves.
+         SELECT batch.n, batch.lags,
+                (SELECT count(*) FROM (SELECT pg_notify($3, $4 || '-' || last_seq) FROM advanced) AS notified)
+         FROM batch",
     )
     .bind(last_seq)
     .bind(batch_size)
+    .bind(EVENTS_CHANNEL)
+    .bind(&epoch)
     .fetch_one(&mut *tx)
-    .await?;
+    .await
+    .map(|(count, lags, _notified): (i64, Vec<f64>, i64)| (count, lags))?;
 
     if count == 0 {
         return Ok(BatchOutcome::Empty);
     }
     let new_last = last_seq + count;
-    sqlx::query(
-        "UPDATE stream_meta SET last_seq = $1, last_published_at = statement_timestamp() WHERE stream = 'main'",
-    )
-    .bind(new_last)
-    .execute(&mut *tx)
-    .await?;
-    // One NOTIFY per batch, carrying only the new last position: listeners read the rows themselves.
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(EVENTS_CHANNEL)
-        .bind(format!("{epoch}-{new_last}"))
-        .execute(&mut *tx)
-        .await?;
     Ok(BatchOutcome::Published { epoch, first_seq: last_seq + 1, last_seq: new_last, lags })
 }
 

@@ -2,7 +2,7 @@
 //! the wake channel, or the poll timer), and reconnect forever with backoff when the database goes away.
 
 use super::WAKE_CHANNEL;
-use super::publish::{BatchOutcome, publish_batch};
+use super::publish::{BatchOutcome, publish_batch, publish_batch_now};
 use crate::metrics as m;
 use crate::outbox::RelayWaker;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -48,6 +48,8 @@ impl Relay {
             tokio::spawn(forward_wake_notifications(self.pool.clone(), self.waker.clone(), shutdown.clone()));
         let mut backoff = reconnect_backoff();
         let mut last_heartbeat: Option<Instant> = None;
+        // Rung by a writer (or a full batch just went out): skip the idle peek, there is work.
+        let mut rung = false;
         tracing::info!(node = %self.node_id, batch_size = self.config.batch_size, "relay started");
 
         while !shutdown.is_cancelled() {
@@ -57,20 +59,27 @@ impl Relay {
                     Err(e) => tracing::warn!(error = %e, "relay heartbeat failed"),
                 }
             }
-            match publish_batch(&self.pool, self.config.batch_size).await {
+            let published = if rung {
+                publish_batch_now(&self.pool, self.config.batch_size).await
+            } else {
+                publish_batch(&self.pool, self.config.batch_size).await
+            };
+            match published {
                 Ok(outcome @ BatchOutcome::Published { .. }) => {
                     backoff = reconnect_backoff();
                     record(&outcome);
                     // A full batch means more may be waiting: go again at once.
-                    if outcome.count() < self.config.batch_size {
+                    rung = outcome.count() == self.config.batch_size;
+                    if !rung {
                         self.idle(&shutdown, Duration::ZERO).await;
                     }
                 }
                 Ok(BatchOutcome::Empty) => {
                     backoff = reconnect_backoff();
-                    self.idle(&shutdown, self.config.poll_interval).await;
+                    rung = self.idle(&shutdown, self.config.poll_interval).await;
                 }
                 Err(error) => {
+                    rung = false;
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "relay publish failed; will retry");
                     tokio::select! {
@@ -84,16 +93,16 @@ impl Relay {
         tracing::info!(node = %self.node_id, "relay stopped");
     }
 
-    /// Waits for a wake-up, the poll timer, or shutdown. With a zero timeout it only yields.
-    async fn idle(&self, shutdown: &CancellationToken, timeout: Duration) {
+    /// Waits for a wake-up, the poll timer, or shutdown; true if woken. With a zero timeout it only yields.
+    async fn idle(&self, shutdown: &CancellationToken, timeout: Duration) -> bool {
         if timeout.is_zero() {
             tokio::task::yield_now().await;
-            return;
+            return false;
         }
         tokio::select! {
-            _ = self.waker.woken() => {}
-            _ = tokio::time::sleep(timeout) => {}
-            _ = shutdown.cancelled() => {}
+            _ = self.waker.woken() => true,
+            _ = tokio::time::sleep(timeout) => false,
+            _ = shutdown.cancelled() => false,
         }
     }
 }

@@ -85,7 +85,10 @@ pub fn open_stream(
         let epoch = meta.epoch;
         let (id, shared) = hub.add_client(&request.dispatcher_id, request.requested_groups.clone(), request.groups.clone());
         let _guard = ClientGuard { hub: hub.clone(), id };
-        let shutdown = hub.shutdown_token().clone();
+        // Pinned once: a fresh `cancelled()` per loop turn would register with (and leave) the token's
+        // waiter list, which every stream shares, on every delivery.
+        let shutdown = hub.shutdown_token().clone().cancelled_owned();
+        tokio::pin!(shutdown);
         let page = hub.config().page_size;
         // Looked up once: the macro consults the metrics registry on every call, and this runs per delivery.
         let events_sent = metrics::counter!(m::SSE_EVENTS_SENT);
@@ -141,7 +144,7 @@ pub fn open_stream(
 
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Step::Shutdown,
+                _ = &mut shutdown => Step::Shutdown,
                 _ = &mut expiry => Step::TokenExpired,
                 received = rx.recv() => received.map_or(Step::QueueClosed, Step::Deliver),
                 _ = heartbeat.tick() => Step::Heartbeat,

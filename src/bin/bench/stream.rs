@@ -3,9 +3,9 @@
 //! fan-out (one LISTEN connection and one query per client) for comparison.
 
 use crate::common::{BenchDb, Ctx, Report, fmt_int, histogram, ms, now_ns, pass_word};
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
+use crate::sse_client::{SseClient, json_u64, set_delayed_acks};
 use hdrhistogram::Histogram;
+use memchr::memmem;
 use serde_json::{Value, json};
 use smartscheduler::auth::{AuthSecret, add_dispatcher};
 use smartscheduler::outbox::{self, GroupKey, NewEvent, RelayWaker};
@@ -146,24 +146,29 @@ impl Stats {
     }
 }
 
-/// `"key":<digits>` in a JSON text, without parsing the whole document.
-fn json_u64(data: &str, key: &str) -> Option<u64> {
-    let pat = format!("\"{key}\":");
-    let start = data.find(&pat)? + pat.len();
-    let digits: &str = data[start..].trim_start();
-    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
-    digits[..end].parse().ok()
+/// Finders for the payload fields the clients read (built once: a client runs this per delivery).
+struct PayloadKeys {
+    sent_ns: memmem::Finder<'static>,
+    phase: memmem::Finder<'static>,
+    n: memmem::Finder<'static>,
 }
 
-fn record_payload(stats: &Stats, shard: usize, data: &str) {
-    if let (Some(sent), Some(phase), Some(n)) = (json_u64(data, "sentNs"), json_u64(data, "phase"), json_u64(data, "n"))
+fn payload_keys() -> &'static PayloadKeys {
+    static KEYS: OnceLock<PayloadKeys> = OnceLock::new();
+    KEYS.get_or_init(|| PayloadKeys {
+        sent_ns: memmem::Finder::new(b"\"sentNs\":"),
+        phase: memmem::Finder::new(b"\"phase\":"),
+        n: memmem::Finder::new(b"\"n\":"),
+    })
+}
+
+fn record_payload(stats: &Stats, shard: usize, data: &[u8]) {
+    let keys = payload_keys();
+    if let (Some(sent), Some(phase), Some(n)) =
+        (json_u64(data, &keys.sent_ns), json_u64(data, &keys.phase), json_u64(data, &keys.n))
     {
         stats.record(phase as usize, shard, n as usize, sent);
     }
-}
-
-pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().pool_max_idle_per_host(4096).tcp_nodelay(true).build()?)
 }
 
 /// Open SSE (or naive) clients; stop them with [`Clients::stop`].
@@ -184,36 +189,33 @@ impl Clients {
 
 /// Opens `per_region` SSE streams for each region's dispatcher and waits until every one got its headers.
 pub async fn open_sse_clients(rig: &Rig, per_region: usize, stats: &Arc<Stats>) -> anyhow::Result<Clients> {
-    let http = http_client()?;
     let stop = CancellationToken::new();
     let total = per_region * REGIONS.len();
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), String>>(total);
     let gate = Arc::new(Semaphore::new(100));
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
-        let (http, stats, stop, ready, gate) =
-            (http.clone(), stats.clone(), stop.clone(), ready_tx.clone(), gate.clone());
-        let url = format!("http://{}/api/events", rig.addr);
+        let (stats, stop, ready, gate) = (stats.clone(), stop.clone(), ready_tx.clone(), gate.clone());
+        let addr = rig.addr.to_string();
         let token = rig.tokens[i % REGIONS.len()].clone();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            let response = http.get(&url).bearer_auth(&token).header("accept", "text/event-stream").send().await;
+            let client = SseClient::connect(&addr, &token, None).await;
             drop(permit);
-            let response = match response {
-                Ok(r) if r.status().is_success() => r,
-                Ok(r) => return drop(ready.send(Err(format!("status {}", r.status()))).await),
-                Err(e) => return drop(ready.send(Err(e.to_string())).await),
+            let mut client = match client {
+                Ok(c) => c,
+                Err(e) => return drop(ready.send(Err(format!("{e:#}"))).await),
             };
             let _ = ready.send(Ok(())).await;
-            let mut events = response.bytes_stream().eventsource();
             loop {
+                let read = client.read_frames(|f| {
+                    if f.event == EVENT_TYPE.as_bytes() {
+                        record_payload(&stats, i, f.data)
+                    }
+                });
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    next = events.next() => match next {
-                        Some(Ok(ev)) if ev.event == EVENT_TYPE => record_payload(&stats, i, &ev.data),
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => break,
-                    }
+                    more = read => if !matches!(more, Ok(true)) { break },
                 }
             }
         }));
@@ -270,7 +272,7 @@ pub async fn open_naive_clients(url: &str, per_region: usize, stats: &Arc<Stats>
                         let Ok(rows) = rows else { break };
                         for (seq, payload) in rows {
                             last = last.max(seq);
-                            record_payload(&stats, i, &payload);
+                            record_payload(&stats, i, payload.as_bytes());
                         }
                     }
                 }
@@ -455,11 +457,16 @@ async fn latency_and_steps_on(ctx: &Ctx, rig: &Rig, report: &mut Report, steps: 
         run_phase(rig, &stats, clients.per_region, 100, Duration::from_secs(1), 0).await?; // warm-up
         let secs = if ctx.quick { 3 } else { 10 };
         let main = run_phase(rig, &stats, clients.per_region, 200, Duration::from_secs(secs), 1).await?;
+        // The same with the kernel's default of one ACK per read, for comparison.
+        set_delayed_acks(false);
+        let quick_acks = run_phase(rig, &stats, clients.per_region, 200, Duration::from_secs(secs), 2).await;
+        set_delayed_acks(true);
+        let quick_acks = quick_acks?;
         let mut stepped = Vec::new();
         if steps {
             let (rates, secs): (&[u32], u64) = if ctx.quick { (&[200, 800], 2) } else { (&[200, 400, 800, 1600], 5) };
             for (k, &rate) in rates.iter().enumerate() {
-                let r = run_phase(rig, &stats, clients.per_region, rate, Duration::from_secs(secs), 2 + k).await?;
+                let r = run_phase(rig, &stats, clients.per_region, rate, Duration::from_secs(secs), 3 + k).await?;
                 let ok = r.p(0.99) < 100_000 && r.delivered == r.expected;
                 eprintln!(
                     "[bench]   step {rate} ev/s: p99 {}, {} deliveries/s",
@@ -472,11 +479,11 @@ async fn latency_and_steps_on(ctx: &Ctx, rig: &Rig, report: &mut Report, steps: 
                 }
             }
         }
-        anyhow::Ok((main, stepped))
+        anyhow::Ok((main, quick_acks, stepped))
     }
     .await;
     clients.stop().await;
-    let (main, stepped) = run?;
+    let (main, quick_acks, stepped) = run?;
 
     let p50_ok = main.p(0.5) <= 3_000;
     let p99_ok = main.p(0.99) <= 20_000;
@@ -484,17 +491,21 @@ async fn latency_and_steps_on(ctx: &Ctx, rig: &Rig, report: &mut Report, steps: 
     let mut body = format!(
         "In-process server (`Server::start`, relay off) plus an in-process `Relay` whose `RelayWaker` each writer \
          rings after its commit (as the application's writers do). {} SSE clients over HTTP/1.1 \
-         (reqwest + eventsource-stream, `Authorization: Bearer`), {per_region} per region dispatcher \
-         (`region:north|south|east|west`), in the same process on a 2-worker tokio runtime (the clients' \
-         CPU is part of the figure). Each event is its own transaction (`outbox::enqueue` + `COMMIT`), \
-         round-robin over the regions; the writer stores the time its `COMMIT` returned (process-wide monotonic \
-         clock) in a table indexed by the event number carried in the payload, so latency = receipt by the \
-         client − commit done (the writer's own transaction time is shown separately). \
-         Every event reaches the {per_region} clients of its region.\n\n",
+         (`Authorization: Bearer`), {per_region} per region dispatcher (`region:north|south|east|west`), in the \
+         same process on a 2-worker tokio runtime, so the clients' CPU is part of the figure. The clients are \
+         lean (one `TcpStream` each, chunked decoding and SSE framing over one buffer, no allocation per event: \
+         `src/bin/bench/sse_client.rs`) and delay their ACKs (`TCP_QUICKACK` off after each read): over loopback \
+         a client's ACK segments are sent and received on the server's two cores, and a receiver on another host \
+         would pay for them there. The second row repeats the run with the kernel's default of one ACK per \
+         read. Each event is its own transaction (`outbox::enqueue` + `COMMIT`), round-robin over the regions; \
+         the writer stores the time its `COMMIT` returned (process-wide monotonic clock) in a table indexed by \
+         the event number carried in the payload, so latency = receipt by the client − commit done (the writer's \
+         own transaction time is shown separately). Every event reaches the {per_region} clients of its region.\n\n",
         clients_total
     );
     body.push_str(PHASE_HEADER);
     body.push_str(&phase_row("200 ev/s", clients_total, &main));
+    body.push_str(&phase_row("200 ev/s, clients ACK every read", clients_total, &quick_acks));
     body.push_str(&format!(
         "\nTargets: p50 ≤ 3 ms → **{}**; p99 ≤ 20 ms → **{}**; every delivery arrived: **{}**.\n",
         pass_word(p50_ok),
@@ -577,7 +588,7 @@ pub async fn catch_up(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let pass = ours_rate >= 50_000.0;
     let body = format!(
         "{} events for `region:north` published before the server starts; one client connects with \
-         `Last-Event-ID: {epoch}-0` and reads until its {}th event (HTTP/1.1 SSE, parsed with eventsource-stream). \
+         `Last-Event-ID: {epoch}-0` and reads until its {}th event (HTTP/1.1 SSE, read with the lean client of section 3). \
          Timed from sending the request. Reference: the naive fan-out's query (`SELECT seq, payload::text FROM \
          event_log WHERE seq > $1 AND groups && $2 ORDER BY seq`) reading the same rows straight from PostgreSQL \
          in one result, without encoding or HTTP.\n\n\
@@ -607,32 +618,25 @@ pub async fn catch_up(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
 }
 
 async fn catch_up_on(rig: &Rig, n: u64, epoch: &str) -> anyhow::Result<(Duration, Duration)> {
-    let http = http_client()?;
-    let url = format!("http://{}/api/events", rig.addr);
     let started = Instant::now();
-    let response = http
-        .get(&url)
-        .bearer_auth(&rig.tokens[0])
-        .header("accept", "text/event-stream")
-        .header("last-event-id", format!("{epoch}-0"))
-        .send()
+    let mut client = SseClient::connect(&rig.addr.to_string(), &rig.tokens[0], Some(&format!("{epoch}-0"))).await?;
+    let (mut got, mut reset) = (0u64, None);
+    client
+        .read_until(Duration::from_secs(120), |frame| {
+            if frame.event == EVENT_TYPE.as_bytes() {
+                got += 1;
+            } else if frame.event == b"reset" {
+                reset = Some(String::from_utf8_lossy(frame.data).into_owned());
+            }
+            got < n && reset.is_none()
+        })
         .await?;
-    anyhow::ensure!(response.status().is_success(), "catch-up request: status {}", response.status());
-    let mut events = response.bytes_stream().eventsource();
-    let mut got = 0u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while got < n {
-        match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(Ok(ev))) if ev.event == EVENT_TYPE => got += 1,
-            Ok(Some(Ok(ev))) if ev.event == "reset" => anyhow::bail!("the server sent a reset: {}", ev.data),
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(e))) => anyhow::bail!("stream error after {got} events: {e}"),
-            Ok(None) => anyhow::bail!("the stream ended after {got} events"),
-            Err(_) => anyhow::bail!("only {got} of {n} events within 120 s"),
-        }
-    }
     let ours = started.elapsed();
-    drop(events);
+    drop(client);
+    if let Some(data) = reset {
+        anyhow::bail!("the server sent a reset: {data}");
+    }
+    anyhow::ensure!(got == n, "only {got} of {n} events within 120 s");
 
     let mut conn = rig.writer_pool.acquire().await?;
     let started = Instant::now();
