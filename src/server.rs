@@ -2,7 +2,7 @@
 //! cleanly: stop accepting, end open streams (clients resume elsewhere), finish the relay batch in flight.
 
 use crate::auth::AuthSecret;
-use crate::http::{AppState, AppStateInner, router};
+use crate::http::{AppState, AppStateInner, router, stream_connection};
 use crate::outbox::RelayWaker;
 use crate::relay::{Relay, RelayConfig};
 use crate::stream::{Hub, HubConfig};
@@ -101,7 +101,9 @@ impl Server {
     /// connection, which matters for thousands of open event streams.
     pub async fn run(self) -> anyhow::Result<()> {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let service = hyper_util::service::TowerToHyperService::new(self.app);
+        // Connections served by the lean event-stream transport; they end with their stream.
+        let streams = tokio_util::task::TaskTracker::new();
+        let service = hyper_util::service::TowerToHyperService::new(self.app.clone());
         loop {
             let (stream, _peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -116,17 +118,22 @@ impl Server {
                 _ = self.shutdown.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
+            let (app, service, watcher) = (self.app.clone(), service.clone(), graceful.watcher());
+            streams.spawn(async move {
+                if stream_connection::opens_event_stream(&stream).await {
+                    return stream_connection::serve(stream, app).await;
+                }
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                if let Err(error) = watcher.watch(connection).await {
                     tracing::debug!(%error, "connection ended with an error");
                 }
             });
         }
         // Open streams end on the same token; idle keep-alive connections are closed here.
         graceful.shutdown().await;
+        streams.close();
+        streams.wait().await;
         for task in self.tasks {
             let _ = task.await;
         }

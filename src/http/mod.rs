@@ -6,6 +6,7 @@ mod extract;
 mod health;
 mod jobs;
 mod session;
+pub(crate) mod stream_connection;
 
 pub use error::ApiError;
 

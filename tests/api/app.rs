@@ -203,3 +203,40 @@ pub fn seq_of(event: &Event) -> i64 {
 pub fn data_json(event: &Event) -> serde_json::Value {
     serde_json::from_str(&event.data).expect("data is JSON")
 }
+
+/// `smartscheduler serve` as a child process on a free port, killed when dropped.
+pub struct ServerProcess {
+    pub base: String,
+    pub child: tokio::process::Child,
+}
+
+impl ServerProcess {
+    /// Starts the real binary on `db` and waits until `/readyz` answers 200.
+    pub async fn start(db: &TestDb) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(db, port).await
+    }
+
+    pub async fn start_on(db: &TestDb, port: u16) -> Self {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
+            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", &db.url)
+            .env("SMARTSCHEDULER_AUTH_SECRET", std::str::from_utf8(SECRET).unwrap())
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the server binary");
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http().get(format!("{base}/readyz")).send().await
+                && r.status() == 200
+            {
+                return Self { base, child };
+            }
+            assert!(tokio::time::Instant::now() < deadline, "server not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await; // readiness polling, nothing to await
+        }
+    }
+}

@@ -12,3 +12,4 @@ mod recommendations;
 mod relay;
 mod schema;
 mod stream;
+mod transport;

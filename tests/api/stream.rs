@@ -303,47 +303,21 @@ async fn a_server_killed_and_restarted_mid_stream_loses_nothing() {
     let db = TestDb::new().await;
     let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let base = format!("http://127.0.0.1:{port}");
-    let start = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
-            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-            .env("DATABASE_URL", &db.url)
-            .env("SMARTSCHEDULER_AUTH_SECRET", std::str::from_utf8(SECRET).unwrap())
-            .env("RUST_LOG", "warn")
-            .kill_on_drop(true)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start the server binary")
-    };
-    let wait_ready = |base: String| async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = http().get(format!("{base}/readyz")).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "server not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await; // readiness polling, nothing to await
-        }
-    };
-
-    let mut server = start();
-    wait_ready(base.clone()).await;
+    let mut server = ServerProcess::start_on(&db, port).await;
+    let base = server.base.clone();
     let mut client = Connect::new(&alice).header(&format!("{}-0", epoch(&db).await)).open(&base).await;
     write_numbered(&db, "region:north", 0..50).await;
     let mut received = client.take(50, WAIT).await;
 
-    server.kill().await.unwrap(); // SIGKILL: no goodbye
+    server.child.kill().await.unwrap(); // SIGKILL: no goodbye
     assert!(client.ends_within(WAIT).await);
     write_numbered(&db, "region:north", 50..100).await; // committed while no relay runs
 
-    let mut server = start();
-    wait_ready(base.clone()).await;
+    let mut server = ServerProcess::start_on(&db, port).await;
     let last = received.last().unwrap().id.clone();
     let mut resumed = Connect::new(&alice).header(&last).open(&base).await;
     received.extend(resumed.take(50, WAIT).await);
-    server.kill().await.unwrap();
+    server.child.kill().await.unwrap();
 
     let ns: Vec<i64> = received.iter().map(|e| data_json(e)["n"].as_i64().unwrap()).collect();
     assert_eq!(ns, (0..100).collect::<Vec<_>>());

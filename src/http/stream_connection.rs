@@ -1,0 +1,227 @@
+//! A lean HTTP/1.1 transport for connections whose first request is `GET /api/events`.
+//!
+//! Why not hyper for these: hyper's HTTP/1 connection holds an 8 KiB read buffer and an 8 KiB write
+//! buffer for as long as the connection lives, and an event stream lives for hours while it mostly idles.
+//! At 10,000 idle dispatchers that is most of the server's memory. So the accept loop peeks at each new
+//! connection: one that opens with the stream request is served here, everything else goes to hyper as
+//! before. The request itself still goes through the same axum router (authentication, validation,
+//! errors, metrics and tracing are shared); only the bytes on the wire are handled here: the request head
+//! is parsed with `httparse` into a buffer that is freed before the stream starts, and each event is
+//! written as one HTTP/1.1 chunk straight to the socket, with no buffer kept in between.
+//!
+//! The connection is not reused after the response (`connection: close`): an event stream only ends when
+//! the server ends it. A stream opened on a connection that served other requests first (a browser may
+//! reuse an idle keep-alive connection for it) stays on hyper, which handles it just as correctly.
+
+use super::ApiError;
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use axum::response::IntoResponse;
+use bytes::{Buf, Bytes};
+use http_body_util::BodyExt;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+
+/// The request line prefix this transport takes (followed by a space or `?`).
+const STREAM_REQUEST: &[u8] = b"GET /api/events";
+/// Largest request head accepted (cookies included); larger gets 431.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+/// How long a new connection may take to send its first bytes before hyper gets it anyway.
+const FIRST_BYTES_WAIT: Duration = Duration::from_secs(30);
+
+/// True if the connection's first request is the event stream. Looks without consuming anything, so
+/// that hyper reads the same bytes when the answer is no.
+pub(crate) async fn opens_event_stream(stream: &TcpStream) -> bool {
+    let decide = async {
+        let mut seen = [0u8; STREAM_REQUEST.len() + 1];
+        loop {
+            let n = stream.peek(&mut seen).await.unwrap_or(0);
+            if n == 0 {
+                return false;
+            }
+            if n == seen.len() {
+                return seen.starts_with(STREAM_REQUEST) && matches!(seen[n - 1], b' ' | b'?');
+            }
+            if !STREAM_REQUEST.starts_with(&seen[..n]) {
+                return false;
+            }
+            // The request line arrived split (rare: it fits the first segment). peek would return the
+            // same bytes at once, so wait a moment for the rest.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(FIRST_BYTES_WAIT, decide).await.unwrap_or(false)
+}
+
+/// Serves the connection's one request through `app` and streams the response.
+pub(crate) async fn serve(mut stream: TcpStream, app: Router) {
+    let request = match read_request(&mut stream).await {
+        Ok(Some(request)) => request,
+        Ok(None) => return, // the client left before sending a whole request
+        Err(status) => {
+            let _ = write_response(&mut stream, error_response(status)).await;
+            return drain_before_close(&mut stream).await;
+        }
+    };
+    let response = match app.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    if let Err(error) = write_response(&mut stream, response).await {
+        tracing::debug!(%error, "event stream connection ended");
+    }
+}
+
+/// Closing a socket with unread request bytes makes the kernel reset the connection, and the client may
+/// then lose the response just written. So read (and drop) what the client still sends, briefly.
+async fn drain_before_close(stream: &mut TcpStream) {
+    let mut sink = [0u8; 1024];
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+/// Reads and parses the request head. `Err` is the status to answer with.
+async fn read_request(stream: &mut TcpStream) -> Result<Option<Request<Body>>, StatusCode> {
+    let mut head = Vec::with_capacity(1024);
+    loop {
+        match stream.read_buf(&mut head).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => return to_request(&parsed).map(Some),
+            Ok(httparse::Status::Partial) if head.len() >= MAX_HEAD_BYTES => {
+                return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            Err(_) => return Err(StatusCode::BAD_REQUEST),
+        }
+    }
+}
+
+fn to_request(parsed: &httparse::Request<'_, '_>) -> Result<Request<Body>, StatusCode> {
+    let path = parsed.path.ok_or(StatusCode::BAD_REQUEST)?;
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let mut request = Request::builder().method(Method::GET).uri(path).version(Version::HTTP_11);
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| StatusCode::BAD_REQUEST)?;
+        // A request body on a GET would be read as the next request by a keep-alive server: refuse it.
+        if name == header::CONTENT_LENGTH && h.value != b"0" || name == header::TRANSFER_ENCODING {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| StatusCode::BAD_REQUEST)?;
+        request = request.header(name, value);
+    }
+    request.body(Body::empty()).map_err(|_| StatusCode::BAD_REQUEST)
+}
+
+fn error_response(status: StatusCode) -> Response<Body> {
+    let reason = status.canonical_reason().unwrap_or("error");
+    ApiError::new(status, "bad_request", format!("malformed HTTP request: {reason}")).into_response()
+}
+
+/// Writes the head, then the body: with a length if it has one, else chunk by chunk until it ends or
+/// the client goes away.
+async fn write_response(stream: &mut TcpStream, response: Response<Body>) -> std::io::Result<()> {
+    let (parts, mut body) = response.into_parts();
+    let length = body.size_hint().exact();
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        head.extend_from_slice(format!("date: {}\r\n", httpdate::fmt_http_date(SystemTime::now())).as_bytes());
+    }
+    match length {
+        Some(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    stream.write_all(&head).await?;
+    drop(head);
+
+    let (mut reader, mut writer) = stream.split();
+    let mut probe = [0u8; 16];
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            // The client hung up (or sent something, which a streaming GET has no use for).
+            _ = reader.read(&mut probe) => return Ok(()),
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue }; // trailers: none are sent
+                if data.is_empty() {
+                    continue;
+                }
+                if length.is_some() {
+                    writer.write_all(&data).await?;
+                } else {
+                    write_chunk(&mut writer, data).await?;
+                }
+            }
+            // The handler's body failed: end without the last chunk, so the client sees a broken stream.
+            Some(Err(_)) => return Ok(()),
+            None => break,
+        }
+    }
+    if length.is_none() {
+        writer.write_all(b"0\r\n\r\n").await?;
+    }
+    writer.shutdown().await
+}
+
+/// One HTTP/1.1 chunk, written with one vectored write: size line, data, CRLF.
+async fn write_chunk(writer: &mut (impl AsyncWriteExt + Unpin), data: Bytes) -> std::io::Result<()> {
+    let size = format!("{:x}\r\n", data.len());
+    let mut chunk = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
+    writer.write_all_buf(&mut chunk).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> Result<Request<Body>, StatusCode> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(raw).expect("parses").is_complete());
+        to_request(&parsed)
+    }
+
+    #[test]
+    fn a_stream_request_keeps_its_path_query_and_headers() {
+        let request = parse(b"GET /api/events?groups=region:north HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1-2\r\n\r\n")
+            .expect("valid");
+        assert_eq!(request.uri().path(), "/api/events");
+        assert_eq!(request.uri().query(), Some("groups=region:north"));
+        assert_eq!(request.headers()["last-event-id"], "1-2");
+    }
+
+    #[test]
+    fn a_body_or_an_old_protocol_is_refused() {
+        assert!(parse(b"GET /api/events HTTP/1.1\r\nContent-Length: 5\r\n\r\n").is_err());
+        assert!(parse(b"GET /api/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+        assert!(parse(b"GET /api/events HTTP/1.0\r\n\r\n").is_err());
+    }
+}
