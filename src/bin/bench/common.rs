@@ -133,21 +133,34 @@ const NOTES: &str = "## How to read these figures\n\n\
 - **Relay drain (2).** A batch used to scan the whole outbox (`IN (subquery)` planned as a hash join), which \
   made draining quadratic; primary-key probes fixed it (40k to 47-49k events/s). The rest is per row: the heap \
   move plus three index inserts and their WAL; batches of 1000 and 2000 drain at the same rate.\n\
-- **Fan-out at 1,000 clients (3, 4).** The machine is saturated: the writers' own commits slow from 1.4 ms to \
-  about 7 ms p50 during the run, and at 400 events/s everything queues. Each delivery is one socket write on \
-  the server and one read and parse in the co-located client; a profile is flat (kernel TCP, context switches, \
-  no hot spot in this code). Serving HTTP/1.1 on hyper directly with `TCP_NODELAY` (instead of `axum::serve`) \
-  took p50 at 200 events/s from 26-35 ms to 13-21 ms across runs, and the highest step under p99 100 ms from 200 to 400 events/s in one of two runs (runs on this VM vary by up to 2x). Next step: drive the clients from another host (a network namespace) \
-  to separate the server's cost from the load generator's.\n\
-- **Memory per idle connection (5).** Measured with 3,000 idle connections: a bare idle HTTP/1 keep-alive \
-  connection costs 30.7 KiB under `axum::serve` (its HTTP/1 + HTTP/2 auto-detecting connection) and 12.6 KiB \
-  on hyper's HTTP/1 connection, which `serve` now uses; an event stream adds about 4.4 KiB to that (its queue, \
-  timers, registry entry and state machine). hyper's fixed 8 KiB read and write buffers are most of what is \
-  left; the allocator is not the cause (`MALLOC_ARENA_MAX=1` changed nothing material). Next step: an HTTP/1 \
-  connection with smaller buffers for the stream route.\n\
-- **Catch-up (6).** The database read is not the limit (8-17 ms per 1,000-event page, under 10 us per event); \
-  payloads are no longer re-encoded (jsonb text is spliced). The rest is SSE framing and the in-process client's \
-  parsing.\n";
+- **Fan-out at 1,000 clients (3, 4).** Each event costs its 250 deliveries, and at 200 events/s the two \
+  cores are 70-80% busy: about 32 us of machine time per delivery, of which about 17 us is kernel TCP over \
+  loopback (the server's write, and the client's receive on the same cores), about 9 us user space (server \
+  and client) and the rest PostgreSQL. At that utilisation, queueing behind the previous event decides the \
+  median. What moved it (2026-11-25): (a) the load generator's clients: a general-purpose client \
+  (reqwest's connection task and body channel, then a parser that allocates per field) cost more per \
+  delivery than the server; the lean client in `sse_client.rs` took catch-up from 22-33k to 74-104k \
+  events/s. (b) ACK segments: a receive-only Linux socket ACKs every read, and over loopback each ACK is \
+  sent and received on these two cores; clients that delay ACKs took p50 from 9-10 ms to 3.0-3.6 ms in \
+  three runs at 20:55-21:00 UTC. (c) The relay now needs 4 round trips per batch instead of 7 (the move, \
+  counter update and NOTIFY are one statement; no peek after a doorbell): commit → receipt at 4 clients \
+  went from 1.76 to 1.60 ms p50. Later runs of the same code measured 4-8 ms p50, and in those the \
+  writers' own commit p50 under load was 2-3 ms instead of 0.9 ms, so the whole VM was slower: compare \
+  the two rows of section 3 with each other, and runs only at similar writer commit times. Next steps: \
+  fewer PostgreSQL statements per event (the writer's and relay's round trips), and the clients on \
+  another host.\n\
+- **Memory per idle connection (5).** hyper's HTTP/1 connection keeps an 8 KiB read buffer and an 8 KiB \
+  write buffer for its whole life (massif: 24 KB of heap per idle stream, 17 KiB resident). A connection \
+  whose first request is `GET /api/events` is now served by a lean transport \
+  (`src/http/stream_connection.rs`: the head parsed with `httparse` into a buffer freed before streaming, \
+  the request routed through the same axum router, each event written as one chunk straight to the \
+  socket), which took 17 KiB to 5.5-5.7 KiB. What is left is the task, the socket's registration, the \
+  stream's state machine, its queue and registry entry. A stream opened on a keep-alive connection that \
+  served other requests first stays on hyper (about 17 KiB). mimalloc instead of glibc's allocator \
+  measured 23 KiB, so it was not adopted.\n\
+- **Catch-up (6).** The database read is not the limit (8-17 ms per 1,000-event page, under 10 us per \
+  event; payloads are spliced as jsonb text, not re-encoded). The limit was the client's parser; with the \
+  lean client the server sends 74-104k events/s.\n";
 
 #[derive(Default)]
 pub struct Report {

@@ -167,17 +167,19 @@ impl SseClient {
 }
 
 /// Splits one event (its lines, each ending in `\n`) into `event:` and `data:`; comments have neither.
+/// The server writes `data:` last and on one line, so the scan stops there without walking the payload.
 fn parse_frame(frame: &[u8], on_frame: &mut impl FnMut(Frame<'_>)) {
-    let (mut event, mut data): (&[u8], &[u8]) = (b"message", b"");
-    for line in frame.split(|b| *b == b'\n') {
+    let mut event: &[u8] = b"message";
+    let mut rest = frame;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let line = &rest[..end];
         if let Some(v) = line.strip_prefix(b"event: ") {
             event = v;
-        } else if let Some(v) = line.strip_prefix(b"data: ") {
-            data = v;
+        } else if let Some(data) = line.strip_prefix(b"data: ") {
+            return on_frame(Frame { event, data });
         }
-    }
-    if !data.is_empty() {
-        on_frame(Frame { event, data });
+        rest = rest.get(end + 1..).unwrap_or_default();
     }
 }
 
@@ -192,6 +194,19 @@ pub fn json_u64(data: &[u8], key: &memmem::Finder<'_>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_give_their_event_and_data_and_comments_are_skipped() {
+        let mut seen = Vec::new();
+        let mut collect = |f: Frame<'_>| seen.push((f.event.to_vec(), f.data.to_vec()));
+        parse_frame(b"id: 1-2\nevent: BenchEvent\ndata: {\"n\": 1}\n", &mut collect);
+        parse_frame(b": ping\n", &mut collect);
+        parse_frame(b"data: plain\n", &mut collect);
+        assert_eq!(
+            seen,
+            vec![(b"BenchEvent".to_vec(), b"{\"n\": 1}".to_vec()), (b"message".to_vec(), b"plain".to_vec())]
+        );
+    }
 
     #[test]
     fn json_u64_reads_a_number_after_its_key() {
