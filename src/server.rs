@@ -119,15 +119,25 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let (app, service, watcher) = (self.app.clone(), service.clone(), graceful.watcher());
+            let shutdown = self.shutdown.clone();
             streams.spawn(async move {
-                if stream_connection::opens_event_stream(&stream).await {
-                    return stream_connection::serve(stream, app).await;
+                // A connection that has not sent a byte yet (a browser's preconnect) must not hold up shutdown.
+                let opens_stream = tokio::select! {
+                    opens = stream_connection::opens_event_stream(&stream) => opens,
+                    _ = shutdown.cancelled() => return,
+                };
+                if opens_stream {
+                    return stream_connection::serve(stream, app, shutdown).await;
                 }
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                if let Err(error) = watcher.watch(connection).await {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
+                // Boxed, so that the lean transport's tasks are not sized for hyper's connection state.
+                Box::pin(async move {
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    if let Err(error) = watcher.watch(connection).await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                })
+                .await
             });
         }
         // Open streams end on the same token; idle keep-alive connections are closed here.

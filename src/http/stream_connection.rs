@@ -23,6 +23,7 @@ use http_body_util::BodyExt;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// The request line prefix this transport takes (followed by a space or `?`).
@@ -32,6 +33,8 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// How long a new connection may take to send its first bytes before hyper gets it anyway.
 const FIRST_BYTES_WAIT: Duration = Duration::from_secs(30);
+/// How long a client may take to send the whole request head.
+const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// True if the connection's first request is the event stream. Looks without consuming anything, so
 /// that hyper reads the same bytes when the answer is no.
@@ -57,12 +60,17 @@ pub(crate) async fn opens_event_stream(stream: &TcpStream) -> bool {
     tokio::time::timeout(FIRST_BYTES_WAIT, decide).await.unwrap_or(false)
 }
 
-/// Serves the connection's one request through `app` and streams the response.
-pub(crate) async fn serve(mut stream: TcpStream, app: Router) {
-    let request = match read_request(&mut stream).await {
-        Ok(Some(request)) => request,
-        Ok(None) => return, // the client left before sending a whole request
-        Err(status) => {
+/// Serves the connection's one request through `app` and streams the response. The stream itself ends on
+/// the server's shutdown token; `shutdown` here only stops waiting for a request that has not arrived.
+pub(crate) async fn serve(mut stream: TcpStream, app: Router, shutdown: CancellationToken) {
+    let head = tokio::select! {
+        head = tokio::time::timeout(HEAD_READ_TIMEOUT, read_request(&mut stream)) => head,
+        _ = shutdown.cancelled() => return,
+    };
+    let request = match head {
+        Ok(Ok(Some(request))) => request,
+        Ok(Ok(None)) | Err(_) => return, // the client left, or took too long, before sending a whole request
+        Ok(Err(status)) => {
             let _ = write_response(&mut stream, error_response(status)).await;
             return drain_before_close(&mut stream).await;
         }

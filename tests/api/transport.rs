@@ -161,3 +161,26 @@ async fn a_client_that_hangs_up_is_removed_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await; // polling /metrics: there is nothing to await
     }
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_connections_that_never_sent_a_request() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let _preconnect = connect(&app).await; // a browser's speculative connection: no bytes, ever
+    let _half_sent = {
+        let mut socket = connect(&app).await;
+        socket.write_all(b"GET /api/events HTTP/1.1\r\nHost: te").await.unwrap();
+        socket
+    };
+    let mut streaming = connect(&app).await;
+    streaming.write_all(stream_request(&alice).as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut streaming, &mut buf, b"retry: 3000\n").await;
+
+    let stopped = tokio::time::timeout(Duration::from_secs(5), app.stop()).await;
+    assert!(stopped.is_ok(), "the server waited for idle connections");
+    // The open stream was ended cleanly: the last chunk, then the close.
+    let rest = read_to_close(&mut streaming).await;
+    assert!(rest.ends_with("0\r\n\r\n"), "{rest:?}");
+}

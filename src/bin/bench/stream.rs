@@ -27,7 +27,7 @@ const WRITERS: u32 = 24;
 pub const REGIONS: [&str; 4] = ["north", "south", "east", "west"];
 pub const SECRET: &[u8] = b"smartscheduler-bench-secret-0123456789abcdef";
 const EVENT_TYPE: &str = "BenchEvent";
-const MAX_PHASES: usize = 8;
+const MAX_PHASES: usize = 10;
 const SHARDS: usize = 8;
 /// Most events one phase may write (bounds the commit-time table).
 const MAX_EVENTS_PER_PHASE: usize = 20_000;
@@ -464,7 +464,8 @@ async fn latency_and_steps_on(ctx: &Ctx, rig: &Rig, report: &mut Report, steps: 
         let quick_acks = quick_acks?;
         let mut stepped = Vec::new();
         if steps {
-            let (rates, secs): (&[u32], u64) = if ctx.quick { (&[200, 800], 2) } else { (&[200, 400, 800, 1600], 5) };
+            let (rates, secs): (&[u32], u64) =
+                if ctx.quick { (&[200, 800], 2) } else { (&[200, 400, 600, 800, 1200, 1600], 5) };
             for (k, &rate) in rates.iter().enumerate() {
                 let r = run_phase(rig, &stats, clients.per_region, rate, Duration::from_secs(secs), 3 + k).await?;
                 let ok = r.p(0.99) < 100_000 && r.delivered == r.expected;
