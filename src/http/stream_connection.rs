@@ -96,6 +96,9 @@ async fn drain_before_close(stream: &mut TcpStream) {
 async fn read_request(stream: &mut TcpStream) -> Result<Option<Request<Body>>, StatusCode> {
     let mut head = Vec::with_capacity(1024);
     loop {
+        if head.len() == head.capacity() {
+            head.reserve(head.capacity()); // double, so a large head is parsed a few times, not per 64 bytes
+        }
         match stream.read_buf(&mut head).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
