@@ -47,6 +47,7 @@ impl ServerConfig {
 /// A started server: bound, hub listening, relay running.
 pub struct Server {
     listener: TcpListener,
+    waker: RelayWaker,
     app: axum::Router,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: CancellationToken,
@@ -67,7 +68,8 @@ impl Server {
             .context("starting the stream hub")?;
         let mut tasks = Vec::new();
         if config.run_relay {
-            let relay = Relay::new(pool.clone(), config.relay.clone(), waker.clone(), node_id);
+            let relay = Relay::new(pool.clone(), config.relay.clone(), waker.clone(), node_id)
+                .notifying(hub.published_signal());
             tasks.push(tokio::spawn(relay.run(shutdown.clone())));
         }
         tasks.push(tokio::spawn(crate::ops::retention::run_periodically(
@@ -79,7 +81,7 @@ impl Server {
             pool,
             hub,
             secret,
-            waker,
+            waker: waker.clone(),
             dev: config.dev,
             metrics: crate::metrics::install(),
             dev_token_ttl: config.dev_token_ttl,
@@ -87,7 +89,12 @@ impl Server {
         let app = router(state, config.static_dir.clone());
         let listener =
             TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
-        Ok(Self { listener, app, tasks, shutdown })
+        Ok(Self { listener, waker, app, tasks, shutdown })
+    }
+
+    /// The doorbell of this server's relay, for writers in the same process (as the API's own writers use).
+    pub fn relay_waker(&self) -> RelayWaker {
+        self.waker.clone()
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {

@@ -8,7 +8,9 @@ use crate::outbox::RelayWaker;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -35,11 +37,20 @@ pub struct Relay {
     config: RelayConfig,
     waker: RelayWaker,
     node_id: Uuid,
+    /// Told after each committed batch: the stream hub of this process, which then reads the batch at once
+    /// instead of waiting for its NOTIFY to come back from PostgreSQL.
+    local_hub: Option<Arc<Notify>>,
 }
 
 impl Relay {
     pub fn new(pool: PgPool, config: RelayConfig, waker: RelayWaker, node_id: Uuid) -> Self {
-        Self { pool, config, waker, node_id }
+        Self { pool, config, waker, node_id, local_hub: None }
+    }
+
+    /// Also tells `hub` (the same process's stream hub) after each committed batch.
+    pub fn notifying(mut self, hub: Arc<Notify>) -> Self {
+        self.local_hub = Some(hub);
+        self
     }
 
     /// Runs until `shutdown` is cancelled. A batch in flight is always finished first.
@@ -68,6 +79,9 @@ impl Relay {
                 Ok(outcome @ BatchOutcome::Published { .. }) => {
                     backoff = reconnect_backoff();
                     record(&outcome);
+                    if let Some(hub) = &self.local_hub {
+                        hub.notify_one();
+                    }
                     // A full batch means more may be waiting: go again at once.
                     rung = outcome.count() == self.config.batch_size;
                     if !rung {

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -124,6 +124,8 @@ struct HubInner {
     next_client: AtomicU64,
     shutdown: CancellationToken,
     node_id: Uuid,
+    /// Rung by this process's relay after it commits a batch (see [`Hub::published_signal`]).
+    published: Arc<Notify>,
 }
 
 /// Handle to the process's hub. Cheap to clone.
@@ -162,6 +164,7 @@ impl Hub {
             next_client: AtomicU64::new(1),
             shutdown,
             node_id,
+            published: Arc::new(Notify::new()),
         }));
         tokio::spawn(hub.clone().listen_loop());
         tokio::spawn(hub.clone().membership_loop());
@@ -177,6 +180,13 @@ impl Hub {
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.0.shutdown
     }
+    /// For this process's relay to ring after each committed batch: the hub then reads it at once. The
+    /// NOTIFY of the same batch arrives later and finds nothing new; hubs of other processes still rely
+    /// on it. Reading from the head is idempotent, so an early or extra ring costs one query at most.
+    pub fn published_signal(&self) -> Arc<Notify> {
+        self.0.published.clone()
+    }
+
     /// True while the LISTEN connection is up (part of `/readyz`).
     pub fn is_listening(&self) -> bool {
         self.0.listening.load(Ordering::Acquire)
@@ -331,6 +341,7 @@ impl Hub {
                 tokio::select! {
                     _ = self.0.shutdown.cancelled() => return,
                     _ = safety.tick() => self.log_failure(self.check_log().await),
+                    _ = self.0.published.notified() => self.log_failure(self.catch_up().await),
                     received = listener.try_recv() => match received {
                         Ok(Some(notification)) => {
                             if self.announces_new_events(notification.payload()) {

@@ -144,7 +144,8 @@ const NOTES: &str = "## How to read these figures\n\n\
   sent and received on these two cores; clients that delay ACKs took p50 from 9-10 ms to 3.0-3.6 ms in \
   three runs at 20:55-21:00 UTC. (c) The relay now needs 4 round trips per batch instead of 7 (the move, \
   counter update and NOTIFY are one statement; no peek after a doorbell): commit → receipt at 4 clients \
-  went from 1.76 to 1.60 ms p50. Later runs of the same code measured 4-8 ms p50, and in those the \
+  went from 1.76 to 1.60 ms p50. The relay also rings its own process's hub after each batch instead of \
+  waiting for the NOTIFY to come back (within run-to-run noise here: p50 6.5-8.0 against 7.4-8.3 ms). Later runs of the same code measured 4-8 ms p50, and in those the \
   writers' own commit p50 under load was 2-3 ms instead of 0.9 ms, so the whole VM was slower: compare \
   the two rows of section 3 with each other, and runs only at similar writer commit times. Next steps: \
   fewer PostgreSQL statements per event (the writer's and relay's round trips), and the clients on \

@@ -9,7 +9,6 @@ use memchr::memmem;
 use serde_json::{Value, json};
 use smartscheduler::auth::{AuthSecret, add_dispatcher};
 use smartscheduler::outbox::{self, GroupKey, NewEvent, RelayWaker};
-use smartscheduler::relay::{Relay, RelayConfig};
 use smartscheduler::server::{Server, ServerConfig};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -43,8 +42,8 @@ pub async fn region_dispatchers(pool: &PgPool) -> anyhow::Result<Vec<String>> {
     Ok(tokens)
 }
 
-/// An in-process server (relay off) plus our own in-process relay whose doorbell the writers ring after
-/// each commit, exactly as the application's own writers do.
+/// An in-process server (hub, HTTP and its relay) whose relay doorbell the writers ring after each commit,
+/// exactly as the application's own writers in `serve` do.
 pub struct Rig {
     pub db: BenchDb,
     pub writer_pool: PgPool,
@@ -53,7 +52,6 @@ pub struct Rig {
     pub tokens: Vec<String>,
     shutdown: CancellationToken,
     server: JoinHandle<anyhow::Result<()>>,
-    relay: JoinHandle<()>,
 }
 
 impl Rig {
@@ -61,22 +59,18 @@ impl Rig {
         let tokens = region_dispatchers(&db.pool).await?;
         let mut config = ServerConfig::new("127.0.0.1:0".parse()?);
         config.dev = false;
-        config.run_relay = false;
         let shutdown = CancellationToken::new();
         let server = Server::start(db.pool.clone(), config, AuthSecret::new(SECRET)?, shutdown.clone()).await?;
         let addr = server.local_addr()?;
+        let waker = server.relay_waker();
         let server = tokio::spawn(server.run());
-        let waker = RelayWaker::new();
-        let relay = Relay::new(db.pool.clone(), RelayConfig::default(), waker.clone(), Uuid::new_v4());
-        let relay = tokio::spawn(relay.run(shutdown.clone()));
         let writer_pool = ctx.pool(&db.url, WRITERS).await?;
-        Ok(Rig { db, writer_pool, addr, waker, tokens, shutdown, server, relay })
+        Ok(Rig { db, writer_pool, addr, waker, tokens, shutdown, server })
     }
 
     pub async fn stop(self, ctx: &Ctx) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.relay).await;
         self.writer_pool.close().await;
         ctx.drop_db(self.db).await;
     }
@@ -490,8 +484,9 @@ async fn latency_and_steps_on(ctx: &Ctx, rig: &Rig, report: &mut Report, steps: 
     let p99_ok = main.p(0.99) <= 20_000;
     let complete = main.delivered == main.expected;
     let mut body = format!(
-        "In-process server (`Server::start`, relay off) plus an in-process `Relay` whose `RelayWaker` each writer \
-         rings after its commit (as the application's writers do). {} SSE clients over HTTP/1.1 \
+        "In-process server (`Server::start`: hub, HTTP and relay) whose relay doorbell each writer rings after \
+         its commit (as the application's writers in `serve` do); the relay tells the hub of the same process \
+         after each batch, other processes' hubs wait for the NOTIFY. {} SSE clients over HTTP/1.1 \
          (`Authorization: Bearer`), {per_region} per region dispatcher (`region:north|south|east|west`), in the \
          same process on a 2-worker tokio runtime, so the clients' CPU is part of the figure. The clients are \
          lean (one `TcpStream` each, chunked decoding and SSE framing over one buffer, no allocation per event: \
