@@ -71,15 +71,16 @@ pub(crate) async fn serve(mut stream: TcpStream, app: Router, shutdown: Cancella
         Ok(Ok(Some(request))) => request,
         Ok(Ok(None)) | Err(_) => return, // the client left, or took too long, before sending a whole request
         Ok(Err(status)) => {
-            let _ = write_response(&mut stream, error_response(status)).await;
+            let _ = write_response(&mut stream, error_response(status), true).await;
             return drain_before_close(&mut stream).await;
         }
     };
+    let chunked = request.version() == Version::HTTP_11;
     let response = match app.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
-    if let Err(error) = write_response(&mut stream, response).await {
+    if let Err(error) = write_response(&mut stream, response, chunked).await {
         tracing::debug!(%error, "event stream connection ended");
     }
 }
@@ -119,10 +120,16 @@ async fn read_request(stream: &mut TcpStream) -> Result<Option<Request<Body>>, S
 
 fn to_request(parsed: &httparse::Request<'_, '_>) -> Result<Request<Body>, StatusCode> {
     let path = parsed.path.ok_or(StatusCode::BAD_REQUEST)?;
-    if parsed.method != Some("GET") || parsed.version != Some(1) {
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        // HTTP/1.0 clients (nginx proxies by default) get the same stream without chunked framing.
+        Some(0) => Version::HTTP_10,
+        _ => return Err(StatusCode::BAD_REQUEST),
+    };
+    if parsed.method != Some("GET") {
         return Err(StatusCode::BAD_REQUEST);
     }
-    let mut request = Request::builder().method(Method::GET).uri(path).version(Version::HTTP_11);
+    let mut request = Request::builder().method(Method::GET).uri(path).version(version);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| StatusCode::BAD_REQUEST)?;
         // A request body on a GET would be read as the next request by a keep-alive server: refuse it.
@@ -140,11 +147,12 @@ fn error_response(status: StatusCode) -> Response<Body> {
     ApiError::new(status, "bad_request", format!("malformed HTTP request: {reason}")).into_response()
 }
 
-/// Writes the head, then the body: with a length if it has one, else chunk by chunk until it ends or
-/// the client goes away.
-async fn write_response(stream: &mut TcpStream, response: Response<Body>) -> std::io::Result<()> {
+/// Writes the head, then the body: with a length if it has one, else chunk by chunk (`chunked`; an
+/// HTTP/1.0 client gets the bytes as they are, ended by the close) until it ends or the client goes away.
+async fn write_response(stream: &mut TcpStream, response: Response<Body>, chunked: bool) -> std::io::Result<()> {
     let (parts, mut body) = response.into_parts();
     let length = body.size_hint().exact();
+    let chunked = chunked && length.is_none();
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(parts.status.as_str().as_bytes());
@@ -163,9 +171,10 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>) -> std
     if !parts.headers.contains_key(header::DATE) {
         head.extend_from_slice(format!("date: {}\r\n", httpdate::fmt_http_date(SystemTime::now())).as_bytes());
     }
-    match length {
-        Some(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
-        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    if let Some(n) = length {
+        head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    } else if chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     head.extend_from_slice(b"connection: close\r\n\r\n");
     stream.write_all(&head).await?;
@@ -185,10 +194,10 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>) -> std
                 if data.is_empty() {
                     continue;
                 }
-                if length.is_some() {
-                    writer.write_all(&data).await?;
-                } else {
+                if chunked {
                     write_chunk(&mut writer, data).await?;
+                } else {
+                    writer.write_all(&data).await?;
                 }
             }
             // The handler's body failed: end without the last chunk, so the client sees a broken stream.
@@ -196,7 +205,7 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>) -> std
             None => break,
         }
     }
-    if length.is_none() {
+    if chunked {
         writer.write_all(b"0\r\n\r\n").await?;
     }
     writer.shutdown().await
@@ -230,9 +239,9 @@ mod tests {
     }
 
     #[test]
-    fn a_body_or_an_old_protocol_is_refused() {
+    fn a_body_is_refused_and_http_1_0_is_taken() {
         assert!(parse(b"GET /api/events HTTP/1.1\r\nContent-Length: 5\r\n\r\n").is_err());
         assert!(parse(b"GET /api/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
-        assert!(parse(b"GET /api/events HTTP/1.0\r\n\r\n").is_err());
+        assert_eq!(parse(b"GET /api/events HTTP/1.0\r\n\r\n").expect("valid").version(), Version::HTTP_10);
     }
 }

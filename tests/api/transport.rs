@@ -98,6 +98,24 @@ async fn a_stream_on_a_keep_alive_connection_that_served_another_request_first_w
 }
 
 #[tokio::test]
+async fn an_http_1_0_client_gets_the_stream_without_chunked_framing() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+
+    let mut socket = connect(&app).await;
+    let request = format!("GET /api/events HTTP/1.0\r\nAuthorization: Bearer {alice}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    expect_live_event(&db, &mut socket, &mut buf).await;
+    let text = lossy(&buf).to_ascii_lowercase();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(body.starts_with("retry: 3000\n"), "the body is the event stream itself: {body:?}");
+}
+
+#[tokio::test]
 async fn refusals_on_the_stream_transport_use_the_contract_error_shape() {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db).await;
