@@ -103,13 +103,14 @@ impl Server {
 
     /// Serves until the shutdown token is cancelled, then waits for streams and the relay to finish.
     ///
-    /// HTTP/1.1 only, straight on hyper: browsers speak HTTP/1.1 to a plain-HTTP origin anyway, and the
-    /// HTTP/1 + HTTP/2 auto-detecting connection that `axum::serve` uses costs more memory per idle
-    /// connection, which matters for thousands of open event streams.
+    /// HTTP/1.1 only: browsers speak HTTP/1.1 to a plain-HTTP origin anyway, and the HTTP/1 + HTTP/2
+    /// auto-detecting connection that `axum::serve` uses costs more memory per idle connection, which
+    /// matters for thousands of open event streams. A connection that opens with the event stream is
+    /// served by [`stream_connection`] (smaller still); every other one by hyper's HTTP/1 connection.
     pub async fn run(self) -> anyhow::Result<()> {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        // Connections served by the lean event-stream transport; they end with their stream.
-        let streams = tokio_util::task::TaskTracker::new();
+        // Every connection's task, so that shutdown can wait for the streams to end.
+        let connections = tokio_util::task::TaskTracker::new();
         let service = hyper_util::service::TowerToHyperService::new(self.app.clone());
         loop {
             let (stream, _peer) = tokio::select! {
@@ -127,7 +128,7 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let (app, service, watcher) = (self.app.clone(), service.clone(), graceful.watcher());
             let shutdown = self.shutdown.clone();
-            streams.spawn(async move {
+            connections.spawn(async move {
                 // A connection that has not sent a byte yet (a browser's preconnect) must not hold up shutdown.
                 let opens_stream = tokio::select! {
                     opens = stream_connection::opens_event_stream(&stream) => opens,
@@ -149,8 +150,8 @@ impl Server {
         }
         // Open streams end on the same token; idle keep-alive connections are closed here.
         graceful.shutdown().await;
-        streams.close();
-        streams.wait().await;
+        connections.close();
+        connections.wait().await;
         for task in self.tasks {
             let _ = task.await;
         }

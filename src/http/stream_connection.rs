@@ -211,11 +211,22 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>, chunke
     writer.shutdown().await
 }
 
-/// One HTTP/1.1 chunk, written with one vectored write: size line, data, CRLF.
+/// One HTTP/1.1 chunk, written with one vectored write: size line, data, CRLF. Runs per delivery, so
+/// the size line is formatted on the stack.
 async fn write_chunk(writer: &mut (impl AsyncWriteExt + Unpin), data: Bytes) -> std::io::Result<()> {
-    let size = format!("{:x}\r\n", data.len());
-    let mut chunk = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
+    let mut size_line = [0u8; 18]; // 16 hex digits + CRLF
+    let size = chunk_size_line(data.len(), &mut size_line);
+    let mut chunk = Buf::chain(Buf::chain(size, data), &b"\r\n"[..]);
     writer.write_all_buf(&mut chunk).await
+}
+
+/// `<len in hex>\r\n` into `buf` (always fits: 16 hex digits at most).
+fn chunk_size_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{len:x}\r\n");
+    let end = cursor.position() as usize;
+    &buf[..end]
 }
 
 #[cfg(test)]
@@ -227,6 +238,14 @@ mod tests {
         let mut parsed = httparse::Request::new(&mut headers);
         assert!(parsed.parse(raw).expect("parses").is_complete());
         to_request(&parsed)
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        let mut buf = [0u8; 18];
+        for len in [1usize, 9, 10, 255, 256, 700, 65_536, usize::MAX] {
+            assert_eq!(chunk_size_line(len, &mut buf), format!("{len:x}\r\n").as_bytes());
+        }
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub async fn publish_batch_uncommitted(tx: &mut PgConnection, batch_size: i64) -
              RETURNING stream_meta.last_seq
          )
          -- One NOTIFY per batch, carrying only the new last position: listeners read the rows themselves.
+         -- (pg_notify returns void, which no client type decodes, hence the count around it.)
          SELECT batch.n, batch.lags,
                 (SELECT count(*) FROM (SELECT pg_notify($3, $4 || '-' || last_seq) FROM advanced) AS notified)
          FROM batch",

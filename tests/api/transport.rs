@@ -45,7 +45,8 @@ async fn read_to_close(socket: &mut TcpStream) -> String {
     lossy(&buf)
 }
 
-/// Opens a stream, then publishes one event for north and expects it on `socket` after `already`.
+/// On a stream just requested on `socket`: waits for its opening block, publishes one event for north and
+/// waits for it too. Everything read is in `buf`.
 async fn expect_live_event(db: &TestDb, socket: &mut TcpStream, buf: &mut Vec<u8>) {
     read_until(socket, buf, b"retry: 3000\n").await;
     read_until(socket, buf, b"\n\n").await; // the opening block is complete, so the stream is attached
@@ -53,18 +54,34 @@ async fn expect_live_event(db: &TestDb, socket: &mut TcpStream, buf: &mut Vec<u8
     read_until(socket, buf, b"\"hello\": \"there\"").await;
 }
 
-#[tokio::test]
-async fn a_connection_that_opens_with_the_stream_gets_a_chunked_event_stream_with_the_contract_headers() {
+/// A server and alice (region:north).
+async fn server_and_alice() -> (TestDb, TestApp, String) {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db).await;
     let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    (db, app, alice)
+}
 
-    let mut socket = connect(&app).await;
-    socket.write_all(stream_request(&alice).as_bytes()).await.unwrap();
+/// Sends `request` on a new connection, expects a live event on it, returns everything read, lowercased.
+async fn stream_text(db: &TestDb, app: &TestApp, request: &str) -> String {
+    let mut socket = connect(app).await;
+    socket.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    expect_live_event(&db, &mut socket, &mut buf).await;
+    expect_live_event(db, &mut socket, &mut buf).await;
+    lossy(&buf).to_ascii_lowercase()
+}
 
-    let text = lossy(&buf).to_ascii_lowercase();
+/// Sends `request` on a new connection and returns the whole response (the server closes after it).
+async fn exchange(app: &TestApp, request: &[u8]) -> String {
+    let mut socket = connect(app).await;
+    socket.write_all(request).await.unwrap();
+    read_to_close(&mut socket).await
+}
+
+#[tokio::test]
+async fn a_connection_that_opens_with_the_stream_gets_a_chunked_event_stream_with_the_contract_headers() {
+    let (db, app, alice) = server_and_alice().await;
+    let text = stream_text(&db, &app, &stream_request(&alice)).await;
     let head = &text[..text.find("\r\n\r\n").expect("a response head")];
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
     for line in ["content-type: text/event-stream", "cache-control: no-cache", "x-accel-buffering: no"] {
@@ -77,9 +94,7 @@ async fn a_connection_that_opens_with_the_stream_gets_a_chunked_event_stream_wit
 
 #[tokio::test]
 async fn a_stream_on_a_keep_alive_connection_that_served_another_request_first_works_too() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(&db).await;
-    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let (db, app, alice) = server_and_alice().await;
 
     let mut socket = connect(&app).await;
     let me = format!("GET /api/me HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {alice}\r\n\r\n");
@@ -99,16 +114,9 @@ async fn a_stream_on_a_keep_alive_connection_that_served_another_request_first_w
 
 #[tokio::test]
 async fn an_http_1_0_client_gets_the_stream_without_chunked_framing() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(&db).await;
-    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
-
-    let mut socket = connect(&app).await;
+    let (db, app, alice) = server_and_alice().await;
     let request = format!("GET /api/events HTTP/1.0\r\nAuthorization: Bearer {alice}\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    expect_live_event(&db, &mut socket, &mut buf).await;
-    let text = lossy(&buf).to_ascii_lowercase();
+    let text = stream_text(&db, &app, &request).await;
     let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
@@ -121,30 +129,22 @@ async fn refusals_on_the_stream_transport_use_the_contract_error_shape() {
     let app = TestApp::spawn(&db).await;
 
     // No credentials: the router's own 401.
-    let mut socket = connect(&app).await;
-    socket.write_all(b"GET /api/events HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
-    let response = read_to_close(&mut socket).await;
+    let response = exchange(&app, b"GET /api/events HTTP/1.1\r\nHost: test\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 401"), "{response}");
     assert!(response.contains("\"error\":{\"code\":\""), "{response}");
 
     // A malformed head.
-    let mut socket = connect(&app).await;
-    socket.write_all(b"GET /api/events HTTP/1.1\r\nno colon here\r\n\r\n").await.unwrap();
-    let response = read_to_close(&mut socket).await;
+    let response = exchange(&app, b"GET /api/events HTTP/1.1\r\nno colon here\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
     assert!(response.contains("\"code\":\"bad_request\""), "{response}");
 
     // A head larger than 16 KiB.
-    let mut socket = connect(&app).await;
     let huge = format!("GET /api/events HTTP/1.1\r\nHost: test\r\nCookie: {}\r\n\r\n", "x".repeat(20_000));
-    socket.write_all(huge.as_bytes()).await.unwrap();
-    let response = read_to_close(&mut socket).await;
+    let response = exchange(&app, huge.as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 431"), "{response}");
 
     // A GET with a body.
-    let mut socket = connect(&app).await;
-    socket.write_all(b"GET /api/events HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc").await.unwrap();
-    let response = read_to_close(&mut socket).await;
+    let response = exchange(&app, b"GET /api/events HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc").await;
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
 }
 
@@ -182,9 +182,7 @@ async fn a_client_that_hangs_up_is_removed_at_once() {
 
 #[tokio::test]
 async fn shutdown_does_not_wait_for_connections_that_never_sent_a_request() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(&db).await;
-    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let (_db, app, alice) = server_and_alice().await;
     let _preconnect = connect(&app).await; // a browser's speculative connection: no bytes, ever
     let _half_sent = {
         let mut socket = connect(&app).await;
