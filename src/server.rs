@@ -68,8 +68,7 @@ impl Server {
             .context("starting the stream hub")?;
         let mut tasks = Vec::new();
         if config.run_relay {
-            let relay = Relay::new(pool.clone(), config.relay.clone(), waker.clone(), node_id)
-                .notifying(hub.published_signal());
+            let relay = Relay::new(pool.clone(), config.relay.clone(), waker.clone(), node_id).feeding(hub.clone());
             tasks.push(tokio::spawn(relay.run(shutdown.clone())));
         }
         tasks.push(tokio::spawn(crate::ops::retention::run_periodically(

@@ -5,12 +5,11 @@ use super::WAKE_CHANNEL;
 use super::publish::{BatchOutcome, publish_batch, publish_batch_now};
 use crate::metrics as m;
 use crate::outbox::RelayWaker;
+use crate::stream::Hub;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -37,9 +36,9 @@ pub struct Relay {
     config: RelayConfig,
     waker: RelayWaker,
     node_id: Uuid,
-    /// Told after each committed batch: the stream hub of this process, which then reads the batch at once
-    /// instead of waiting for its NOTIFY to come back from PostgreSQL.
-    local_hub: Option<Arc<Notify>>,
+    /// This process's stream hub, handed each committed batch to fan out at once, instead of waiting for
+    /// the NOTIFY to come back from PostgreSQL and reading the rows again.
+    local_hub: Option<Hub>,
 }
 
 impl Relay {
@@ -47,8 +46,8 @@ impl Relay {
         Self { pool, config, waker, node_id, local_hub: None }
     }
 
-    /// Also tells `hub` (the same process's stream hub) after each committed batch.
-    pub fn notifying(mut self, hub: Arc<Notify>) -> Self {
+    /// Also hands each committed batch to `hub` (the same process's stream hub).
+    pub fn feeding(mut self, hub: Hub) -> Self {
         self.local_hub = Some(hub);
         self
     }
@@ -79,11 +78,11 @@ impl Relay {
                 Ok(outcome @ BatchOutcome::Published { .. }) => {
                     backoff = reconnect_backoff();
                     record(&outcome);
-                    if let Some(hub) = &self.local_hub {
-                        hub.notify_one();
-                    }
                     // A full batch means more may be waiting: go again at once.
                     rung = outcome.count() == self.config.batch_size;
+                    if let (Some(hub), BatchOutcome::Published { epoch, events, .. }) = (&self.local_hub, outcome) {
+                        hub.deliver_published(&epoch, events);
+                    }
                     if !rung {
                         self.idle(&shutdown, Duration::ZERO).await;
                     }
@@ -122,10 +121,10 @@ impl Relay {
 }
 
 fn record(outcome: &BatchOutcome) {
-    if let BatchOutcome::Published { last_seq, lags, .. } = outcome {
+    if let BatchOutcome::Published { last_seq, .. } = outcome {
         metrics::counter!(m::EVENTS_PUBLISHED).increment(outcome.count() as u64);
         let histogram = metrics::histogram!(m::PUBLISH_LAG);
-        lags.iter().for_each(|lag| histogram.record(*lag));
+        outcome.lags().for_each(|lag| histogram.record(lag));
         tracing::debug!(count = outcome.count(), last_seq, "published batch");
     }
 }

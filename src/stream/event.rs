@@ -35,17 +35,18 @@ impl StreamMeta {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct EventRow {
-    seq: i64,
-    event_id: Uuid,
-    event_type: String,
-    groups: Vec<String>,
+/// An event as stored in `event_log`, as the hub reads it and as the relay's publish step returns it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct EventRow {
+    pub seq: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub groups: Vec<String>,
     /// `payload::text`: jsonb's one-line text form of the object.
-    payload: String,
-    replay_of: Option<String>,
-    occurred_at: DateTime<Utc>,
-    published_at: DateTime<Utc>,
+    pub payload: String,
+    pub replay_of: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub published_at: DateTime<Utc>,
 }
 
 impl EventRow {

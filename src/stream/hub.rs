@@ -5,7 +5,7 @@
 //! from `event_log` from its own position and re-attaches when caught up. Nobody waits for a slow client,
 //! and a slow client never silently misses an event.
 
-use super::event::{StreamEvent, StreamMeta, fetch_after};
+use super::event::{EventRow, StreamEvent, StreamMeta, fetch_after};
 use crate::metrics as m;
 use crate::position::{Epoch, Position};
 use crate::relay::EVENTS_CHANNEL;
@@ -124,7 +124,7 @@ struct HubInner {
     next_client: AtomicU64,
     shutdown: CancellationToken,
     node_id: Uuid,
-    /// Rung by this process's relay after it commits a batch (see [`Hub::published_signal`]).
+    /// Rung when this process's relay hands over a batch that does not follow the head: read from the log.
     published: Arc<Notify>,
 }
 
@@ -180,11 +180,26 @@ impl Hub {
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.0.shutdown
     }
-    /// For this process's relay to ring after each committed batch: the hub then reads it at once. The
-    /// NOTIFY of the same batch arrives later and finds nothing new; hubs of other processes still rely
-    /// on it. Reading from the head is idempotent, so an early or extra ring costs one query at most.
-    pub fn published_signal(&self) -> Arc<Notify> {
-        self.0.published.clone()
+    /// For this process's relay, after it committed a batch: fans the events out at once, without reading
+    /// them back or waiting for the NOTIFY to come round through PostgreSQL (hubs of other processes still
+    /// go by the NOTIFY, which then finds nothing new here). If the batch does not follow the head (another
+    /// process published in between, or the epoch changed), the hub reads from its head instead.
+    pub fn deliver_published(&self, epoch: &str, rows: Vec<EventRow>) {
+        let Some(first_seq) = rows.first().map(|row| row.seq) else { return };
+        let our_epoch = lock(&self.0.registry).epoch;
+        if epoch.parse::<Epoch>().ok() != Some(our_epoch) {
+            self.0.published.notify_one();
+            return;
+        }
+        // Encoded before taking the lock, which the streams share.
+        let events: Vec<Delivery> = rows.into_iter().map(|row| Arc::new(row.encode(our_epoch))).collect();
+        let mut reg = lock(&self.0.registry);
+        if reg.epoch == our_epoch && first_seq <= reg.head + 1 {
+            dispatch_locked(&mut reg, events);
+        } else {
+            drop(reg);
+            self.0.published.notify_one();
+        }
     }
 
     /// True while the LISTEN connection is up (part of `/readyz`).
@@ -244,36 +259,7 @@ impl Hub {
 
     /// Fans events out in seq order. Runs under the registry lock and never waits on a client.
     fn dispatch(&self, events: Vec<Delivery>) {
-        let mut reg = lock(&self.0.registry);
-        let mut lagging = Vec::new();
-        for event in events {
-            if event.seq <= reg.head {
-                continue;
-            }
-            let mut deliver = |id: u64, tx: &mpsc::Sender<Delivery>| {
-                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event.clone()) {
-                    lagging.push(id);
-                }
-            };
-            if let [only] = event.groups.as_slice() {
-                if let Some(subs) = reg.by_group.get(only) {
-                    subs.iter().for_each(|(id, tx)| deliver(*id, tx));
-                }
-            } else {
-                // A client in several of the event's groups gets it once.
-                let mut reached = HashSet::new();
-                for g in &event.groups {
-                    if let Some(subs) = reg.by_group.get(g) {
-                        subs.iter().filter(|(id, _)| reached.insert(**id)).for_each(|(id, tx)| deliver(*id, tx));
-                    }
-                }
-            }
-            reg.head = event.seq;
-            reg.head_published_at = Some(event.published_at);
-            for id in lagging.drain(..) {
-                reg.detach_lagging(id);
-            }
-        }
+        dispatch_locked(&mut lock(&self.0.registry), events);
     }
 
     /// Reads and fans out everything published after the head.
@@ -449,6 +435,39 @@ impl Hub {
             reg.link(id);
         }
         Ok(())
+    }
+}
+
+/// Fans events out in seq order to the attached streams of their groups; skips what is at or below the head.
+fn dispatch_locked(reg: &mut Registry, events: Vec<Delivery>) {
+    let mut lagging = Vec::new();
+    for event in events {
+        if event.seq <= reg.head {
+            continue;
+        }
+        let mut deliver = |id: u64, tx: &mpsc::Sender<Delivery>| {
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event.clone()) {
+                lagging.push(id);
+            }
+        };
+        if let [only] = event.groups.as_slice() {
+            if let Some(subs) = reg.by_group.get(only) {
+                subs.iter().for_each(|(id, tx)| deliver(*id, tx));
+            }
+        } else {
+            // A client in several of the event's groups gets it once.
+            let mut reached = HashSet::new();
+            for g in &event.groups {
+                if let Some(subs) = reg.by_group.get(g) {
+                    subs.iter().filter(|(id, _)| reached.insert(**id)).for_each(|(id, tx)| deliver(*id, tx));
+                }
+            }
+        }
+        reg.head = event.seq;
+        reg.head_published_at = Some(event.published_at);
+        for id in lagging.drain(..) {
+            reg.detach_lagging(id);
+        }
     }
 }
 

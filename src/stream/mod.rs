@@ -7,6 +7,6 @@ mod event;
 mod hub;
 mod session;
 
-pub use event::{BACKLOG_SQL, StreamEvent, StreamMeta, fetch_for_groups};
+pub use event::{BACKLOG_SQL, EventRow, StreamEvent, StreamMeta, fetch_for_groups};
 pub use hub::{Hub, HubConfig};
 pub use session::{ResetReason, StreamRequest, open_stream};

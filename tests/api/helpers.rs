@@ -47,6 +47,28 @@ impl TestDb {
         PgPoolOptions::new().max_connections(max).connect_with(options).await.expect("named pool")
     }
 
+    /// Waits until a backend named `application_name` is blocked on a lock (PostgreSQL offers no event for
+    /// this, so it polls `pg_stat_activity`), or panics after `timeout`.
+    pub async fn until_waiting_for_a_lock(&self, application_name: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                                WHERE datname = current_database() AND application_name = $1
+                                  AND wait_event_type = 'Lock')",
+            )
+            .bind(application_name)
+            .fetch_one(&self.pool)
+            .await
+            .expect("read pg_stat_activity");
+            if waiting {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{application_name} never waited for a lock");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Terminates every backend of this database whose application_name is `application_name`.
     pub async fn terminate(&self, application_name: &str) -> i64 {
         sqlx::query_scalar(

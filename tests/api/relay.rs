@@ -277,3 +277,41 @@ async fn the_outbox_table_refuses_bad_events_from_plain_sql() {
     }
     assert_eq!(relay::publish_batch(&db.pool, 10).await.unwrap(), BatchOutcome::Empty);
 }
+
+/// A relay that queued at the fence stamps its batch once it holds the lock, not when its statement began:
+/// otherwise its events could carry an earlier `published_at` than the batch published while it waited, and
+/// retention, which drops whole time ranges, could cut a hole in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_waited_at_the_fence_never_stamps_its_batch_before_the_one_published_meanwhile() {
+    let db = TestDb::new().await;
+    write_events(&db.pool, 3, &["region:north"]).await;
+
+    // Relay A takes the fence and keeps it while relay B starts its step and queues behind it.
+    let mut relay_a = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM stream_meta FOR UPDATE").execute(&mut *relay_a).await.unwrap();
+    let pool_b = db.pool_named("relay-b", 1).await;
+    let relay_b = tokio::spawn(async move { relay::publish_batch_now(&pool_b, 10).await.unwrap() });
+    db.until_waiting_for_a_lock("relay-b", Duration::from_secs(10)).await;
+
+    // A publishes two events and commits; B then gets the lock and publishes the third.
+    assert_eq!(relay::publish_batch_uncommitted(&mut relay_a, 2).await.unwrap().count(), 2);
+    relay_a.commit().await.unwrap();
+    assert_eq!(relay_b.await.unwrap().count(), 1);
+
+    let stamps: Vec<(i64, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT seq, published_at FROM event_log ORDER BY seq").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(stamps.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(stamps[2].1 >= stamps[1].1, "published_at went backwards along seq: {stamps:?}");
+}
+
+#[tokio::test]
+async fn the_publish_step_refuses_to_run_under_a_snapshot_older_than_the_fence() {
+    let db = TestDb::new().await;
+    write_events(&db.pool, 1, &["region:north"]).await;
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await.unwrap();
+    let refused = relay::publish_batch_uncommitted(&mut tx, 10).await.unwrap_err();
+    assert!(refused.to_string().contains("READ COMMITTED"), "unexpected error: {refused}");
+    drop(tx);
+    assert_eq!(relay::publish_all_pending(&db.pool, 10).await.unwrap(), 1);
+}

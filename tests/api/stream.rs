@@ -268,6 +268,39 @@ async fn killing_the_listen_connection_loses_nothing() {
     assert_eq!(seqs, (6..=20).collect::<Vec<_>>());
 }
 
+/// The server's relay hands each batch it publishes straight to its own hub. A batch that does not follow the
+/// hub's head must not be fanned out over the hole: here the event before it was published by someone else,
+/// whose NOTIFY went where this hub does not listen (and the safety poll is an hour away). The hub reads the
+/// log from its head instead, so the client gets both, in order.
+#[tokio::test]
+async fn a_handed_over_batch_that_skips_an_unheard_one_is_read_from_the_log_in_order() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn_with(&db, |config| config.hub.safety_poll = Duration::from_secs(3600)).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let mut client = Connect::new(&alice).open(&app.base).await;
+
+    // Written and published in one transaction, so the server's relay never sees it in the outbox.
+    let mut tx = db.pool.begin().await.unwrap();
+    let event = smartscheduler::outbox::NewEvent::new(
+        "TestEvent",
+        uuid::Uuid::new_v4(),
+        vec![group("region:north")],
+        json!({"n": "unheard"}),
+    )
+    .unwrap();
+    smartscheduler::outbox::enqueue(&mut tx, &event).await.unwrap();
+    let published: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM ss_publish_batch(10, 'nobody_listens')").fetch_all(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(published, vec![1]);
+
+    write_event(&db.pool, &["region:north"], json!({"n": "handed over"})).await;
+    let events = client.take(2, WAIT).await;
+    assert_eq!(events.iter().map(seq_of).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(data_json(&events[0])["n"], "unheard");
+    assert_eq!(data_json(&events[1])["n"], "handed over");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_moves_between_two_servers_on_one_database_without_loss() {
     let db = TestDb::new().await;

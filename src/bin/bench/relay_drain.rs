@@ -130,9 +130,11 @@ async fn run_on(ctx: &Ctx, pool: &PgPool, report: &mut Report) -> anyhow::Result
     let pass = ours_rate >= 50_000.0;
     let mut body = format!(
         "Backlog of {} outbox rows (~500-byte jsonb payloads, groups `region:north|south|east|west` by i % 4), \
-         `VACUUM ANALYZE`, then `relay::publish_all_pending(pool, batch)` until empty. Each batch is one \
-         transaction: fence (`stream_meta` row lock), one `DELETE ... RETURNING` → `INSERT event_log` → \
-         `INSERT event_log_groups` statement, counter update, one `NOTIFY`. The rows never leave PostgreSQL.\n\n\
+         `VACUUM ANALYZE`, then `relay::publish_all_pending(pool, batch)` until empty. Each batch is one call \
+         of `ss_publish_batch` in its own transaction: fence (`stream_meta` row lock), one `DELETE ... \
+         RETURNING` → `INSERT event_log` → `INSERT event_log_groups` statement, counter update, one `NOTIFY`; \
+         the published rows come back to the relay (for its process's hub), the move itself stays inside \
+         PostgreSQL.\n\n\
          Naive baseline: a client-side relay, one transaction per batch of 1000: same fence, `SELECT` the rows \
          (payload as text) into the application, one `INSERT` per event into `event_log` and one per group \
          into `event_log_groups`, `DELETE ... WHERE id = ANY($1)`, counter update, `NOTIFY` \

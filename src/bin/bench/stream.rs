@@ -485,8 +485,8 @@ async fn latency_and_steps_on(ctx: &Ctx, rig: &Rig, report: &mut Report, steps: 
     let complete = main.delivered == main.expected;
     let mut body = format!(
         "In-process server (`Server::start`: hub, HTTP and relay) whose relay doorbell each writer rings after \
-         its commit (as the application's writers in `serve` do); the relay tells the hub of the same process \
-         after each batch, other processes' hubs wait for the NOTIFY. {} SSE clients over HTTP/1.1 \
+         its commit (as the application's writers in `serve` do); the relay hands each committed batch to the hub \
+         of the same process, other processes' hubs wait for the NOTIFY and read the batch. {} SSE clients over HTTP/1.1 \
          (`Authorization: Bearer`), {per_region} per region dispatcher (`region:north|south|east|west`), in the \
          same process on a 2-worker tokio runtime, so the clients' CPU is part of the figure. The clients are \
          lean (one `TcpStream` each, chunked decoding and SSE framing over one buffer, no allocation per event: \
