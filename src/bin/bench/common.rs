@@ -131,8 +131,9 @@ const NOTES: &str = "## How to read these figures\n\n\
   the transaction. Next step: let a writer fold the outbox insert into its own statement (a CTE) to save the \
   round trip.\n\
 - **Relay drain (2).** A batch used to scan the whole outbox (`IN (subquery)` planned as a hash join), which \
-  made draining quadratic; primary-key probes fixed it (40k to 47-49k events/s). The rest is per row: the heap \
-  move plus three index inserts and their WAL; batches of 1000 and 2000 drain at the same rate.\n\
+  made draining quadratic; primary-key probes fixed it (40k to 47-49k events/s), one statement and then one \
+  call per batch took it further. The rest is per row: the heap move plus three index inserts and their \
+  WAL; batches of 1000 and 2000 drain at about the same rate.\n\
 - **Fan-out at 1,000 clients (3, 4).** Each event costs its 250 deliveries, and at 200 events/s the two \
   cores are 70-80% busy: about 32 us of machine time per delivery, of which about 17 us is kernel TCP over \
   loopback (the server's write, and the client's receive on the same cores), about 9 us user space (server \
@@ -142,14 +143,16 @@ const NOTES: &str = "## How to read these figures\n\n\
   delivery than the server; the lean client in `sse_client.rs` took catch-up from 22-33k to 74-104k \
   events/s. (b) ACK segments: a receive-only Linux socket ACKs every read, and over loopback each ACK is \
   sent and received on these two cores; clients that delay ACKs took p50 from 9-10 ms to 3.0-3.6 ms in \
-  three runs at 20:55-21:00 UTC. (c) The relay now needs 4 round trips per batch instead of 7 (the move, \
-  counter update and NOTIFY are one statement; no peek after a doorbell): commit → receipt at 4 clients \
-  went from 1.76 to 1.60 ms p50. The relay also rings its own process's hub after each batch instead of \
-  waiting for the NOTIFY to come back (within run-to-run noise here: p50 6.5-8.0 against 7.4-8.3 ms). Later runs of the same code measured 4-8 ms p50, and in those the \
-  writers' own commit p50 under load was 2-3 ms instead of 0.9 ms, so the whole VM was slower: compare \
-  the two rows of section 3 with each other, and runs only at similar writer commit times. Next steps: \
-  fewer PostgreSQL statements per event (the writer's and relay's round trips), and the clients on \
-  another host.\n\
+  three runs at 20:55-21:00 UTC. (c) Relay round trips: first 7 → 4 per batch (the move, counter update \
+  and NOTIFY in one statement; no peek after a doorbell), then 4 → 1 (`ss_publish_batch`, migration 0006: \
+  fence, move, counter and NOTIFY in one call), with the committed rows handed to the hub of the same \
+  process instead of the hub reading them back after a wake-up. A/B against the previous commit, two \
+  interleaved runs each at 23:00 UTC: p50 at 44-48 clients 0.95-1.18 → 0.68-0.69 ms, at 1,000 clients \
+  2.00-2.45 → 1.79-2.01 ms. Returning the rows costs the drain (2) 3-10% (110k → 106k events/s at batch \
+  1000). The VM's speed drifts: runs of the earlier code at 21:15-22:05 UTC measured 6-8 ms p50 while the \
+  writers' own commit p50 under load was 2-3 ms instead of 0.5-0.9 ms, so compare the two rows of section \
+  3 with each other, and runs only at similar writer commit times. Next steps: the writer's outbox insert \
+  folded into its own statement, and the clients on another host.\n\
 - **Memory per idle connection (5).** hyper's HTTP/1 connection keeps an 8 KiB read buffer and an 8 KiB \
   write buffer for its whole life (massif: 24 KB of heap per idle stream, 17 KiB resident). A connection \
   whose first request is `GET /api/events` is now served by a lean transport \
