@@ -25,7 +25,12 @@ pub enum DbError {
 /// Parses a connection string into options with quiet statement logging.
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
     let options = PgConnectOptions::from_str(url).map_err(DbError::BadUrl)?;
-    Ok(options.log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500)))
+    Ok(options
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500))
+        // The publish fence needs each statement to see what committed before it (READ COMMITTED), and
+        // ss_publish_batch refuses to run otherwise: a database or role whose default is REPEATABLE READ
+        // or SERIALIZABLE must not stop the relay.
+        .options([("default_transaction_isolation", "read committed")]))
 }
 
 /// A pool for `url`. Connects eagerly so that a wrong URL fails now with a clear message.

@@ -6,7 +6,7 @@ use rand::Rng;
 use serde_json::json;
 use smartscheduler::outbox::{self, NewEvent, RelayWaker};
 use smartscheduler::relay::{self, BatchOutcome, Relay, RelayConfig};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -314,4 +314,19 @@ async fn the_publish_step_refuses_to_run_under_a_snapshot_older_than_the_fence()
     assert!(refused.to_string().contains("READ COMMITTED"), "unexpected error: {refused}");
     drop(tx);
     assert_eq!(relay::publish_all_pending(&db.pool, 10).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn the_relay_publishes_on_a_database_whose_default_isolation_is_serializable() {
+    let db = TestDb::new().await;
+    let alter = format!("ALTER DATABASE \"{}\" SET default_transaction_isolation = 'serializable'", db.name);
+    sqlx::query(sqlx::AssertSqlSafe(alter)).execute(&db.pool).await.unwrap();
+    write_events(&db.pool, 3, &["region:north"]).await;
+
+    // A new connection gets the database's default, except where the application sets its own.
+    let fresh = db.pool_named("after-alter", 1).await;
+    let mut plain = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let plain_default: String = sqlx::query_scalar("SHOW transaction_isolation").fetch_one(&mut plain).await.unwrap();
+    assert_eq!(plain_default, "serializable");
+    assert_eq!(relay::publish_all_pending(&fresh, 10).await.unwrap(), 3);
 }
