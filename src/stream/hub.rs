@@ -327,13 +327,14 @@ impl Hub {
                 tokio::select! {
                     _ = self.0.shutdown.cancelled() => return,
                     _ = safety.tick() => self.log_failure(self.check_log().await),
-                    _ = self.0.published.notified() => self.log_failure(self.catch_up().await),
+                    // A hand-over the hub could not take (a hole before it, or another epoch): ask the log.
+                    _ = self.0.published.notified() => self.log_failure(self.check_log().await),
                     received = listener.try_recv() => match received {
-                        Ok(Some(notification)) => {
-                            if self.announces_new_events(notification.payload()) {
-                                self.log_failure(self.catch_up().await);
-                            }
-                        }
+                        Ok(Some(notification)) => match self.news_in(notification.payload()) {
+                            News::Nothing => {}
+                            News::Ahead => self.log_failure(self.catch_up().await),
+                            News::Unknown => self.log_failure(self.check_log().await),
+                        },
                         Ok(None) => {
                             // sqlx reconnected the listener; anything sent meanwhile was dropped.
                             metrics::counter!(m::LISTENER_RECONNECTS).increment(1);
@@ -358,14 +359,17 @@ impl Hub {
         Ok(listener)
     }
 
-    /// A NOTIFY payload is the new last position; skip the read when we already have it.
-    fn announces_new_events(&self, payload: &str) -> bool {
-        match payload.parse::<Position>() {
-            Ok(p) => {
-                let reg = lock(&self.0.registry);
-                p.epoch != reg.epoch || p.seq > reg.head
-            }
-            Err(_) => true,
+    /// A NOTIFY payload is the new last position: skip the read when we already have it, and check the log's
+    /// epoch before reading when the payload names another one (or cannot be parsed).
+    fn news_in(&self, payload: &str) -> News {
+        let Ok(position) = payload.parse::<Position>() else { return News::Unknown };
+        let reg = lock(&self.0.registry);
+        if position.epoch != reg.epoch {
+            News::Unknown
+        } else if position.seq > reg.head {
+            News::Ahead
+        } else {
+            News::Nothing
         }
     }
 
@@ -469,6 +473,16 @@ fn dispatch_locked(reg: &mut Registry, events: Vec<Delivery>) {
             reg.detach_lagging(id);
         }
     }
+}
+
+/// What a NOTIFY tells the hub.
+enum News {
+    /// Nothing after the head.
+    Nothing,
+    /// Events after the head, of the same epoch.
+    Ahead,
+    /// Another epoch, or a payload that is not a position: check `stream_meta` first.
+    Unknown,
 }
 
 /// The groups a stream receives: what it asked for, limited to what the dispatcher holds now.

@@ -301,6 +301,36 @@ async fn a_handed_over_batch_that_skips_an_unheard_one_is_read_from_the_log_in_o
     assert_eq!(data_json(&events[1])["n"], "handed over");
 }
 
+/// The log recreated under a running server (a restore, say): the next publish, in the new epoch, ends
+/// the open streams at once (not at the next safety poll, here an hour away), and the client that
+/// comes back with its old position is told to reset.
+#[tokio::test]
+async fn open_streams_end_when_the_log_gets_a_new_epoch_and_the_client_is_told_to_reset() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn_with(&db, |config| config.hub.safety_poll = Duration::from_secs(3600)).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let mut client = Connect::new(&alice).open(&app.base).await;
+    write_event(&db.pool, &["region:north"], json!({"n": "old log"})).await;
+    let old_position = client.next_data(WAIT).await.id;
+
+    let old_epoch = epoch(&db).await;
+    let new_epoch = if old_epoch == "0000000a" { "0000000b" } else { "0000000a" };
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM event_log_groups").execute(&mut *tx).await.unwrap();
+    sqlx::query("DELETE FROM event_log").execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE stream_meta SET epoch = $1, last_seq = 0").bind(new_epoch).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    write_event(&db.pool, &["region:north"], json!({"n": "new log"})).await;
+
+    assert!(client.ends_within(WAIT).await, "the stream outlived its epoch");
+    let mut resumed = Connect::new(&alice).header(&old_position).open(&app.base).await;
+    let reset = resumed.next_data(WAIT).await;
+    assert_eq!(reset.event, "reset");
+    assert_eq!(data_json(&reset), json!({"reason": "epoch", "position": format!("{new_epoch}-1")}));
+    write_event(&db.pool, &["region:north"], json!({"n": "after the reset"})).await;
+    assert_eq!(resumed.next_data(WAIT).await.id, format!("{new_epoch}-2"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_moves_between_two_servers_on_one_database_without_loss() {
     let db = TestDb::new().await;
