@@ -1,4 +1,5 @@
-//! The per-process hub: one LISTEN connection, one read per published batch, fan-out by group.
+//! The per-process hub: one LISTEN connection, one read per batch published by another process (this process's
+//! relay hands its batches over), fan-out by group.
 //!
 //! Unlike a pub/sub that drops messages for a subscriber that lags (mini-redis ignores
 //! `RecvError::Lagged`), a stream whose bounded queue is full is detached here and told so: it then reads
@@ -124,8 +125,9 @@ struct HubInner {
     next_client: AtomicU64,
     shutdown: CancellationToken,
     node_id: Uuid,
-    /// Rung when this process's relay hands over a batch that does not follow the head: read from the log.
-    published: Arc<Notify>,
+    /// Rung when this process's relay hands over a batch the hub cannot take as it is (a hole before it, or
+    /// another epoch): the hub then checks the log instead.
+    resync: Notify,
 }
 
 /// Handle to the process's hub. Cheap to clone.
@@ -164,7 +166,7 @@ impl Hub {
             next_client: AtomicU64::new(1),
             shutdown,
             node_id,
-            published: Arc::new(Notify::new()),
+            resync: Notify::new(),
         }));
         tokio::spawn(hub.clone().listen_loop());
         tokio::spawn(hub.clone().membership_loop());
@@ -183,12 +185,12 @@ impl Hub {
     /// For this process's relay, after it committed a batch: fans the events out at once, without reading
     /// them back or waiting for the NOTIFY to come round through PostgreSQL (hubs of other processes still
     /// go by the NOTIFY, which then finds nothing new here). If the batch does not follow the head (another
-    /// process published in between, or the epoch changed), the hub reads from its head instead.
+    /// process published in between, or the epoch changed), the hub checks the log instead.
     pub fn deliver_published(&self, epoch: &str, rows: Vec<EventRow>) {
         let Some(first_seq) = rows.first().map(|row| row.seq) else { return };
         let our_epoch = lock(&self.0.registry).epoch;
         if epoch.parse::<Epoch>().ok() != Some(our_epoch) {
-            self.0.published.notify_one();
+            self.0.resync.notify_one();
             return;
         }
         // Encoded before taking the lock, which the streams share.
@@ -198,7 +200,7 @@ impl Hub {
             dispatch_locked(&mut reg, events);
         } else {
             drop(reg);
-            self.0.published.notify_one();
+            self.0.resync.notify_one();
         }
     }
 
@@ -327,8 +329,7 @@ impl Hub {
                 tokio::select! {
                     _ = self.0.shutdown.cancelled() => return,
                     _ = safety.tick() => self.log_failure(self.check_log().await),
-                    // A hand-over the hub could not take (a hole before it, or another epoch): ask the log.
-                    _ = self.0.published.notified() => self.log_failure(self.check_log().await),
+                    _ = self.0.resync.notified() => self.log_failure(self.check_log().await),
                     received = listener.try_recv() => match received {
                         Ok(Some(notification)) => match self.news_in(notification.payload()) {
                             News::Nothing => {}

@@ -97,15 +97,17 @@ pub fn open_stream(
         // Attach before reading the backlog: events after `head` arrive in the queue, events up to it are read
         // from the database. That is the seam, and nothing falls through it.
         let (mut rx, head) = hub.attach(id);
-        let opening = match start { Ok(Some(seq)) => seq, _ => head };
+        // The log's current position. This process's head may trail a publish by a moment (another process's
+        // NOTIFY not handled yet); a client that starts afresh, or over after a reset, starts from what is
+        // committed, and the events up to it that still reach the queue are skipped below.
+        let current = head.max(meta.last_seq);
+        let opening = match start { Ok(Some(seq)) => seq, _ => current };
         yield Ok(Event::default().retry(Duration::from_millis(3000)).id(Position::new(epoch, opening).to_string()));
 
         let mut sent_through = opening;
         if let Err(reason) = start {
             metrics::counter!(m::SSE_RESETS, "reason" => reason.as_str()).increment(1);
-            // The current position of the log: this process's head may trail a publish by a moment. The
-            // client reloads over REST and then gets only what comes after it.
-            sent_through = head.max(meta.last_seq);
+            // The client reloads over REST and then gets only what comes after the current position.
             let position = Position::new(epoch, sent_through).to_string();
             let data = json!({ "reason": reason.as_str(), "position": position }).to_string();
             yield Ok(Event::default().id(position).event("reset").data(data));
@@ -151,8 +153,9 @@ pub fn open_stream(
             };
             match step {
                 Step::Deliver(event) => {
-                    // The queue only holds events after the attach-time head, but a resumed position can be
-                    // ahead of this process's head (the client came from a faster server): skip what it has.
+                    // The queue only holds events after the attach-time head, but the client's position can be
+                    // ahead of this process's head (it came from a faster server, or started at the log's
+                    // current position before this hub caught up): skip what it has.
                     if event.seq > sent_through {
                         sent_through = event.seq;
                         events_sent.increment(1);

@@ -301,6 +301,33 @@ async fn a_handed_over_batch_that_skips_an_unheard_one_is_read_from_the_log_in_o
     assert_eq!(data_json(&events[1])["n"], "handed over");
 }
 
+/// A new client starts at the log's committed position even when this server's hub has not caught up with
+/// it yet (here it never heard of the last publish), and is not sent the events before it.
+#[tokio::test]
+async fn a_new_client_starts_at_the_committed_position_even_before_the_hub_has_caught_up() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn_with(&db, |config| config.hub.safety_poll = Duration::from_secs(3600)).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    write_events(&db.pool, 3, &["region:north"]).await;
+    let published: i64 = sqlx::query_scalar("SELECT count(*) FROM ss_publish_batch(10, 'nobody_listens')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(published, 3);
+    let e = epoch(&db).await;
+
+    // The opening block carries no data, so an SSE parser does not surface it: read it raw.
+    let raw = Connect::new(&alice).send(&app.base).await;
+    let opening = raw.bytes_stream().next().await.unwrap().unwrap();
+    let opening = String::from_utf8_lossy(&opening);
+    assert!(opening.contains(&format!("\nid: {e}-3\n")), "opening block was {opening:?}");
+
+    let mut client = Connect::new(&alice).open(&app.base).await;
+    write_event(&db.pool, &["region:north"], json!({"n": "new"})).await;
+    let first = client.next_data(WAIT).await;
+    assert_eq!((seq_of(&first), data_json(&first)["n"].clone()), (4, json!("new")));
+}
+
 /// The log recreated under a running server (a restore, say): the next publish, in the new epoch, ends
 /// the open streams at once (not at the next safety poll, here an hour away), and the client that
 /// comes back with its old position is told to reset.
