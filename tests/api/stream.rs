@@ -268,6 +268,12 @@ async fn killing_the_listen_connection_loses_nothing() {
     assert_eq!(seqs, (6..=20).collect::<Vec<_>>());
 }
 
+/// A server whose hub learns of publishes only from NOTIFYs and its relay's hand-overs (the safety poll is an
+/// hour away), so that a test can tell which path delivered what.
+async fn server_without_safety_poll(db: &TestDb) -> TestApp {
+    TestApp::spawn_with(db, |config| config.hub.safety_poll = Duration::from_secs(3600)).await
+}
+
 /// The server's relay hands each batch it publishes straight to its own hub. A batch that does not follow the
 /// hub's head must not be fanned out over the hole: here the event before it was published by someone else,
 /// whose NOTIFY went where this hub does not listen (and the safety poll is an hour away). The hub reads the
@@ -275,7 +281,7 @@ async fn killing_the_listen_connection_loses_nothing() {
 #[tokio::test]
 async fn a_handed_over_batch_that_skips_an_unheard_one_is_read_from_the_log_in_order() {
     let db = TestDb::new().await;
-    let app = TestApp::spawn_with(&db, |config| config.hub.safety_poll = Duration::from_secs(3600)).await;
+    let app = server_without_safety_poll(&db).await;
     let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
     let mut client = Connect::new(&alice).open(&app.base).await;
 
@@ -306,7 +312,7 @@ async fn a_handed_over_batch_that_skips_an_unheard_one_is_read_from_the_log_in_o
 #[tokio::test]
 async fn a_new_client_starts_at_the_committed_position_even_before_the_hub_has_caught_up() {
     let db = TestDb::new().await;
-    let app = TestApp::spawn_with(&db, |config| config.hub.safety_poll = Duration::from_secs(3600)).await;
+    let app = server_without_safety_poll(&db).await;
     let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
     write_events(&db.pool, 3, &["region:north"]).await;
     let published: i64 = sqlx::query_scalar("SELECT count(*) FROM ss_publish_batch(10, 'nobody_listens')")
@@ -334,7 +340,7 @@ async fn a_new_client_starts_at_the_committed_position_even_before_the_hub_has_c
 #[tokio::test]
 async fn open_streams_end_when_the_log_gets_a_new_epoch_and_the_client_is_told_to_reset() {
     let db = TestDb::new().await;
-    let app = TestApp::spawn_with(&db, |config| config.hub.safety_poll = Duration::from_secs(3600)).await;
+    let app = server_without_safety_poll(&db).await;
     let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
     let mut client = Connect::new(&alice).open(&app.base).await;
     write_event(&db.pool, &["region:north"], json!({"n": "old log"})).await;
