@@ -96,7 +96,8 @@ async fn publish_step<'c>(executor: impl PgExecutor<'c>, batch_size: i64) -> Res
     Ok(BatchOutcome::Published { epoch, first_seq, last_seq, events })
 }
 
-/// Makes sure daily partitions exist from yesterday to a week ahead (UTC).
+/// Makes sure daily partitions exist from yesterday to a week ahead (UTC): for retention, under its own
+/// fence. `ss_publish_batch` (migration 0006) keeps the same window ahead when it publishes.
 pub async fn ensure_partitions(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query(
         "SELECT ss_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 1, (now() AT TIME ZONE 'UTC')::date + 8)",

@@ -188,15 +188,14 @@ impl Hub {
     /// process published in between, or the epoch changed), the hub checks the log instead.
     pub fn deliver_published(&self, epoch: &str, rows: Vec<EventRow>) {
         let Some(first_seq) = rows.first().map(|row| row.seq) else { return };
-        let our_epoch = lock(&self.0.registry).epoch;
-        if epoch.parse::<Epoch>().ok() != Some(our_epoch) {
+        let Ok(epoch) = epoch.parse::<Epoch>() else {
             self.0.resync.notify_one();
             return;
-        }
+        };
         // Encoded before taking the lock, which the streams share.
-        let events: Vec<Delivery> = rows.into_iter().map(|row| Arc::new(row.encode(our_epoch))).collect();
+        let events: Vec<Delivery> = rows.into_iter().map(|row| Arc::new(row.encode(epoch))).collect();
         let mut reg = lock(&self.0.registry);
-        if reg.epoch == our_epoch && first_seq <= reg.head + 1 {
+        if reg.epoch == epoch && first_seq <= reg.head + 1 {
             dispatch_locked(&mut reg, events);
         } else {
             drop(reg);
