@@ -55,6 +55,12 @@ fn resume_point(meta: &StreamMeta, resume: Option<Position>) -> Result<Option<i6
     }
 }
 
+/// The `retry:` a connection is told: uniform in 2000..=5000 ms, so that the browsers of an instance that dies
+/// do not all come back in the same instant (the contract's range).
+fn reconnect_delay() -> Duration {
+    Duration::from_millis(rand::random_range(2000..=5000))
+}
+
 /// Removes the client from the hub when the response body is dropped (client gone or stream ended).
 struct ClientGuard {
     hub: Hub,
@@ -102,7 +108,7 @@ pub fn open_stream(
         // committed, and the events up to it that still reach the queue are skipped below.
         let current = head.max(meta.last_seq);
         let opening = match start { Ok(Some(seq)) => seq, _ => current };
-        yield Ok(Event::default().retry(Duration::from_millis(3000)).id(Position::new(epoch, opening).to_string()));
+        yield Ok(Event::default().retry(reconnect_delay()).id(Position::new(epoch, opening).to_string()));
 
         let mut sent_through = opening;
         if let Err(reason) = start {
@@ -173,14 +179,16 @@ pub fn open_stream(
                     backlog_through = Some(head).filter(|h| *h > sent_through);
                 }
                 Step::Heartbeat => {
-                    let ping = Event::default().comment("ping");
-                    match hub.head_if_drained(&rx).filter(|head| *head > sent_through) {
-                        Some(seq) => {
-                            sent_through = seq;
-                            yield Ok(ping.id(Position::new(epoch, seq).to_string()));
-                        }
-                        None => yield Ok(ping),
+                    // A named event, so that the page's EventSource sees it and can tell a silent connection
+                    // from a quiet one. It carries `id:` only when the client has every event of its groups
+                    // up to the head.
+                    let advanced = hub.head_if_drained(&rx).filter(|head| *head > sent_through);
+                    if let Some(seq) = advanced {
+                        sent_through = seq;
                     }
+                    let position = Position::new(epoch, sent_through).to_string();
+                    let beat = Event::default().event("heartbeat").data(json!({ "position": position }).to_string());
+                    yield Ok(if advanced.is_some() { beat.id(position) } else { beat });
                 }
                 Step::TokenExpired => {
                     let data = json!({ "position": Position::new(epoch, sent_through).to_string() }).to_string();

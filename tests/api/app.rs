@@ -163,11 +163,11 @@ impl SseClient {
         }
     }
 
-    /// The next event that carries data (skips the opening `retry`/`id` block and heartbeats with ids).
+    /// The next event that carries data (skips the opening `retry`/`id` block and heartbeats).
     pub async fn next_data(&mut self, timeout: Duration) -> Event {
         loop {
             let event = self.next(timeout).await;
-            if !event.data.is_empty() {
+            if !event.data.is_empty() && event.event != "heartbeat" {
                 return event;
             }
         }
