@@ -29,7 +29,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay => {
             let pool = connect_and_migrate(&url?).await?;
             let shutdown = shutdown_on_signal();
-            Relay::new(pool, RelayConfig::default(), RelayWaker::new(), uuid::Uuid::new_v4()).run(shutdown).await;
+            let supervisor = crate::supervisor::Supervisor::new();
+            let relay = Relay::new(pool, RelayConfig::default(), RelayWaker::new(), uuid::Uuid::new_v4());
+            let _ = relay.spawn_supervised(&supervisor, shutdown).await;
             Ok(())
         }
         Command::Serve(args) => serve(&url?, args).await,

@@ -23,4 +23,5 @@ pub mod relay;
 pub mod seed;
 pub mod server;
 pub mod stream;
+pub mod supervisor;
 pub mod telemetry;

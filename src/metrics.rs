@@ -1,4 +1,4 @@
-//! Prometheus metrics. Names are part of the contract (see `../shared/contract.md`, Metrics).
+//! Prometheus metrics. Names are part of the contract (see docs: the metrics list in README).
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -12,6 +12,9 @@ pub const SSE_CATCHUP: &str = "smartscheduler_sse_catchup_total";
 pub const SSE_RESETS: &str = "smartscheduler_sse_resets_total";
 pub const HTTP_DURATION: &str = "smartscheduler_http_request_duration_seconds";
 pub const LISTENER_RECONNECTS: &str = "smartscheduler_listener_reconnects_total";
+pub const OUTBOX_PARKED: &str = "smartscheduler_outbox_parked_total";
+pub const OUTBOX_DEAD_LETTERS: &str = "smartscheduler_outbox_dead_letters";
+pub use crate::supervisor::TASK_RESTARTS;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -45,15 +48,25 @@ fn describe() {
     metrics::describe_counter!(SSE_RESETS, "event: reset sent to resuming clients.");
     metrics::describe_histogram!(HTTP_DURATION, "HTTP request duration by route and status.");
     metrics::describe_counter!(LISTENER_RECONNECTS, "Times the LISTEN connection was lost and re-established.");
+    metrics::describe_counter!(
+        OUTBOX_PARKED,
+        "Outbox rows this process parked in outbox_dead_letter as unpublishable."
+    );
+    metrics::describe_gauge!(OUTBOX_DEAD_LETTERS, "Rows in outbox_dead_letter (read at scrape time).");
+    metrics::describe_counter!(
+        TASK_RESTARTS,
+        "Background tasks restarted after a panic or an unexpected end, by task."
+    );
 }
 
 /// Touches every contract metric so that `/metrics` lists it from the start (the exporter renders only
 /// metrics it has seen): a scrape before the first event must still find the names.
 fn register_at_zero() {
-    for counter in [EVENTS_PUBLISHED, SSE_EVENTS_SENT, SSE_CATCHUP, LISTENER_RECONNECTS] {
+    for counter in [EVENTS_PUBLISHED, SSE_EVENTS_SENT, SSE_CATCHUP, LISTENER_RECONNECTS, OUTBOX_PARKED] {
         metrics::counter!(counter).absolute(0);
     }
     metrics::gauge!(SSE_CONNECTIONS).set(0.0);
     metrics::gauge!(OUTBOX_PENDING).set(0.0);
+    metrics::gauge!(OUTBOX_DEAD_LETTERS).set(0.0);
     let _ = metrics::histogram!(PUBLISH_LAG);
 }

@@ -6,6 +6,7 @@ use crate::http::{AppState, AppStateInner, router, stream_connection};
 use crate::outbox::RelayWaker;
 use crate::relay::{Relay, RelayConfig};
 use crate::stream::{Hub, HubConfig};
+use crate::supervisor::Supervisor;
 use anyhow::Context;
 use sqlx::PgPool;
 use std::net::SocketAddr;
@@ -63,19 +64,32 @@ impl Server {
     ) -> anyhow::Result<Self> {
         let node_id = Uuid::new_v4();
         let waker = RelayWaker::new();
-        let hub = Hub::start(pool.clone(), config.hub.clone(), node_id, shutdown.clone())
+        // Every background task runs under the supervisor: restarted after a panic, and reported by /readyz
+        // while it makes no progress.
+        let supervisor = Supervisor::new();
+        let hub = Hub::start(pool.clone(), config.hub.clone(), node_id, &supervisor, shutdown.clone())
             .await
             .context("starting the stream hub")?;
         let mut tasks = Vec::new();
         if config.run_relay {
             let relay = Relay::new(pool.clone(), config.relay.clone(), waker.clone(), node_id).feeding(hub.clone());
-            tasks.push(tokio::spawn(relay.run(shutdown.clone())));
+            tasks.push(relay.spawn_supervised(&supervisor, shutdown.clone()));
         }
-        tasks.push(tokio::spawn(crate::ops::retention::run_periodically(
-            pool.clone(),
-            config.retention_interval,
+        let (retention_pool, retention_every) = (pool.clone(), config.retention_interval);
+        let retention_shutdown = shutdown.clone();
+        tasks.push(supervisor.spawn(
+            "retention",
+            retention_every * 2 + Duration::from_secs(60),
             shutdown.clone(),
-        )));
+            move |progress| {
+                crate::ops::retention::run_periodically(
+                    retention_pool.clone(),
+                    retention_every,
+                    retention_shutdown.clone(),
+                    progress,
+                )
+            },
+        ));
         let state = AppState::new(AppStateInner {
             pool,
             hub,
@@ -84,6 +98,7 @@ impl Server {
             dev: config.dev,
             metrics: crate::metrics::install(),
             dev_token_ttl: config.dev_token_ttl,
+            supervisor,
         });
         let app = router(state, config.static_dir.clone());
         let listener =

@@ -3,6 +3,7 @@
 use crate::outbox::{GroupKey, OutboxError};
 use serde::Serialize;
 use sqlx::PgPool;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -126,4 +127,20 @@ pub async fn set_groups(
     grant_groups(&mut tx, id, &add).await?;
     tx.commit().await?;
     dispatcher(pool, id).await?.ok_or_else(|| DispatcherError::NotFound(id.to_owned()))
+}
+
+/// The current groups of each of `ids`, for open streams. Every id asked about is in the answer: a
+/// dispatcher without groups (or no longer known) maps to an empty list.
+pub async fn current_groups(pool: &PgPool, ids: &[String]) -> Result<HashMap<String, Vec<String>>, sqlx::Error> {
+    let rows: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT d.id, coalesce(array_agg(g.group_key ORDER BY g.group_key)
+                               FILTER (WHERE g.group_key IS NOT NULL), '{}')
+         FROM unnest($1::text[]) AS d(id)
+         LEFT JOIN dispatcher_groups g ON g.dispatcher_id = d.id
+         GROUP BY d.id",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
 }

@@ -4,5 +4,7 @@
 mod dispatchers;
 mod token;
 
-pub use dispatchers::{Dispatcher, DispatcherError, add_dispatcher, dispatcher, list_dispatchers, set_groups};
+pub use dispatchers::{
+    Dispatcher, DispatcherError, add_dispatcher, current_groups, dispatcher, list_dispatchers, set_groups,
+};
 pub use token::{AuthError, AuthSecret, Claims, MIN_SECRET_BYTES};

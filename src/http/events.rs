@@ -38,11 +38,22 @@ fn resume_position(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Po
         .map_err(|e| ApiError::bad_request("bad_last_event_id", format!("invalid Last-Event-ID {raw:?}: {e}")))
 }
 
-/// `?groups=a,b`: absent or empty means all of the dispatcher's groups; a group not held is 403.
+/// `?groups=a,b`: absent means all of the dispatcher's groups. Present, it must name at least one group and
+/// every element must be a group key: an empty list (`groups=`, `groups=,`, a blank) is a 400, not a
+/// subscription to nothing whose heartbeats would carry the client's position past events it never saw.
+/// A group the dispatcher does not hold is 403.
 fn requested_groups(raw: Option<&str>, held: &[String]) -> Result<Option<Vec<String>>, ApiError> {
-    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else { return Ok(None) };
+    let Some(raw) = raw else { return Ok(None) };
     let mut groups = Vec::new();
-    for key in raw.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+    for key in raw.split(',').map(str::trim) {
+        if key.is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid_groups",
+                format!(
+                    "groups={raw:?} has an empty element: name at least one group, separated by commas, or leave groups out"
+                ),
+            ));
+        }
         let key = GroupKey::parse(key).map_err(|e| ApiError::bad_request("invalid_group", e.to_string()))?;
         if !held.iter().any(|g| g == key.as_str()) {
             return Err(ApiError::forbidden(format!("you are not in group {key}")));
@@ -63,6 +74,9 @@ async fn events(
     let resume_from = resume_position(&headers, query.last_event_id.as_deref())?;
     let requested = requested_groups(query.groups.as_deref(), &current.dispatcher.groups)?;
     let groups = requested.clone().unwrap_or_else(|| current.dispatcher.groups.clone());
+    if groups.is_empty() {
+        return Err(ApiError::forbidden("you belong to no group: there is nothing to stream".to_owned()));
+    }
     let meta = StreamMeta::read(&state.pool).await?;
     let request = StreamRequest {
         dispatcher_id: current.dispatcher.dispatcher_id.clone(),
@@ -102,5 +116,14 @@ mod tests {
         assert_eq!(requested_groups(Some("region:north"), &held).unwrap(), Some(held.clone()));
         assert_eq!(requested_groups(None, &held).unwrap(), None);
         assert_eq!(requested_groups(Some("Bad Key"), &held).unwrap_err().code, "invalid_group");
+    }
+
+    #[test]
+    fn an_empty_or_blank_group_list_is_a_400_never_a_stream_of_nothing() {
+        let held = vec!["region:north".to_owned()];
+        for raw in ["", ",", ",,,", " ", "region:north,", ",region:north", "region:north,,region:north"] {
+            let error = requested_groups(Some(raw), &held).unwrap_err();
+            assert_eq!((error.status.as_u16(), error.code), (400, "invalid_groups"), "groups={raw:?}");
+        }
     }
 }

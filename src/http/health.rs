@@ -1,4 +1,5 @@
-//! `/healthz` (the process runs), `/readyz` (database and listener connected), `/metrics` (Prometheus).
+//! `/healthz` (the process runs), `/readyz` (database and listener connected, every background task making
+//! progress), `/metrics` (Prometheus).
 
 use super::AppState;
 use crate::metrics as m;
@@ -23,12 +24,27 @@ async fn database_up(state: &AppState) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(1)))
 }
 
+/// 200 only when the database answers, the LISTEN connection is up, and every supervised background task
+/// (relay, listener, membership, retention) is running and made progress within its window. The body says
+/// which part is not.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let database = database_up(&state).await;
     let listener = state.hub.is_listening();
-    let status = if database && listener { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let tasks = state.supervisor.report();
+    let tasks_ok = tasks.iter().all(|t| t.healthy);
+    let ready = database && listener && tasks_ok;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let word = |up: bool| if up { "up" } else { "down" };
-    (status, Json(json!({ "database": word(database), "listener": word(listener) })))
+    let stalled: Vec<&str> = tasks.iter().filter(|t| !t.healthy).map(|t| t.name).collect();
+    (
+        status,
+        Json(json!({
+            "database": word(database),
+            "listener": word(listener),
+            "tasks": tasks,
+            "stalled": stalled,
+        })),
+    )
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
@@ -36,6 +52,10 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     let pending = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox").fetch_one(&state.pool);
     if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), pending).await {
         metrics::gauge!(m::OUTBOX_PENDING).set(n as f64);
+    }
+    let parked = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox_dead_letter").fetch_one(&state.pool);
+    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), parked).await {
+        metrics::gauge!(m::OUTBOX_DEAD_LETTERS).set(n as f64);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

@@ -44,6 +44,8 @@ pub struct AppStateInner {
     pub metrics: PrometheusHandle,
     /// Lifetime of tokens minted by `POST /api/dev/session`.
     pub dev_token_ttl: Duration,
+    /// The process's background tasks, for `/readyz`.
+    pub supervisor: crate::supervisor::Supervisor,
 }
 
 impl AppState {

@@ -1,6 +1,7 @@
 //! Retention: `event_log` keeps the configured window by dropping whole daily partitions (no DELETE, so no
 //! bloat), and creates the partitions of the coming days ahead of time.
 
+use crate::supervisor::Progress;
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -69,8 +70,9 @@ fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
-/// Runs retention at start-up and then every `interval`, until shutdown.
-pub async fn run_periodically(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
+/// Runs retention at start-up and then every `interval`, until shutdown. Ticks `progress` after each pass
+/// that worked.
+pub async fn run_periodically(pool: PgPool, interval: Duration, shutdown: CancellationToken, progress: Progress) {
     let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {
@@ -78,10 +80,12 @@ pub async fn run_periodically(pool: PgPool, interval: Duration, shutdown: Cancel
             _ = tick.tick() => {}
         }
         match run_once(&pool, false).await {
-            Ok(report) if !report.dropped_partitions.is_empty() => {
-                tracing::info!(dropped = ?report.dropped_partitions, expired_through_seq = report.expired_through_seq, "retention dropped expired partitions");
+            Ok(report) => {
+                progress.tick();
+                if !report.dropped_partitions.is_empty() {
+                    tracing::info!(dropped = ?report.dropped_partitions, expired_through_seq = report.expired_through_seq, "retention dropped expired partitions");
+                }
             }
-            Ok(_) => {}
             Err(error) => tracing::warn!(%error, "retention pass failed; will retry"),
         }
     }

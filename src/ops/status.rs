@@ -55,6 +55,10 @@ pub struct OutboxStatus {
     pub expired_through_seq: i64,
     /// `event_log` partitions exist up to this instant (exclusive).
     pub partitions_until: Option<DateTime<Utc>>,
+    /// Rows in `outbox_dead_letter`: events the relay could not publish and parked (they reach no client).
+    pub dead_letters: i64,
+    /// When the last row was parked; `null` if none is.
+    pub last_parked_at: Option<DateTime<Utc>>,
     /// Relays whose heartbeat is younger than 15 s.
     pub relays_alive: i64,
     /// Those relays.
@@ -104,6 +108,8 @@ struct Snapshot {
     partitions_until: Option<DateTime<Utc>>,
     partition_headroom_seconds: Option<f64>,
     last_relay_beat_at: Option<DateTime<Utc>>,
+    dead_letters: i64,
+    last_parked_at: Option<DateTime<Utc>>,
 }
 
 /// Reads the status in one consistent, read-only snapshot.
@@ -135,7 +141,9 @@ pub async fn gather(pool: &PgPool) -> Result<OutboxStatus, sqlx::Error> {
                 CASE WHEN isfinite(m.partitions_until) THEN m.partitions_until END AS partitions_until,
                 CASE WHEN isfinite(m.partitions_until)
                      THEN extract(epoch FROM m.partitions_until - now())::float8 END AS partition_headroom_seconds,
-                (SELECT max(beat_at) FROM node_heartbeats WHERE role = 'relay') AS last_relay_beat_at
+                (SELECT max(beat_at) FROM node_heartbeats WHERE role = 'relay') AS last_relay_beat_at,
+                (SELECT count(*) FROM outbox_dead_letter) AS dead_letters,
+                (SELECT max(parked_at) FROM outbox_dead_letter) AS last_parked_at
          FROM stream_meta m WHERE m.stream = 'main'",
     )
     .fetch_one(&mut *tx)
@@ -176,6 +184,8 @@ pub async fn gather(pool: &PgPool) -> Result<OutboxStatus, sqlx::Error> {
         oldest_kept_position: s.oldest_kept_seq.map(|seq| format!("{}-{seq}", s.epoch)),
         expired_through_seq: s.expired_through_seq,
         partitions_until: s.partitions_until,
+        dead_letters: s.dead_letters,
+        last_parked_at: s.last_parked_at,
         relays_alive: relays.len() as i64,
         relays,
         last_relay_beat_at: s.last_relay_beat_at,
@@ -224,6 +234,12 @@ fn assess(status: &mut OutboxStatus, partition_headroom_seconds: Option<f64>) {
         )),
         None => reasons.push("event_log has no partitions: run smartscheduler retention".to_owned()),
     }
+    if status.dead_letters > 0 {
+        reasons.push(format!(
+            "{} outbox row(s) parked in outbox_dead_letter reach no client (inspect with sql/08_dead_letters.sql)",
+            status.dead_letters
+        ));
+    }
     if status.listeners_alive == 0 {
         warnings.push("no listener alive: no browser receives events (no serve process is running)".to_owned());
     }
@@ -268,6 +284,13 @@ pub fn render(s: &OutboxStatus) -> String {
         ("oldest kept", s.oldest_kept_position.clone().unwrap_or_else(|| "none (log empty)".to_owned())),
         ("expired through seq", s.expired_through_seq.to_string()),
         ("partitions until", s.partitions_until.map_or_else(|| "none".to_owned(), |t| t.to_rfc3339())),
+        (
+            "dead letters",
+            match s.last_parked_at {
+                Some(at) => format!("{} (last parked {})", s.dead_letters, at.to_rfc3339()),
+                None => s.dead_letters.to_string(),
+            },
+        ),
         ("relays alive", nodes(s.relays_alive, &s.relays)),
         ("listeners alive", nodes(s.listeners_alive, &s.listeners)),
         ("healthy", if s.healthy { "yes".to_owned() } else { format!("NO: {}", s.reasons.join("; ")) }),
@@ -315,6 +338,8 @@ mod tests {
             oldest_kept_position: None,
             expired_through_seq: 0,
             partitions_until: None,
+            dead_letters: 0,
+            last_parked_at: None,
             relays_alive: 0,
             relays: vec![],
             last_relay_beat_at: None,

@@ -12,7 +12,8 @@ mod publish;
 mod worker;
 
 pub use publish::{
-    BatchOutcome, ensure_partitions, publish_all_pending, publish_batch, publish_batch_now, publish_batch_uncommitted,
+    BatchOutcome, ensure_partitions, publish_all_pending, publish_batch, publish_batch_now, publish_batch_parking,
+    publish_batch_uncommitted,
 };
 pub use worker::{Relay, RelayConfig};
 pub(crate) use worker::{beat, reconnect_backoff};

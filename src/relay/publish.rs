@@ -75,6 +75,18 @@ pub async fn publish_batch_uncommitted(tx: &mut PgConnection, batch_size: i64) -
     publish_step(tx, batch_size).await
 }
 
+/// The careful publish step (`ss_publish_batch_parking`, migration 0007): row by row, each row that fails
+/// is moved to `outbox_dead_letter` with its error and the rows after it are published. Slower; for after a
+/// batch failed on a row.
+pub async fn publish_batch_parking(pool: &PgPool, batch_size: i64) -> Result<BatchOutcome, sqlx::Error> {
+    let rows: Vec<PublishedRow> = sqlx::query_as("SELECT * FROM ss_publish_batch_parking($1, $2)")
+        .bind(batch_size)
+        .bind(EVENTS_CHANNEL)
+        .fetch_all(pool)
+        .await?;
+    Ok(outcome_of(rows))
+}
+
 #[derive(sqlx::FromRow)]
 struct PublishedRow {
     epoch: String,
@@ -88,12 +100,16 @@ async fn publish_step<'c>(executor: impl PgExecutor<'c>, batch_size: i64) -> Res
         .bind(EVENTS_CHANNEL)
         .fetch_all(executor)
         .await?;
+    Ok(outcome_of(rows))
+}
+
+fn outcome_of(rows: Vec<PublishedRow>) -> BatchOutcome {
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
-        return Ok(BatchOutcome::Empty);
+        return BatchOutcome::Empty;
     };
     let (epoch, first_seq, last_seq) = (first.epoch.clone(), first.event.seq, last.event.seq);
     let events = rows.into_iter().map(|row| row.event).collect();
-    Ok(BatchOutcome::Published { epoch, first_seq, last_seq, events })
+    BatchOutcome::Published { epoch, first_seq, last_seq, events }
 }
 
 /// Makes sure daily partitions exist from yesterday to a week ahead (UTC): for retention, under its own

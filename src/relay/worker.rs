@@ -2,10 +2,11 @@
 //! the wake channel, or the poll timer), and reconnect forever with backoff when the database goes away.
 
 use super::WAKE_CHANNEL;
-use super::publish::{BatchOutcome, publish_batch, publish_batch_now};
+use super::publish::{BatchOutcome, publish_batch, publish_batch_now, publish_batch_parking};
 use crate::metrics as m;
 use crate::outbox::RelayWaker;
 use crate::stream::Hub;
+use crate::supervisor::{Progress, Supervisor};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -22,15 +23,24 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// How often the relay records that it is alive in `node_heartbeats`.
     pub heartbeat_interval: Duration,
+    /// A relay whose publish steps have not reached the database for this long is stalled: the process
+    /// is not ready (`/readyz` names it).
+    pub stall_after: Duration,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        Self { batch_size: 1000, poll_interval: Duration::from_millis(200), heartbeat_interval: Duration::from_secs(5) }
+        Self {
+            batch_size: 1000,
+            poll_interval: Duration::from_millis(200),
+            heartbeat_interval: Duration::from_secs(5),
+            stall_after: Duration::from_secs(15),
+        }
     }
 }
 
 /// A relay bound to one database. Several may run at once (one per process): the fence serialises them.
+#[derive(Clone)]
 pub struct Relay {
     pool: PgPool,
     config: RelayConfig,
@@ -52,20 +62,42 @@ impl Relay {
         self
     }
 
-    /// Runs until `shutdown` is cancelled. A batch in flight is always finished first.
+    /// Runs until `shutdown` is cancelled, without supervision. A batch in flight is always finished first.
     pub async fn run(self, shutdown: CancellationToken) {
-        let wake_task =
-            tokio::spawn(forward_wake_notifications(self.pool.clone(), self.waker.clone(), shutdown.clone()));
+        self.run_reporting(shutdown, Progress::detached("relay")).await
+    }
+
+    /// Runs under `supervisor` until `shutdown`: restarted after a panic, and reported as stalled (process
+    /// not ready) when no publish step has reached the database for `stall_after`.
+    pub fn spawn_supervised(self, supervisor: &Supervisor, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        supervisor.spawn("relay", self.config.stall_after, shutdown.clone(), move |progress| {
+            self.clone().run_reporting(shutdown.clone(), progress)
+        })
+    }
+
+    /// The relay loop. Ticks `progress` after every publish step that reached the database, whatever it
+    /// found; a step that fails on a row is retried row by row, parking what cannot be published.
+    pub async fn run_reporting(self, shutdown: CancellationToken, progress: Progress) {
+        // Aborted when this future ends or unwinds, so that a restarted relay does not leave a listener behind.
+        let _wake_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(forward_wake_notifications(
+            self.pool.clone(),
+            self.waker.clone(),
+            shutdown.clone(),
+        )));
         let mut backoff = reconnect_backoff();
         let mut last_heartbeat: Option<Instant> = None;
         // Rung by a writer (or a full batch just went out): skip the idle peek, there is work.
         let mut rung = false;
         tracing::info!(node = %self.node_id, batch_size = self.config.batch_size, "relay started");
 
+        // The relay's row in node_heartbeats (what `outbox status` reads) is written only after a publish step
+        // worked, so a relay that fails every step is not reported alive.
+        let mut stepped_since_beat = false;
         while !shutdown.is_cancelled() {
-            if last_heartbeat.is_none_or(|t| t.elapsed() >= self.config.heartbeat_interval) {
+            let beat_due = last_heartbeat.is_none_or(|t| t.elapsed() >= self.config.heartbeat_interval);
+            if beat_due && stepped_since_beat {
                 match beat(&self.pool, self.node_id, "relay").await {
-                    Ok(()) => last_heartbeat = Some(Instant::now()),
+                    Ok(()) => (last_heartbeat, stepped_since_beat) = (Some(Instant::now()), false),
                     Err(e) => tracing::warn!(error = %e, "relay heartbeat failed"),
                 }
             }
@@ -74,6 +106,14 @@ impl Relay {
             } else {
                 publish_batch(&self.pool, self.config.batch_size).await
             };
+            let published = match published {
+                Err(error) if is_refused_row(&error) => self.publish_parking(error).await,
+                other => other,
+            };
+            if published.is_ok() {
+                progress.tick();
+                stepped_since_beat = true;
+            }
             match published {
                 Ok(outcome @ BatchOutcome::Published { .. }) => {
                     backoff = reconnect_backoff();
@@ -102,8 +142,21 @@ impl Relay {
                 }
             }
         }
-        wake_task.abort();
         tracing::info!(node = %self.node_id, "relay stopped");
+    }
+
+    /// After a publish step failed on a row: publishes the batch row by row, parking each row that fails in
+    /// `outbox_dead_letter`, so that one bad row never holds back the events after it.
+    async fn publish_parking(&self, error: sqlx::Error) -> Result<BatchOutcome, sqlx::Error> {
+        tracing::error!(%error, "a publish step failed on a row; publishing row by row and parking what fails");
+        let parked_before = parked_count(&self.pool).await?;
+        let outcome = publish_batch_parking(&self.pool, self.config.batch_size).await?;
+        let parked = parked_count(&self.pool).await? - parked_before;
+        if parked > 0 {
+            metrics::counter!(m::OUTBOX_PARKED).increment(parked as u64);
+            tracing::error!(parked, "outbox rows parked in outbox_dead_letter (see sql/08_dead_letters.sql)");
+        }
+        Ok(outcome)
     }
 
     /// Waits for a wake-up, the poll timer, or shutdown; true if woken. With a zero timeout it only yields.
@@ -118,6 +171,18 @@ impl Relay {
             _ = shutdown.cancelled() => false,
         }
     }
+}
+
+/// True when PostgreSQL refused the publish step because of what a row holds (data exception, integrity
+/// constraint, invalid text), as opposed to the connection, a lock or the server going away, which retrying
+/// fixes. SQLSTATE classes 22 and 23; see the PostgreSQL manual, appendix A.
+fn is_refused_row(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else { return false };
+    db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+}
+
+async fn parked_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox_dead_letter").fetch_one(pool).await
 }
 
 fn record(outcome: &BatchOutcome) {

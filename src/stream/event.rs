@@ -83,13 +83,15 @@ impl EventRow {
     }
 }
 
-/// The hub's read: everything after a seq (`$1`), from a publish time on (`$2`), at most `$3` rows.
+/// The hub's read: everything after a seq (`$1`), at most `$2` rows. By `seq` alone, with no bound on
+/// `published_at`: correctness never rests on wall-clock order (a batch stamped while the database's clock
+/// stood behind must not be skipped).
 const LIVE_SQL: &str =
     "SELECT e.seq, e.event_id, e.event_type, e.groups, e.payload::text AS payload, e.replay_of, e.occurred_at,
         e.published_at
  FROM event_log e
- WHERE e.seq > $1 AND e.published_at >= coalesce($2, '-infinity'::timestamptz)
- ORDER BY e.seq LIMIT $3";
+ WHERE e.seq > $1
+ ORDER BY e.seq LIMIT $2";
 
 /// A resuming client's read: the events of groups `$1` in `($2, $3]`, at most `$4`, in seq order.
 /// Walks `event_log_groups (group_key, seq)` once per group, each walk bounded by the limit.
@@ -113,15 +115,9 @@ pub const BACKLOG_SQL: &str = "WITH wanted AS (
  ) AS e
  ORDER BY e.seq";
 
-/// Everything after `after_seq`, for the hub. `published_from` (the head's publish time) lets PostgreSQL
-/// skip older partitions: published_at never decreases along seq.
-pub(crate) async fn fetch_after(
-    pool: &PgPool,
-    after_seq: i64,
-    published_from: Option<DateTime<Utc>>,
-    limit: i64,
-) -> Result<Vec<EventRow>, sqlx::Error> {
-    sqlx::query_as(LIVE_SQL).bind(after_seq).bind(published_from).bind(limit).fetch_all(pool).await
+/// Everything after `after_seq`, for the hub, at most `limit` rows in seq order.
+pub(crate) async fn fetch_after(pool: &PgPool, after_seq: i64, limit: i64) -> Result<Vec<EventRow>, sqlx::Error> {
+    sqlx::query_as(LIVE_SQL).bind(after_seq).bind(limit).fetch_all(pool).await
 }
 
 /// The events of `groups` in `(after_seq, through_seq]`, at most `limit`, in seq order.

@@ -10,7 +10,8 @@ use super::event::{EventRow, StreamEvent, StreamMeta, fetch_after};
 use crate::metrics as m;
 use crate::position::{Epoch, Position};
 use crate::relay::EVENTS_CHANNEL;
-use chrono::{DateTime, Utc};
+use crate::supervisor::{Progress, Supervisor};
+use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::collections::{HashMap, HashSet};
@@ -32,8 +33,27 @@ pub struct HubConfig {
     pub safety_poll: Duration,
     /// How often open streams pick up group membership changes (the contract allows 5 s).
     pub membership_poll: Duration,
-    /// Comment heartbeat interval (the contract asks for at least every 15 s).
+    /// Heartbeat interval (the contract asks for at least every 15 s).
     pub heartbeat: Duration,
+    /// Where membership refreshes read the current groups of dispatchers. `None`: the database
+    /// ([`crate::auth::current_groups`]). A seam for wrapping the read, for example to hold it at a chosen moment.
+    pub membership_source: Option<MembershipSource>,
+}
+
+/// The current groups of some dispatchers, by id. An id absent from the answer is unknown (left as it
+/// is), not a dispatcher without groups.
+pub type Memberships = HashMap<String, Vec<String>>;
+
+type MembershipRead = dyn Fn(PgPool, Vec<String>) -> BoxFuture<'static, Result<Memberships, sqlx::Error>> + Send + Sync;
+
+/// Reads the current groups of the given dispatchers for the membership refresh.
+#[derive(Clone)]
+pub struct MembershipSource(pub Arc<MembershipRead>);
+
+impl std::fmt::Debug for MembershipSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MembershipSource")
+    }
 }
 
 impl Default for HubConfig {
@@ -44,6 +64,7 @@ impl Default for HubConfig {
             safety_poll: Duration::from_secs(1),
             membership_poll: Duration::from_secs(2),
             heartbeat: Duration::from_secs(10),
+            membership_source: None,
         }
     }
 }
@@ -55,6 +76,9 @@ pub(crate) type Delivery = Arc<StreamEvent>;
 pub(crate) struct ClientShared {
     groups: Mutex<Vec<String>>,
     lagged: AtomicBool,
+    /// Set when the dispatcher no longer holds any group the stream delivers: the stream must end instead
+    /// of moving its position over events it can no longer check against real groups.
+    revoked: AtomicBool,
 }
 
 impl ClientShared {
@@ -63,6 +87,9 @@ impl ClientShared {
     }
     pub(crate) fn take_lagged(&self) -> bool {
         self.lagged.swap(false, Ordering::AcqRel)
+    }
+    pub(crate) fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 }
 
@@ -75,14 +102,18 @@ struct ClientEntry {
     /// Some while attached to the live fan-out.
     tx: Option<mpsc::Sender<Delivery>>,
     shared: Arc<ClientShared>,
+    /// `Registry::membership_reads` when the stream was added: a membership read that began before this
+    /// (lower or equal number) may not know of the stream's request and is not applied to it.
+    added_after_read: u64,
 }
 
 struct Registry {
     epoch: Epoch,
     /// The last seq fanned out. Every event after it reaches attached clients through their queues.
     head: i64,
-    head_published_at: Option<DateTime<Utc>>,
     clients: HashMap<u64, ClientEntry>,
+    /// Membership reads started so far (each refresh takes the next number before it queries).
+    membership_reads: u64,
     by_group: HashMap<String, HashMap<u64, mpsc::Sender<Delivery>>>,
 }
 
@@ -115,6 +146,42 @@ impl Registry {
             entry.shared.lagged.store(true, Ordering::Release);
         }
     }
+
+    /// Starts a membership read: the dispatchers of the streams open now, and the read's number.
+    fn begin_membership_read(&mut self) -> (u64, Vec<String>) {
+        self.membership_reads += 1;
+        let ids: HashSet<&String> = self.clients.values().map(|c| &c.dispatcher_id).collect();
+        (self.membership_reads, ids.into_iter().cloned().collect())
+    }
+
+    /// Applies the answer of membership read `read` to the streams that were open when it began. Streams
+    /// added meanwhile keep the groups their own request read, and dispatchers missing from the answer are
+    /// left alone: a stream is never given groups from a read that did not ask about it. A stream whose
+    /// groups become empty is revoked and closed.
+    fn apply_membership(&mut self, read: u64, membership: &Memberships) {
+        let ids: Vec<u64> = self.clients.keys().copied().collect();
+        for id in ids {
+            let Some(entry) = self.clients.get(&id) else { continue };
+            if entry.added_after_read >= read {
+                continue;
+            }
+            let Some(held) = membership.get(&entry.dispatcher_id) else { continue };
+            let effective = effective_groups(entry.requested.as_deref(), held);
+            if effective == entry.groups {
+                continue;
+            }
+            tracing::info!(dispatcher = %entry.dispatcher_id, groups = ?effective, "stream groups changed");
+            self.unlink(id);
+            let Some(entry) = self.clients.get_mut(&id) else { continue };
+            *lock(&entry.shared.groups) = effective.clone();
+            if effective.is_empty() {
+                entry.shared.revoked.store(true, Ordering::Release);
+                entry.tx = None; // wakes the stream, which sees `revoked` and ends
+            }
+            entry.groups = effective;
+            self.link(id);
+        }
+    }
 }
 
 struct HubInner {
@@ -128,6 +195,9 @@ struct HubInner {
     /// Rung when this process's relay hands over a batch the hub cannot take as it is (a hole before it, or
     /// another epoch): the hub then checks the log instead.
     resync: Notify,
+    /// When the listener last read the log successfully: the listener's heartbeat row (what `outbox status`
+    /// shows) is written only while this is recent.
+    last_log_read: Mutex<std::time::Instant>,
 }
 
 /// Handle to the process's hub. Cheap to clone.
@@ -140,23 +210,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A listener that makes no progress for this long (no successful read of the log, including the safety
+/// poll) makes the process not ready.
+fn hub_stall_after(config: &HubConfig) -> Duration {
+    (config.safety_poll * 5).max(Duration::from_secs(10))
+}
+
 impl Hub {
-    /// Starts the hub: reads the log's head, then LISTENs, polls and tracks membership until `shutdown`.
+    /// Starts the hub: reads the log's head, then LISTENs, polls and tracks membership until `shutdown`,
+    /// each loop supervised by `supervisor` (restarted after a panic, reported by `/readyz` while stalled).
     pub async fn start(
         pool: PgPool,
         config: HubConfig,
         node_id: Uuid,
+        supervisor: &Supervisor,
         shutdown: CancellationToken,
     ) -> Result<Self, sqlx::Error> {
         let meta = StreamMeta::read(&pool).await?;
-        let published_at: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT last_published_at FROM stream_meta").fetch_one(&pool).await?;
         let registry = Registry {
             epoch: meta.epoch,
             head: meta.last_seq,
-            head_published_at: published_at,
             clients: HashMap::new(),
             by_group: HashMap::new(),
+            membership_reads: 0,
         };
         let hub = Hub(Arc::new(HubInner {
             pool,
@@ -164,12 +240,20 @@ impl Hub {
             registry: Mutex::new(registry),
             listening: AtomicBool::new(false),
             next_client: AtomicU64::new(1),
-            shutdown,
+            shutdown: shutdown.clone(),
             node_id,
             resync: Notify::new(),
+            last_log_read: Mutex::new(std::time::Instant::now()),
         }));
-        tokio::spawn(hub.clone().listen_loop());
-        tokio::spawn(hub.clone().membership_loop());
+        let listener_hub = hub.clone();
+        supervisor.spawn("listener", hub_stall_after(&hub.0.config), shutdown.clone(), move |progress| {
+            listener_hub.clone().listen_loop(progress)
+        });
+        let membership_hub = hub.clone();
+        let membership_stall = (hub.0.config.membership_poll * 5).max(Duration::from_secs(15));
+        supervisor.spawn("membership", membership_stall, shutdown, move |progress| {
+            membership_hub.clone().membership_loop(progress)
+        });
         Ok(hub)
     }
 
@@ -203,7 +287,7 @@ impl Hub {
         }
     }
 
-    /// True while the LISTEN connection is up (part of `/readyz`).
+    /// True while the LISTEN connection is up.
     pub fn is_listening(&self) -> bool {
         self.0.listening.load(Ordering::Acquire)
     }
@@ -216,15 +300,22 @@ impl Hub {
         groups: Vec<String>,
     ) -> (u64, Arc<ClientShared>) {
         let id = self.0.next_client.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(ClientShared { groups: Mutex::new(groups.clone()), lagged: AtomicBool::new(false) });
+        let shared = Arc::new(ClientShared {
+            groups: Mutex::new(groups.clone()),
+            lagged: AtomicBool::new(false),
+            revoked: AtomicBool::new(groups.is_empty()),
+        });
+        let mut reg = lock(&self.0.registry);
         let entry = ClientEntry {
             dispatcher_id: dispatcher_id.to_owned(),
             requested,
             groups,
             tx: None,
             shared: shared.clone(),
+            added_after_read: reg.membership_reads,
         };
-        lock(&self.0.registry).clients.insert(id, entry);
+        reg.clients.insert(id, entry);
+        drop(reg);
         metrics::gauge!(m::SSE_CONNECTIONS).increment(1.0);
         (id, shared)
     }
@@ -234,7 +325,7 @@ impl Hub {
     pub(crate) fn attach(&self, id: u64) -> (mpsc::Receiver<Delivery>, i64) {
         let (tx, rx) = mpsc::channel(self.0.config.client_queue);
         let mut reg = lock(&self.0.registry);
-        if let Some(entry) = reg.clients.get_mut(&id) {
+        if let Some(entry) = reg.clients.get_mut(&id).filter(|e| !e.shared.is_revoked()) {
             entry.tx = Some(tx);
         }
         reg.link(id);
@@ -251,11 +342,13 @@ impl Hub {
     }
 
     /// The head, if the stream has consumed everything fanned out to it so far (its queue is empty while
-    /// the registry is locked, and the hub only pushes under that lock). A heartbeat may then carry it as
-    /// `id:`, so an idle client of a quiet group resumes from a recent position.
-    pub(crate) fn head_if_drained(&self, rx: &mpsc::Receiver<Delivery>) -> Option<i64> {
+    /// the registry is locked, and the hub only pushes under that lock) and is still attached with groups
+    /// of its own: every event up to the head was then checked against those groups. A heartbeat may carry
+    /// it as `id:`, so an idle client of a quiet group resumes from a recent position.
+    pub(crate) fn head_if_drained(&self, id: u64, rx: &mpsc::Receiver<Delivery>) -> Option<i64> {
         let reg = lock(&self.0.registry);
-        rx.is_empty().then_some(reg.head)
+        let attached = reg.clients.get(&id).is_some_and(|e| e.tx.is_some() && !e.groups.is_empty());
+        (attached && rx.is_empty()).then_some(reg.head)
     }
 
     /// Fans events out in seq order. Runs under the registry lock and never waits on a client.
@@ -263,14 +356,15 @@ impl Hub {
         dispatch_locked(&mut lock(&self.0.registry), events);
     }
 
-    /// Reads and fans out everything published after the head.
+    /// Reads and fans out everything published after the head. Reads by `seq` alone: no wall-clock bound,
+    /// since a batch published while the database's clock stood behind has an earlier `published_at`.
     async fn catch_up(&self) -> Result<(), sqlx::Error> {
         loop {
-            let (epoch, head, published_from) = {
+            let (epoch, head) = {
                 let reg = lock(&self.0.registry);
-                (reg.epoch, reg.head, reg.head_published_at)
+                (reg.epoch, reg.head)
             };
-            let rows = fetch_after(&self.0.pool, head, published_from, self.0.config.page_size).await?;
+            let rows = fetch_after(&self.0.pool, head, self.0.config.page_size).await?;
             let full_page = rows.len() as i64 == self.0.config.page_size;
             if rows.is_empty() {
                 return Ok(());
@@ -291,7 +385,6 @@ impl Hub {
                 tracing::warn!(old = %reg.epoch, new = %meta.epoch, "event log epoch changed; ending all streams");
                 reg.epoch = meta.epoch;
                 reg.head = meta.last_seq;
-                reg.head_published_at = None;
                 reg.by_group.clear();
                 // Closing every queue ends the streams; clients reconnect and get event: reset.
                 reg.clients.values_mut().for_each(|c| c.tx = None);
@@ -303,10 +396,14 @@ impl Hub {
         if behind { self.catch_up().await } else { Ok(()) }
     }
 
-    async fn listen_loop(self) {
+    /// LISTENs and fans out until shutdown. Ticks `progress` at every successful read of the log (the
+    /// safety poll reads it at least every `safety_poll`), so a listener that cannot read is reported.
+    async fn listen_loop(self, progress: Progress) {
         let mut backoff = crate::relay::reconnect_backoff();
         let mut safety = tokio::time::interval(self.0.config.safety_poll);
         safety.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A panic anywhere below (a restart by the supervisor follows) must not leave `listening` on.
+        let _listening = ListeningFlag(&self.0.listening);
         while !self.0.shutdown.is_cancelled() {
             let mut listener = match self.connect_listener().await {
                 Ok(listener) => listener,
@@ -323,23 +420,23 @@ impl Hub {
             backoff = crate::relay::reconnect_backoff();
             self.0.listening.store(true, Ordering::Release);
             // Notifications sent before LISTEN took effect are not coming: read from the head now.
-            self.log_failure(self.catch_up().await);
+            self.track(&progress, self.catch_up().await);
             loop {
                 tokio::select! {
                     _ = self.0.shutdown.cancelled() => return,
-                    _ = safety.tick() => self.log_failure(self.check_log().await),
-                    _ = self.0.resync.notified() => self.log_failure(self.check_log().await),
+                    _ = safety.tick() => self.track(&progress, self.check_log().await),
+                    _ = self.0.resync.notified() => self.track(&progress, self.check_log().await),
                     received = listener.try_recv() => match received {
                         Ok(Some(notification)) => match self.news_in(notification.payload()) {
                             News::Nothing => {}
-                            News::Ahead => self.log_failure(self.catch_up().await),
-                            News::Unknown => self.log_failure(self.check_log().await),
+                            News::Ahead => self.track(&progress, self.catch_up().await),
+                            News::Unknown => self.track(&progress, self.check_log().await),
                         },
                         Ok(None) => {
                             // sqlx reconnected the listener; anything sent meanwhile was dropped.
                             metrics::counter!(m::LISTENER_RECONNECTS).increment(1);
                             tracing::info!("stream listener reconnected; catching up from the log");
-                            self.log_failure(self.catch_up().await);
+                            self.track(&progress, self.catch_up().await);
                         }
                         Err(error) => {
                             self.0.listening.store(false, Ordering::Release);
@@ -373,14 +470,19 @@ impl Hub {
         }
     }
 
-    fn log_failure(&self, result: Result<(), sqlx::Error>) {
-        if let Err(error) = result {
-            tracing::warn!(%error, "stream hub could not read the event log; will retry");
+    /// Ticks on success; logs a failure (the next poll retries).
+    fn track(&self, progress: &Progress, result: Result<(), sqlx::Error>) {
+        match result {
+            Ok(()) => {
+                progress.tick();
+                *lock(&self.0.last_log_read) = std::time::Instant::now();
+            }
+            Err(error) => tracing::warn!(%error, "stream hub could not read the event log; will retry"),
         }
     }
 
     /// Applies group membership changes to open streams, and records that this listener is alive.
-    async fn membership_loop(self) {
+    async fn membership_loop(self, progress: Progress) {
         let mut tick = tokio::time::interval(self.0.config.membership_poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beats = 0u32;
@@ -389,56 +491,41 @@ impl Hub {
                 _ = self.0.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if let Err(error) = self.refresh_membership().await {
-                tracing::warn!(%error, "could not refresh group membership of open streams");
+            match self.refresh_membership().await {
+                Ok(()) => progress.tick(),
+                Err(error) => tracing::warn!(%error, "could not refresh group membership of open streams"),
             }
             beats += 1;
-            let due = beats % 3 == 1 && self.is_listening();
+            let reading = lock(&self.0.last_log_read).elapsed() <= hub_stall_after(&self.0.config);
+            let due = beats % 3 == 1 && self.is_listening() && reading;
             if due && let Err(error) = crate::relay::beat(&self.0.pool, self.0.node_id, "listener").await {
                 tracing::warn!(%error, "listener heartbeat failed");
             }
         }
     }
 
+    /// Reads the groups of the dispatchers of open streams and applies them. The read runs without the
+    /// registry lock, so streams may open meanwhile: the read's number keeps its answer off those.
     async fn refresh_membership(&self) -> Result<(), sqlx::Error> {
-        let dispatcher_ids: Vec<String> = {
-            let reg = lock(&self.0.registry);
-            let set: HashSet<&String> = reg.clients.values().map(|c| &c.dispatcher_id).collect();
-            set.into_iter().cloned().collect()
-        };
+        let (read, dispatcher_ids) = lock(&self.0.registry).begin_membership_read();
         if dispatcher_ids.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(String, Vec<String>)> = sqlx::query_as(
-            "SELECT d.id, coalesce(array_agg(g.group_key ORDER BY g.group_key)
-                                   FILTER (WHERE g.group_key IS NOT NULL), '{}')
-             FROM unnest($1::text[]) AS d(id)
-             LEFT JOIN dispatcher_groups g ON g.dispatcher_id = d.id
-             GROUP BY d.id",
-        )
-        .bind(&dispatcher_ids)
-        .fetch_all(&self.0.pool)
-        .await?;
-        let membership: HashMap<String, Vec<String>> = rows.into_iter().collect();
-
-        let mut reg = lock(&self.0.registry);
-        let ids: Vec<u64> = reg.clients.keys().copied().collect();
-        for id in ids {
-            let Some(entry) = reg.clients.get(&id) else { continue };
-            let held = membership.get(&entry.dispatcher_id).cloned().unwrap_or_default();
-            let effective = effective_groups(entry.requested.as_deref(), &held);
-            if effective == entry.groups {
-                continue;
-            }
-            tracing::info!(dispatcher = %entry.dispatcher_id, groups = ?effective, "stream groups changed");
-            reg.unlink(id);
-            if let Some(entry) = reg.clients.get_mut(&id) {
-                *lock(&entry.shared.groups) = effective.clone();
-                entry.groups = effective;
-            }
-            reg.link(id);
-        }
+        let membership = match &self.0.config.membership_source {
+            Some(source) => (source.0)(self.0.pool.clone(), dispatcher_ids).await?,
+            None => crate::auth::current_groups(&self.0.pool, &dispatcher_ids).await?,
+        };
+        lock(&self.0.registry).apply_membership(read, &membership);
         Ok(())
+    }
+}
+
+/// Clears the `listening` flag when the listen loop ends, however it ends.
+struct ListeningFlag<'a>(&'a AtomicBool);
+
+impl Drop for ListeningFlag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -468,7 +555,6 @@ fn dispatch_locked(reg: &mut Registry, events: Vec<Delivery>) {
             }
         }
         reg.head = event.seq;
-        reg.head_published_at = Some(event.published_at);
         for id in lagging.drain(..) {
             reg.detach_lagging(id);
         }

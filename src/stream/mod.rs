@@ -8,5 +8,5 @@ mod hub;
 mod session;
 
 pub use event::{BACKLOG_SQL, EventRow, StreamEvent, StreamMeta, fetch_for_groups};
-pub use hub::{Hub, HubConfig};
+pub use hub::{Hub, HubConfig, MembershipSource, Memberships};
 pub use session::{ResetReason, StreamRequest, open_stream};

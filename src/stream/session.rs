@@ -61,6 +61,14 @@ fn reconnect_delay() -> Duration {
     Duration::from_millis(rand::random_range(2000..=5000))
 }
 
+/// `event: access-revoked`: the dispatcher no longer holds any group this stream delivers, so it ends. The
+/// position is what the client has every event of its groups up to; a reconnect with the same groups is
+/// refused (403) until membership changes.
+fn access_revoked(position: Position) -> Event {
+    let data = json!({ "reason": "no_groups", "position": position.to_string() }).to_string();
+    Event::default().event("access-revoked").data(data)
+}
+
 /// Removes the client from the hub when the response body is dropped (client gone or stream ended).
 struct ClientGuard {
     hub: Hub,
@@ -126,6 +134,12 @@ pub fn open_stream(
         tokio::pin!(expiry);
 
         loop {
+            // The position only moves over events checked against the stream's real groups: a stream whose
+            // dispatcher lost them ends here, and its client learns why.
+            if shared.is_revoked() {
+                yield Ok(access_revoked(Position::new(epoch, sent_through)));
+                break;
+            }
             // Backlog (at start, and after falling behind): read our groups from the database, page by page.
             if let Some(through) = backlog_through {
                 match fetch_for_groups(hub.pool(), epoch, &shared.groups(), sent_through, through, page).await {
@@ -169,6 +183,9 @@ pub fn open_stream(
                     }
                 }
                 Step::QueueClosed => {
+                    if shared.is_revoked() {
+                        continue; // ended at the top of the loop, with the reason
+                    }
                     if !shared.take_lagged() {
                         break; // the hub ended us (epoch change): the client reconnects and gets a reset
                     }
@@ -182,7 +199,7 @@ pub fn open_stream(
                     // A named event, so that the page's EventSource sees it and can tell a silent connection
                     // from a quiet one. It carries `id:` only when the client has every event of its groups
                     // up to the head.
-                    let advanced = hub.head_if_drained(&rx).filter(|head| *head > sent_through);
+                    let advanced = hub.head_if_drained(id, &rx).filter(|head| *head > sent_through);
                     if let Some(seq) = advanced {
                         sent_through = seq;
                     }

@@ -472,7 +472,7 @@ async fn every_sql_runbook_file_runs_cleanly_on_a_seeded_database() {
     beat(&db.pool, "listener", "web-a", 12, 1.0).await;
 
     let files = sql_files();
-    assert_eq!(files.len(), 7, "{files:?}");
+    assert_eq!(files.len(), 8, "{files:?}");
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         assert!(text.starts_with("-- "), "{} starts with a comment block", file.display());
