@@ -175,7 +175,8 @@ async fn a_row_the_relay_cannot_publish_is_parked_and_the_rows_after_it_flow() {
     .unwrap();
     write_event(&db.pool, &["region:north"], json!({"n": 3})).await;
 
-    let received: Vec<i64> = stream.take(2, WAIT).await.iter().map(|e| data_json(e)["n"].as_i64().unwrap()).collect();
+    let events = tokio::time::timeout(WAIT, stream.take(2, WAIT)).await.expect("the events around the bad row arrive");
+    let received: Vec<i64> = events.iter().map(|e| data_json(e)["n"].as_i64().unwrap()).collect();
     assert_eq!(received, vec![1, 3], "the events around the bad row are delivered");
     let (parked, error): (i64, String) =
         sqlx::query_as("SELECT count(*), string_agg(error, '; ') FROM outbox_dead_letter")
@@ -276,7 +277,9 @@ async fn a_batch_stamped_before_the_previous_one_still_reaches_live_streams() {
     write_event(&db.pool, &["region:north"], json!({"n": 3})).await;
     smartscheduler::relay::publish_all_pending(&db.pool, 100).await.unwrap();
 
-    let seqs: Vec<i64> = stream.take(2, WAIT).await.iter().map(seq_of).collect();
+    // Heartbeats keep the stream busy: bound the whole wait, not each read.
+    let events = tokio::time::timeout(WAIT, stream.take(2, WAIT)).await.expect("seq 2 and 3 arrive in time");
+    let seqs: Vec<i64> = events.iter().map(seq_of).collect();
     assert_eq!(seqs, vec![2, 3], "the live stream skipped the batch stamped earlier");
 
     // And the publish step itself never stamps a batch before the previous one.
