@@ -5,6 +5,7 @@ import { RecommendationsSheet } from '../src/components/RecommendationsSheet';
 import { ApiError, type Api, type Job, type Me, type RecommendationSet } from '../src/api';
 import { createRealtimeClient, type RealtimeClient } from '../src/realtime';
 import { FakeEventSource, recEvent } from './fakeEventSource';
+import { connectionView } from '../src/connectionView';
 
 const NORTH_JOB = '11111111-1111-4111-8111-111111111111';
 const OTHER_JOB = '11111111-1111-4111-8111-222222222222';
@@ -84,7 +85,7 @@ describe('RecommendationsSheet', () => {
         flashKey={0}
         generating={false}
         generateError={null}
-        degraded={false}
+        connection={connectionView('live', false)}
         onGenerate={() => {}}
       />,
     );
@@ -104,7 +105,7 @@ describe('RecommendationsSheet', () => {
         flashKey={0}
         generating={false}
         generateError={null}
-        degraded={false}
+        connection={connectionView('live', false)}
         onGenerate={() => {}}
       />,
     );
@@ -224,7 +225,8 @@ describe('console', () => {
       await act(async () => {
         await vi.advanceTimersByTimeAsync(10_000);
       });
-      expect(screen.getByTestId('degraded')).toBeTruthy();
+      expect(screen.getByTestId('connection-notice').textContent).toMatch(/refreshed every 5 s/);
+      expect(screen.getByTestId('connection-label').textContent).toMatch(/refreshing every 5 s/);
       expect(api.recommendations).toHaveBeenCalledTimes(2);
       await act(async () => {
         await vi.advanceTimersByTimeAsync(5_000);
@@ -235,10 +237,52 @@ describe('console', () => {
         await vi.advanceTimersByTimeAsync(20_000);
       });
       expect(api.recommendations).toHaveBeenCalledTimes(3);
-      expect(screen.queryByTestId('degraded')).toBeNull();
+      expect(screen.queryByTestId('connection-notice')).toBeNull();
     } finally {
       vi.useRealTimers();
     }
+  });
+});
+
+describe('one connection status', () => {
+  it('badge, header label, sheet notice and the Updated colour agree, and an offline blip returns to live without an event', async () => {
+    const net = { online: true, subs: new Set<(o: boolean) => void>() };
+    client.stop();
+    client = createRealtimeClient({
+      EventSource: FakeEventSource,
+      random: () => 0,
+      online: { isOnline: () => net.online, subscribe: (cb) => (net.subs.add(cb), () => net.subs.delete(cb)) },
+    });
+    const setOnline = (v: boolean) => {
+      net.online = v;
+      net.subs.forEach((cb) => cb(v));
+    };
+    const api = fakeApi();
+    await openSheet(api);
+    const es = FakeEventSource.last;
+    act(() => es.open());
+    api.recommendations.mockResolvedValueOnce(set('set-2', ['Ada']));
+    act(() => es.emit('RecommendationReady', recEvent(`${E}-1`, { jobId: NORTH_JOB, recommendationSetId: 'set-2' })));
+    await waitFor(() => expect(screen.getByTestId('sheet').getAttribute('data-set-id')).toBe('set-2'));
+    const look = () => ({
+      status: screen.getByTestId('connection-status').textContent,
+      label: screen.getByTestId('connection-label').textContent,
+      notice: screen.queryByTestId('connection-notice')?.textContent ?? null,
+      freshness: screen.getByTestId('sheet-updated').getAttribute('data-freshness'),
+    });
+    expect(look()).toEqual({ status: 'live', label: 'Live updates on', notice: null, freshness: 'live' });
+
+    act(() => setOnline(false));
+    expect(look()).toEqual({
+      status: 'offline',
+      label: 'Offline — updates paused',
+      notice: 'Offline: updates are paused until the connection is back.',
+      freshness: 'paused',
+    });
+    // The stream stayed open through the blip: live again at once, no event needed.
+    act(() => setOnline(true));
+    expect(look()).toEqual({ status: 'live', label: 'Live updates on', notice: null, freshness: 'live' });
+    expect(FakeEventSource.instances).toHaveLength(1);
   });
 });
 
