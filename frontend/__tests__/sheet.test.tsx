@@ -113,6 +113,45 @@ describe('RecommendationsSheet', () => {
   });
 });
 
+describe('small things a dispatcher noticed', () => {
+  it('lists jobs by time window, not by creation, and every time names its zone', async () => {
+    const early = { ...job(OTHER_JOB, 'Early job'), windowStart: '2026-01-01T06:00:00Z', windowEnd: '2026-01-01T07:00:00Z' };
+    const late = { ...job(NORTH_JOB, 'Late job'), windowStart: '2026-01-02T06:00:00Z', windowEnd: '2026-01-02T07:00:00Z' };
+    const api = fakeApi({ jobs: vi.fn(async () => [late, early]) });
+    render(<App api={api} client={client} />);
+    await screen.findByTestId(`job-row-${NORTH_JOB}`);
+    const rows = screen.getAllByTestId(/^job-row-/).map((r) => r.getAttribute('data-testid'));
+    expect(rows).toEqual([`job-row-${OTHER_JOB}`, `job-row-${NORTH_JOB}`]);
+    const zone = new Intl.DateTimeFormat(undefined, { timeZoneName: 'short' })
+      .formatToParts(new Date('2026-01-01T06:00:00Z'))
+      .find((p) => p.type === 'timeZoneName')!.value;
+    expect(screen.getByTestId(`job-row-${OTHER_JOB}`).textContent).toContain(zone);
+    fireEvent.click(screen.getByTestId(`job-row-${NORTH_JOB}`));
+    expect((await screen.findByTestId('sheet-generated')).textContent).toContain(zone);
+  });
+
+  it('explains what the score is made of', () => {
+    render(
+      <RecommendationsSheet
+        job={job(NORTH_JOB, 'Boiler repair')}
+        state={{ kind: 'loaded', set: set('s', ['Ada']) }}
+        updatedAt={null}
+        flashKey={0}
+        generating={false}
+        generateError={null}
+        connection={connectionView('live', false)}
+        onGenerate={() => {}}
+      />,
+    );
+    const text = screen.getByTestId('score-explain').textContent ?? '';
+    for (const part of ['45% proximity', '20% skill fit', '20% rating', '15% free capacity']) expect(text).toContain(part);
+    // Ada: 3.14 km -> 0.45 / (1 + 3.14159 / 15) = 0.372; the rest of 0.90 is 0.528.
+    expect(screen.getByTestId('score-explain-best').textContent).toBe(
+      'Ada: 0.37 from proximity (3.1 km) + 0.53 from skill fit, rating and free capacity = 0.90.',
+    );
+  });
+});
+
 describe('console', () => {
   it('signs in through the dev picker when /api/me is 401', async () => {
     const api = fakeApi({ me: vi.fn(async () => Promise.reject(new ApiError(401, 'unauthorized', 'no session'))) });

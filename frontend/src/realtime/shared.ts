@@ -146,6 +146,7 @@ function sharedClient(
   let channel: ChannelLike | null = null;
   let inner: RealtimeClient | null = null;
   let innerSubs: (() => void)[] = [];
+  let innerStarted = false;
   /** Resolves the promise that holds the lock: releasing it hands the lead over. */
   let releaseLock: (() => void) | null = null;
   /** Aborts the pending (waiting) lock request. */
@@ -235,6 +236,7 @@ function sharedClient(
     if (start) order.advanceTo(start);
     const conn = makeConnection({ ...options, initialPosition: order.position });
     inner = conn;
+    innerStarted = false;
     const sync = () => {
       if (inner !== conn) return;
       setState({ status: conn.status, degraded: conn.degraded, authExpired: conn.authExpired });
@@ -264,13 +266,15 @@ function sharedClient(
       }),
       conn.onClosed(() => closedEm.emit()),
     ];
+    beaconTimer = setInterval(postState, beaconMs);
     if (authExpired) {
       // The session expired under the previous leader: wait for resume() like it would have.
+      postState();
       return;
     }
+    innerStarted = true;
     conn.start();
     sync();
-    beaconTimer = setInterval(postState, beaconMs);
   }
 
   /** Stop leading: close our stream and let the next tab take the lock. */
@@ -363,11 +367,11 @@ function sharedClient(
 
   function resumeLeader(): void {
     if (!inner) return;
-    if (inner.authExpired) inner.resume();
-    else if (!beaconTimer) {
+    if (!innerStarted) {
+      innerStarted = true;
       inner.start();
-      beaconTimer = setInterval(postState, beaconMs);
-    }
+    } else if (inner.authExpired) inner.resume(); // from its position
+
   }
 
   // ---- page lifecycle -----------------------------------------------------
