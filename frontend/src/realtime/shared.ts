@@ -28,6 +28,7 @@ import {
   type RecommendationReadyEvent,
   type ResetInfo,
 } from './client';
+import { leaseLocks } from './leaseLocks';
 import { comparePositions, EventOrder } from './order';
 
 /** The subset of `navigator.locks` used here. */
@@ -90,14 +91,22 @@ function randomId(): string {
   return Math.random().toString(36).slice(2, 10) + Date.now().toString(36);
 }
 
+/** `navigator.locks`; outside a secure context (where browsers hide it) a localStorage lease. */
+function browserLocks(): LockManagerLike | null {
+  if (typeof navigator !== 'undefined' && 'locks' in navigator && navigator.locks) {
+    return navigator.locks as unknown as LockManagerLike;
+  }
+  try {
+    if (typeof localStorage !== 'undefined' && localStorage) return leaseLocks({ storage: localStorage });
+  } catch {
+    /* storage disabled: no sharing */
+  }
+  return null;
+}
+
 /** The shared client when the browser can share a stream, else a per-tab client. */
 export function createSharedRealtimeClient(options: SharedRealtimeOptions = {}): RealtimeClient {
-  const locks =
-    options.locks !== undefined
-      ? options.locks
-      : typeof navigator !== 'undefined' && 'locks' in navigator && navigator.locks
-        ? (navigator.locks as unknown as LockManagerLike)
-        : null;
+  const locks = options.locks !== undefined ? options.locks : browserLocks();
   const openChannel =
     options.openChannel !== undefined
       ? options.openChannel
