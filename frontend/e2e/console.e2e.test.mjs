@@ -670,6 +670,7 @@ test(
 
       // --- offline blip: the stream stays open; the status comes back to live without any event ---
       const appliedBefore = (await page.evaluate(() => window.__applied)).length;
+      const streamsBefore = await page.evaluate(() => window.__sseOpened.length);
       await context.setOffline(true);
       await waitStatus(page, 'offline', 5_000);
       assert.match(await page.getByTestId('connection-label').textContent(), /Offline/);
@@ -678,6 +679,9 @@ test(
       await waitStatus(page, 'live', 10_000);
       assert.equal(await page.getByTestId('sheet-updated').getAttribute('data-freshness'), 'live');
       assert.equal((await page.evaluate(() => window.__applied)).length, appliedBefore, 'an event arrived during the blip');
+      const reopened = (await page.evaluate(() => window.__sseOpened.length)) - streamsBefore;
+      assert.equal(reopened, 0, 'the stream was reopened: this was not a blip the stream stayed open through');
+      console.log('# offline blip: live again without an event, on the same stream');
 
       // --- silent stall: the connection stays open, nothing more arrives ---
       await waitStatus(page, 'live', 10_000);
