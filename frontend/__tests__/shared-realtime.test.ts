@@ -200,8 +200,11 @@ describe('hand-over', () => {
     next[0].open();
     await settle(10);
 
+    const resets: string[] = [];
+    a.client.onReset((r) => resets.push(r.reason));
     a.doc.fire('resume');
     await settle();
+    expect(resets).toEqual(['unknown-position']); // it may have missed relays while frozen: reload
     expect(a.client.role).toBe('follower');
     expect(openSources()).toHaveLength(1);
     next[0].emit('RecommendationReady', recEvent(`${E}-4`, { eventId: 'e4' }));

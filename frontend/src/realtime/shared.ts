@@ -398,6 +398,8 @@ function sharedClient(
     if (!frozen) return;
     frozen = false;
     if (!running) return;
+    // What the other tabs sent while we were frozen may not have reached us: reload over REST.
+    resetEm.emit({ reason: 'unknown-position', position: order.position });
     post({ t: 'hello', from: me });
     stand();
   }
