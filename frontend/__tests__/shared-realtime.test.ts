@@ -29,7 +29,7 @@ let tabs: Tab[];
 /** The EventSources a tab's client created (the test attributes each to the tab that made it). */
 let creatingTab: Tab | null = null;
 
-function openTab(id: string, extra: Partial<SharedRealtimeOptions> = {}): Tab {
+function openTab(id: string, extra: Partial<SharedRealtimeOptions> = {}, scope?: string): Tab {
   const doc = new FakeLifecycle();
   const win = new FakeLifecycle();
   const tab: Tab = { id, client: null as never, applied: [], statuses: [], doc, win, sources: [] };
@@ -59,7 +59,7 @@ function openTab(id: string, extra: Partial<SharedRealtimeOptions> = {}): Tab {
   tab.client = client;
   client.onRecommendationReady((e) => tab.applied.push(e));
   client.onStatus((s) => tab.statuses.push(s));
-  client.start();
+  client.start(scope);
   tabs.push(tab);
   return tab;
 }
@@ -135,6 +135,21 @@ describe('election', () => {
     expect(late.client.status).toBe('live');
     expect(late.client.lastPosition).toBe(`${E}-40`);
     expect(openSources()).toHaveLength(1);
+  });
+
+  it('tabs signed in as different dispatchers do not share a stream', async () => {
+    const a = openTab('a', {}, 'alice');
+    const b = openTab('b', {}, 'alice');
+    const c = openTab('c', {}, 'bob');
+    await settle();
+    expect([a, b, c].map((t) => t.client.role)).toEqual(['leader', 'follower', 'leader']);
+    expect(openSources()).toHaveLength(2);
+    const aliceStream = a.sources[0];
+    aliceStream.open();
+    aliceStream.emit('RecommendationReady', recEvent(`${E}-1`, { eventId: 'north' }));
+    await settle(10);
+    expect(b.applied.map((e) => e.eventId)).toEqual(['north']);
+    expect(c.applied).toEqual([]);
   });
 
   it('falls back to a stream per tab without Web Locks or BroadcastChannel', () => {

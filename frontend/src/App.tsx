@@ -32,12 +32,12 @@ export function App({ api = defaultApi, client = getRealtimeClient() }: Props) {
     void checkSession();
   }, [checkSession]);
 
-  const signedIn = auth.kind === 'signedIn';
+  const signedInAs = auth.kind === 'signedIn' ? auth.me.dispatcherId : null;
   useEffect(() => {
-    if (!signedIn) return;
+    if (signedInAs === null) return;
     if (client.authExpired) client.resume();
-    else client.start();
-  }, [client, signedIn]);
+    else client.start(signedInAs);
+  }, [client, signedInAs]);
 
   const sessionExpired = useCallback(() => {
     setNotice('Session expired, sign in again');

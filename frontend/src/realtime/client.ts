@@ -101,8 +101,9 @@ export interface RealtimeClientOptions {
 export type Unsubscribe = () => void;
 
 export interface RealtimeClient {
-  /** Open the stream (idempotent). */
-  start(): void;
+  /** Open the stream (idempotent). `scope` (the signed-in dispatcher) keeps tabs signed in as
+   * different dispatchers from sharing a stream; a client that does not share ignores it. */
+  start(scope?: string): void;
   /** Close the stream and all timers; `start()` may be called again later. */
   stop(): void;
   /** After `auth-expired` (and a new session): reconnect from the last position. */

@@ -124,7 +124,10 @@ function sharedClient(
   openChannel: (name: string) => ChannelLike,
   makeConnection: (options: RealtimeClientOptions) => RealtimeClient,
 ): RealtimeClient {
-  const name = options.name ?? 'smartscheduler-realtime';
+  const baseName = options.name ?? 'smartscheduler-realtime';
+  /** Lock and channel of the current scope (the signed-in dispatcher): tabs of one profile signed
+   * in as different dispatchers (one signed out and in again) never share a stream. */
+  let name = baseName;
   const positionsWaitMs = options.positionsWaitMs ?? 150;
   const beaconMs = options.beaconMs ?? 5000;
   const random = options.random ?? Math.random;
@@ -420,9 +423,10 @@ function sharedClient(
 
   // ---- public API ---------------------------------------------------------
 
-  function start(): void {
+  function start(scope?: string): void {
     if (running) return;
     running = true;
+    name = scope ? `${baseName}:${scope}` : baseName;
     channel = openChannel(name);
     channel.addEventListener('message', onMessage);
     lifecycle.document?.addEventListener('freeze', onFreeze);
@@ -461,7 +465,7 @@ function sharedClient(
     resume() {
       if (!running) {
         authExpired = false;
-        start();
+        start(name === baseName ? undefined : name.slice(baseName.length + 1));
         return;
       }
       setState({ status: 'reconnecting', degraded: false, authExpired: false });
