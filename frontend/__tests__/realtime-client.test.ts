@@ -164,7 +164,8 @@ describe('connection', () => {
   });
 
   it('caps the backoff at 30 s', () => {
-    const { client } = setup({ random: () => 1 });
+    // (a long heartbeat keeps the watchdog out of this test of the backoff alone)
+    const { client } = setup({ random: () => 1, heartbeatMs: 60_000 });
     client.start();
     for (let i = 0; i < 8; i++) {
       FakeEventSource.last.failForGood();
@@ -312,18 +313,32 @@ describe('reset and auth-expired', () => {
 });
 
 describe('status', () => {
-  it('goes reconnecting -> offline after a long outage and back to live', () => {
-    const { client, statuses } = setup({ offlineAfterMs: 30000 });
+  it('stays reconnecting (not offline) through a long outage while the browser is online, and back to live', () => {
+    const { client, statuses } = setup();
     client.start();
     const es = FakeEventSource.last;
     es.open();
     es.dropAndRetry();
-    vi.advanceTimersByTime(29999);
+    vi.advanceTimersByTime(20_000);
     expect(client.status).toBe('reconnecting');
-    vi.advanceTimersByTime(1);
-    expect(client.status).toBe('offline');
     es.open();
-    expect(statuses).toEqual(['live', 'reconnecting', 'offline', 'live']);
+    expect(statuses).toEqual(['live', 'reconnecting', 'live']);
+  });
+
+  it('an offline blip while the stream stayed open returns to live without an event', () => {
+    const net = fakeOnline();
+    const { client, statuses } = setup({ online: net.source });
+    client.start();
+    FakeEventSource.last.open();
+    net.set(false);
+    expect(client.status).toBe('offline');
+    vi.advanceTimersByTime(3000);
+    net.set(true);
+    expect(client.status).toBe('live');
+    expect(statuses).toEqual(['live', 'offline', 'live']);
+    expect(FakeEventSource.instances).toHaveLength(1);
+    vi.advanceTimersByTime(60_000); // and it does not decay to offline later
+    expect(client.status).not.toBe('offline');
   });
 
   it('is offline while the browser is offline and retries at once when it comes back', () => {
@@ -361,7 +376,10 @@ describe('degraded REST polling', () => {
     client.start();
     const es = FakeEventSource.last;
     es.open();
-    vi.advanceTimersByTime(60_000);
+    for (let i = 0; i < 6; i++) {
+      vi.advanceTimersByTime(10_000);
+      es.emit('heartbeat', { position: `${E}-1` }, '');
+    }
     expect(poll).not.toHaveBeenCalled(); // live: no polling
 
     es.dropAndRetry();
@@ -375,9 +393,15 @@ describe('degraded REST polling', () => {
     vi.advanceTimersByTime(10000);
     expect(poll).toHaveBeenCalledTimes(4);
 
-    es.open();
+    // 25 s of silence: the watchdog replaced the retrying stream; the new one opens.
+    vi.advanceTimersByTime(1000);
+    expect(FakeEventSource.instances).toHaveLength(2);
+    FakeEventSource.last.open();
     expect(client.degraded).toBe(false);
-    vi.advanceTimersByTime(60_000);
+    for (let i = 0; i < 6; i++) {
+      vi.advanceTimersByTime(10_000);
+      FakeEventSource.last.emit('heartbeat', { position: `${E}-1` }, '');
+    }
     expect(poll).toHaveBeenCalledTimes(4);
     expect(degraded).toEqual([true, false]);
   });
@@ -423,5 +447,83 @@ describe('degraded REST polling', () => {
     expect(poll).toHaveBeenCalledTimes(1);
     expect(FakeEventSource.last.closed).toBe(true);
     expect(client.status).toBe('offline');
+  });
+});
+
+describe('watchdog', () => {
+  it('a silent open stream is closed after 2.5 heartbeat intervals and reopened from the last position', () => {
+    const { client, statuses } = setup({ heartbeatMs: 10_000 });
+    client.start();
+    const es = FakeEventSource.last;
+    es.open();
+    es.emit('RecommendationReady', recEvent(`${E}-7`));
+    vi.advanceTimersByTime(10_000);
+    es.emit('heartbeat', { position: `${E}-9` }, '');
+    // Quiet but alive: heartbeats keep it live.
+    vi.advanceTimersByTime(10_000);
+    es.emit('heartbeat', { position: `${E}-9` }, '');
+    expect(client.status).toBe('live');
+    // Silence: 24.9 s is still within the window, 25 s is not.
+    vi.advanceTimersByTime(24_900);
+    expect(client.status).toBe('live');
+    expect(es.closed).toBe(false);
+    vi.advanceTimersByTime(100);
+    expect(client.status).toBe('reconnecting');
+    expect(es.closed).toBe(true);
+    // Reopened after the first (jittered) backoff step, from the heartbeat's position.
+    vi.advanceTimersByTime(1000);
+    expect(FakeEventSource.instances).toHaveLength(2);
+    expect(FakeEventSource.last.searchParams.get('lastEventId')).toBe(`${E}-9`);
+    FakeEventSource.last.open();
+    expect(statuses).toEqual(['live', 'reconnecting', 'live']);
+  });
+
+  it('learns the server heartbeat interval from the gap between two heartbeats', () => {
+    const { client } = setup({ heartbeatMs: 10_000 });
+    client.start();
+    const es = FakeEventSource.last;
+    es.open();
+    vi.advanceTimersByTime(2_000);
+    es.emit('heartbeat', { position: `${E}-1` }, '');
+    vi.advanceTimersByTime(2_000);
+    es.emit('heartbeat', { position: `${E}-1` }, '');
+    vi.advanceTimersByTime(4_900); // 2.5 x 2 s = 5 s
+    expect(client.status).toBe('live');
+    vi.advanceTimersByTime(100);
+    expect(client.status).toBe('reconnecting');
+    expect(es.closed).toBe(true);
+  });
+
+  it('a browser retry that never opens is replaced by a new stream after the window', () => {
+    const { client } = setup({ heartbeatMs: 4_000 });
+    client.start();
+    const es = FakeEventSource.last;
+    es.open();
+    es.dropAndRetry();
+    vi.advanceTimersByTime(9_999);
+    expect(FakeEventSource.instances).toHaveLength(1);
+    vi.advanceTimersByTime(1);
+    expect(es.closed).toBe(true);
+    vi.advanceTimersByTime(1000);
+    expect(FakeEventSource.instances).toHaveLength(2);
+  });
+
+  it('a heartbeat position is adopted only forward and within the epoch', () => {
+    const { client } = setup();
+    client.start();
+    const es = FakeEventSource.last;
+    es.open();
+    es.emit('RecommendationReady', recEvent(`${E}-10`));
+    es.emit('heartbeat', { position: `${E}-8` }, '');
+    expect(client.lastPosition).toBe(`${E}-10`);
+    es.emit('heartbeat', { position: `ffffffff-99` }, '');
+    expect(client.lastPosition).toBe(`${E}-10`);
+    es.emit('heartbeat', { position: `${E}-12` }, `${E}-12`);
+    expect(client.lastPosition).toBe(`${E}-12`);
+    // An event up to the heartbeat's position is one we already have.
+    const events: unknown[] = [];
+    client.onRecommendationReady((e) => events.push(e));
+    es.emit('RecommendationReady', recEvent(`${E}-11`));
+    expect(events).toHaveLength(0);
   });
 });

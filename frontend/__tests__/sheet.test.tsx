@@ -5,6 +5,7 @@ import { RecommendationsSheet } from '../src/components/RecommendationsSheet';
 import { ApiError, type Api, type Job, type Me, type RecommendationSet } from '../src/api';
 import { createRealtimeClient, type RealtimeClient } from '../src/realtime';
 import { FakeEventSource, recEvent } from './fakeEventSource';
+import { connectionView } from '../src/connectionView';
 
 const NORTH_JOB = '11111111-1111-4111-8111-111111111111';
 const OTHER_JOB = '11111111-1111-4111-8111-222222222222';
@@ -84,7 +85,7 @@ describe('RecommendationsSheet', () => {
         flashKey={0}
         generating={false}
         generateError={null}
-        degraded={false}
+        connection={connectionView('live', false)}
         onGenerate={() => {}}
       />,
     );
@@ -104,11 +105,50 @@ describe('RecommendationsSheet', () => {
         flashKey={0}
         generating={false}
         generateError={null}
-        degraded={false}
+        connection={connectionView('live', false)}
         onGenerate={() => {}}
       />,
     );
     expect(screen.getByTestId('sheet-empty').textContent).toBe('No recommendations yet');
+  });
+});
+
+describe('small things a dispatcher noticed', () => {
+  it('lists jobs by time window, not by creation, and every time names its zone', async () => {
+    const early = { ...job(OTHER_JOB, 'Early job'), windowStart: '2026-01-01T06:00:00Z', windowEnd: '2026-01-01T07:00:00Z' };
+    const late = { ...job(NORTH_JOB, 'Late job'), windowStart: '2026-01-02T06:00:00Z', windowEnd: '2026-01-02T07:00:00Z' };
+    const api = fakeApi({ jobs: vi.fn(async () => [late, early]) });
+    render(<App api={api} client={client} />);
+    await screen.findByTestId(`job-row-${NORTH_JOB}`);
+    const rows = screen.getAllByTestId(/^job-row-/).map((r) => r.getAttribute('data-testid'));
+    expect(rows).toEqual([`job-row-${OTHER_JOB}`, `job-row-${NORTH_JOB}`]);
+    const zone = new Intl.DateTimeFormat(undefined, { timeZoneName: 'short' })
+      .formatToParts(new Date('2026-01-01T06:00:00Z'))
+      .find((p) => p.type === 'timeZoneName')!.value;
+    expect(screen.getByTestId(`job-row-${OTHER_JOB}`).textContent).toContain(zone);
+    fireEvent.click(screen.getByTestId(`job-row-${NORTH_JOB}`));
+    expect((await screen.findByTestId('sheet-generated')).textContent).toContain(zone);
+  });
+
+  it('explains what the score is made of', () => {
+    render(
+      <RecommendationsSheet
+        job={job(NORTH_JOB, 'Boiler repair')}
+        state={{ kind: 'loaded', set: set('s', ['Ada']) }}
+        updatedAt={null}
+        flashKey={0}
+        generating={false}
+        generateError={null}
+        connection={connectionView('live', false)}
+        onGenerate={() => {}}
+      />,
+    );
+    const text = screen.getByTestId('score-explain').textContent ?? '';
+    for (const part of ['45% proximity', '20% skill fit', '20% rating', '15% free capacity']) expect(text).toContain(part);
+    // Ada: 3.14 km -> 0.45 / (1 + 3.14159 / 15) = 0.372; the rest of 0.90 is 0.528.
+    expect(screen.getByTestId('score-explain-best').textContent).toBe(
+      'Ada: 0.37 from proximity (3.1 km) + 0.53 from skill fit, rating and free capacity = 0.90.',
+    );
   });
 });
 
@@ -224,7 +264,8 @@ describe('console', () => {
       await act(async () => {
         await vi.advanceTimersByTimeAsync(10_000);
       });
-      expect(screen.getByTestId('degraded')).toBeTruthy();
+      expect(screen.getByTestId('connection-notice').textContent).toMatch(/refreshed every 5 s/);
+      expect(screen.getByTestId('connection-label').textContent).toMatch(/refreshing every 5 s/);
       expect(api.recommendations).toHaveBeenCalledTimes(2);
       await act(async () => {
         await vi.advanceTimersByTimeAsync(5_000);
@@ -235,10 +276,52 @@ describe('console', () => {
         await vi.advanceTimersByTimeAsync(20_000);
       });
       expect(api.recommendations).toHaveBeenCalledTimes(3);
-      expect(screen.queryByTestId('degraded')).toBeNull();
+      expect(screen.queryByTestId('connection-notice')).toBeNull();
     } finally {
       vi.useRealTimers();
     }
+  });
+});
+
+describe('one connection status', () => {
+  it('badge, header label, sheet notice and the Updated colour agree, and an offline blip returns to live without an event', async () => {
+    const net = { online: true, subs: new Set<(o: boolean) => void>() };
+    client.stop();
+    client = createRealtimeClient({
+      EventSource: FakeEventSource,
+      random: () => 0,
+      online: { isOnline: () => net.online, subscribe: (cb) => (net.subs.add(cb), () => net.subs.delete(cb)) },
+    });
+    const setOnline = (v: boolean) => {
+      net.online = v;
+      net.subs.forEach((cb) => cb(v));
+    };
+    const api = fakeApi();
+    await openSheet(api);
+    const es = FakeEventSource.last;
+    act(() => es.open());
+    api.recommendations.mockResolvedValueOnce(set('set-2', ['Ada']));
+    act(() => es.emit('RecommendationReady', recEvent(`${E}-1`, { jobId: NORTH_JOB, recommendationSetId: 'set-2' })));
+    await waitFor(() => expect(screen.getByTestId('sheet').getAttribute('data-set-id')).toBe('set-2'));
+    const look = () => ({
+      status: screen.getByTestId('connection-status').textContent,
+      label: screen.getByTestId('connection-label').textContent,
+      notice: screen.queryByTestId('connection-notice')?.textContent ?? null,
+      freshness: screen.getByTestId('sheet-updated').getAttribute('data-freshness'),
+    });
+    expect(look()).toEqual({ status: 'live', label: 'Live updates on', notice: null, freshness: 'live' });
+
+    act(() => setOnline(false));
+    expect(look()).toEqual({
+      status: 'offline',
+      label: 'Offline — updates paused',
+      notice: 'Offline: updates are paused until the connection is back.',
+      freshness: 'paused',
+    });
+    // The stream stayed open through the blip: live again at once, no event needed.
+    act(() => setOnline(true));
+    expect(look()).toEqual({ status: 'live', label: 'Live updates on', notice: null, freshness: 'live' });
+    expect(FakeEventSource.instances).toHaveLength(1);
   });
 });
 

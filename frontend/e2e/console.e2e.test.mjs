@@ -193,6 +193,106 @@ function recordSseEvents() {
   window.EventSource = Recording;
 }
 
+/** Record, in the page, every event the app applied (after de-duplication), by eventId. */
+async function recordApplied(page) {
+  await page.waitForFunction(() => window.__smartschedulerRealtime !== undefined, null, { timeout: UI_TIMEOUT_MS });
+  await page.evaluate(() => {
+    if (window.__applied) return;
+    window.__applied = [];
+    window.__statusLog = [];
+    const rt = window.__smartschedulerRealtime;
+    rt.onRecommendationReady((ev) =>
+      window.__applied.push({ eventId: ev.eventId, setId: ev.summary.recommendationSetId, at: Date.now() }),
+    );
+    rt.onStatus((status) => window.__statusLog.push({ status, role: rt.role, at: Date.now() }));
+    // When each set appeared in the sheet, as the page saw it (not when a poll of the test noticed).
+    window.__shown = [];
+    new MutationObserver(() => {
+      const id = document.querySelector('[data-testid="sheet"]')?.getAttribute('data-set-id');
+      if (id && !window.__shown.some((s) => s.setId === id)) window.__shown.push({ setId: id, at: Date.now() });
+    }).observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-set-id'] });
+  });
+}
+
+const role = (page) => page.evaluate(() => window.__smartschedulerRealtime?.role ?? null);
+const statusOf = (page) => page.evaluate(() => document.querySelector('[data-testid="connection-status"]')?.textContent ?? null);
+
+/** smartscheduler_sse_connections of a server, from GET /metrics. */
+async function sseConnections(base) {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('smartscheduler_sse_connections'));
+  assert.ok(line, 'no smartscheduler_sse_connections in /metrics');
+  return Number(line.trim().split(/\s+/).pop());
+}
+
+/** Wait until the gauge reads `n` (the server lowers it when it notices a closed stream). */
+async function waitSseConnections(base, n, timeout = 20_000) {
+  const deadline = Date.now() + timeout;
+  let last = null;
+  // A poll of the server's own gauge: the server offers no event for it.
+  while (Date.now() < deadline) {
+    last = await sseConnections(base);
+    if (last === n) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  assert.fail(`smartscheduler_sse_connections stayed at ${last}, expected ${n}`);
+}
+
+/**
+ * A TCP proxy in front of a server that can make its event streams go silent: it keeps them open
+ * but forwards nothing more to the browser (a NAT or proxy that dropped the flow). Other
+ * connections, and new ones, flow normally.
+ */
+async function startStallProxy(targetPort) {
+  const { createServer: createTcpServer, connect } = await import('node:net');
+  const conns = new Set();
+  const server = createTcpServer((client) => {
+    const upstream = connect(targetPort, '127.0.0.1');
+    const c = { client, upstream, stream: false, stalled: false };
+    conns.add(c);
+    client.on('data', (d) => {
+      // Requests on a kept-alive connection come one after the other: once it carries the
+      // event stream, it does until it closes.
+      if (d.toString('latin1').includes('GET /api/events')) c.stream = true;
+      upstream.write(d);
+    });
+    upstream.on('data', (d) => {
+      if (!c.stalled) client.write(d);
+    });
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      conns.delete(c);
+    };
+    for (const s of [client, upstream]) {
+      s.on('close', end);
+      s.on('error', end);
+    }
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    base: `http://127.0.0.1:${server.address().port}`,
+    /** Silence every event stream open now; returns how many. */
+    stallEventStreams() {
+      let n = 0;
+      for (const c of conns) {
+        if (c.stream && !c.stalled) {
+          c.stalled = true;
+          n += 1;
+        }
+      }
+      return n;
+    },
+    close() {
+      for (const c of conns) {
+        c.client.destroy();
+        c.upstream.destroy();
+      }
+      return new Promise((r) => server.close(r));
+    },
+  };
+}
+
 async function signIn(context, base, dispatcherId) {
   const page = await context.newPage();
   page.on('pageerror', (err) => console.error(`[${dispatcherId} pageerror]`, err));
@@ -302,6 +402,27 @@ async function devSessionCookie(base, dispatcherId) {
   return cookie;
 }
 
+/** The one headless Chromium of the run (launched on first use). */
+async function getBrowser() {
+  if (browser) return browser;
+  const { chromium } = await import('playwright-core');
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: !process.env.E2E_HEADED,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  return browser;
+}
+
 const problems = preflight();
 
 before(async () => {
@@ -324,25 +445,11 @@ test(
   'live sheet updates per group, and resume across a server restart',
   { skip: problems.length > 0 ? 'preflight failed (see above)' : false, timeout: 180_000 },
   async () => {
-    const { chromium } = await import('playwright-core');
     mkdirSync(ARTIFACTS, { recursive: true });
     const portA = await freePort();
     let serverA = await startServer('server-a', portA);
 
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: !process.env.E2E_HEADED,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    await getBrowser();
     const aliceCtx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     const bobCtx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     const alice = await signIn(aliceCtx, serverA.base, 'alice');
@@ -436,5 +543,210 @@ test(
     await alice.screenshot({ path: resolve(ARTIFACTS, 'console.png'), fullPage: true });
 
     await stopServer(serverB.child);
+  },
+);
+
+/** Open `n` tabs of one browser profile (context) signed in as `dispatcherId`. */
+async function openTabs(context, base, dispatcherId, n) {
+  const first = await signIn(context, base, dispatcherId);
+  const pages = [first];
+  for (let i = 1; i < n; i++) {
+    const page = await context.newPage();
+    page.on('pageerror', (err) => console.error(`[tab ${i} pageerror]`, err));
+    await page.addInitScript(recordSseEvents);
+    // The session cookie is the profile's: the tab opens signed in.
+    await page.goto(base);
+    pages.push(page);
+  }
+  await Promise.all(pages.map((p) => p.getByTestId('whoami').waitFor({ timeout: UI_TIMEOUT_MS })));
+  await Promise.all(pages.map((p) => recordApplied(p)));
+  return pages;
+}
+
+/** Wait until every page shows `setId` in its sheet with the updated cue; returns the ms it took. */
+async function waitAllShow(pages, setId, timeout) {
+  const t0 = Date.now();
+  await Promise.all(pages.map((p) => waitSheetSet(p, setId, timeout)));
+  return Date.now() - t0;
+}
+
+async function selectJob(page, jobId) {
+  await page.getByTestId(`job-row-${jobId}`).click();
+  await page.waitForSelector('[data-testid="sheet-row"], [data-testid="sheet-empty"]', { timeout: UI_TIMEOUT_MS });
+}
+
+function assertNoDoubles(applied, who) {
+  const ids = applied.map((a) => a.eventId);
+  assert.equal(new Set(ids).size, ids.length, `${who} applied an event twice: ${JSON.stringify(ids)}`);
+}
+
+test(
+  'ten tabs of one profile share one event stream; closing the leader tab hands it over without loss or doubles',
+  { skip: problems.length > 0 ? 'preflight failed (see above)' : false, timeout: 180_000 },
+  async () => {
+    const server = await startServer('server-tabs', await freePort());
+    const context = await (await getBrowser()).newContext({ viewport: { width: 1024, height: 700 } });
+    try {
+      const pages = await openTabs(context, server.base, 'alice', 10);
+      await Promise.all(pages.map((p) => waitStatus(p, 'live')));
+
+      // Exactly one stream reaches the server, held by the one leader tab.
+      await waitSseConnections(server.base, 1);
+      const roles = await Promise.all(pages.map(role));
+      assert.equal(roles.filter((r) => r === 'leader').length, 1, `roles: ${roles}`);
+      assert.equal(roles.filter((r) => r === 'follower').length, 9, `roles: ${roles}`);
+      const opened = await Promise.all(pages.map((p) => p.evaluate(() => window.__sseOpened.length)));
+      assert.equal(opened.reduce((a, b) => a + b, 0), 1, `EventSources opened per tab: ${opened}`);
+
+      // REST is not starved: every tab loads its jobs and the sheet of the same job, and ten
+      // concurrent REST calls (one per tab) all answer.
+      const jobId = await selectFirstJob(pages[0]);
+      await Promise.all(pages.slice(1).map((p) => selectJob(p, jobId)));
+      const calls = await Promise.all(
+        pages.map((p) =>
+          p.evaluate(async () => {
+            const t = performance.now();
+            const r = await fetch('/api/jobs');
+            await r.text();
+            return { status: r.status, ms: Math.round(performance.now() - t) };
+          }),
+        ),
+      );
+      assert.deepEqual(calls.map((c) => c.status), Array(10).fill(200), `REST from 10 tabs: ${JSON.stringify(calls)}`);
+      console.log(`# 10 tabs: 10 concurrent GET /api/jobs answered, slowest in ${Math.max(...calls.map((c) => c.ms))} ms`);
+
+      // A generation reaches all ten tabs live.
+      const tGen = Date.now();
+      const first = await generateFromPage(pages[4], jobId);
+      const spread = await waitAllShow(pages, first.recommendationSetId, 5_000);
+      const seen = await Promise.all(
+        pages.map((p) =>
+          p.evaluate(
+            (id) => ({
+              applied: window.__applied.find((a) => a.setId === id)?.at,
+              shown: window.__shown.find((s) => s.setId === id)?.at,
+            }),
+            first.recommendationSetId,
+          ),
+        ),
+      );
+      console.log(
+        `# 10 tabs, 1 stream: the event reached all 10 tabs ${Math.max(...seen.map((x) => x.applied)) - tGen} ms ` +
+          `and all 10 sheets showed the new set ${Math.max(...seen.map((x) => x.shown)) - tGen} ms after the POST was sent ` +
+          `(the test's own polling saw it after ${spread} ms)`,
+      );
+
+      // --- close the leader tab; a set is generated while the lead changes hands ---
+      const leaderIndex = roles.indexOf('leader');
+      const rest = pages.filter((_, i) => i !== leaderIndex);
+      const t0 = Date.now();
+      await pages[leaderIndex].close();
+      const during = await generateFromPage(rest[0], jobId);
+      // Hand-over: a new leader's stream is open (its tab and every other says live).
+      await Promise.any(
+        rest.map((p) =>
+          p.waitForFunction(
+            () =>
+              window.__smartschedulerRealtime?.role === 'leader' &&
+              window.__smartschedulerRealtime?.status === 'live',
+            null,
+            { timeout: 15_000 },
+          ),
+        ),
+      );
+      await waitAllShow(rest, during.recommendationSetId, 15_000);
+      // Times as the pages saw them: the new leader's stream live, the event in every tab.
+      const logs = await Promise.all(rest.map((p) => p.evaluate(() => ({ status: window.__statusLog, applied: window.__applied }))));
+      const leaderLive = Math.min(
+        ...logs.flatMap((l) => l.status.filter((e) => e.at >= t0 && e.role === 'leader' && e.status === 'live').map((e) => e.at)),
+      );
+      const eventEverywhere = Math.max(...logs.map((l) => l.applied.find((a) => a.setId === during.recommendationSetId).at));
+      console.log(
+        `# leader tab closed: a new leader's stream was live ${leaderLive - t0} ms after close() was called; ` +
+          `the set generated meanwhile reached all 9 tabs after ${eventEverywhere - t0} ms`,
+      );
+      const newRoles = await Promise.all(rest.map(role));
+      assert.equal(newRoles.filter((r) => r === 'leader').length, 1, `roles after hand-over: ${newRoles}`);
+      await waitSseConnections(server.base, 1);
+
+      // One more after the hand-over, then: no tab lost an event or applied one twice.
+      const after = await generateFromPage(rest[2], jobId);
+      await waitAllShow(rest, after.recommendationSetId, 5_000);
+      for (const [i, p] of rest.entries()) {
+        const applied = await p.evaluate(() => window.__applied);
+        assertNoDoubles(applied, `tab ${i}`);
+        const sets = applied.map((a) => a.setId);
+        for (const s of [first, during, after]) {
+          assert.ok(sets.includes(s.recommendationSetId), `tab ${i} never got set ${s.recommendationSetId}: ${JSON.stringify(sets)}`);
+        }
+      }
+      await Promise.all(rest.map((p) => waitStatus(p, 'live')));
+    } finally {
+      await context.close();
+      await stopServer(server.child);
+    }
+  },
+);
+
+test(
+  'a silent stream is noticed within 30 s and replaced; an offline blip returns to live without an event; no sideways scroll at 390 px',
+  { skip: problems.length > 0 ? 'preflight failed (see above)' : false, timeout: 180_000 },
+  async () => {
+    const server = await startServer('server-stall', await freePort());
+    const proxy = await startStallProxy(Number(new URL(server.base).port));
+    const context = await (await getBrowser()).newContext({ viewport: { width: 390, height: 844 } });
+    try {
+      const page = await signIn(context, proxy.base, 'alice');
+      await recordApplied(page);
+      const jobId = await selectFirstJob(page);
+      const first = await generateFromPage(page, jobId);
+      await waitSheetSet(page, first.recommendationSetId, 5_000);
+
+      // 390 px wide: the page never scrolls sideways.
+      const widths = await page.evaluate(() => ({
+        doc: document.documentElement.scrollWidth,
+        body: document.body.scrollWidth,
+        view: window.innerWidth,
+      }));
+      assert.ok(widths.doc <= widths.view && widths.body <= widths.view, `sideways scroll at 390 px: ${JSON.stringify(widths)}`);
+      await page.screenshot({ path: resolve(ARTIFACTS, 'phone-390.png'), fullPage: true });
+
+      // --- offline blip: the stream stays open; the status comes back to live without any event ---
+      const appliedBefore = (await page.evaluate(() => window.__applied)).length;
+      const streamsBefore = await page.evaluate(() => window.__sseOpened.length);
+      await context.setOffline(true);
+      await waitStatus(page, 'offline', 5_000);
+      assert.match(await page.getByTestId('connection-label').textContent(), /Offline/);
+      assert.equal(await page.getByTestId('sheet-updated').getAttribute('data-freshness'), 'paused');
+      await context.setOffline(false);
+      await waitStatus(page, 'live', 10_000);
+      assert.equal(await page.getByTestId('sheet-updated').getAttribute('data-freshness'), 'live');
+      assert.equal((await page.evaluate(() => window.__applied)).length, appliedBefore, 'an event arrived during the blip');
+      const reopened = (await page.evaluate(() => window.__sseOpened.length)) - streamsBefore;
+      assert.equal(reopened, 0, 'the stream was reopened: this was not a blip the stream stayed open through');
+      console.log('# offline blip: live again without an event, on the same stream');
+
+      // --- silent stall: the connection stays open, nothing more arrives ---
+      await waitStatus(page, 'live', 10_000);
+      const stalled = proxy.stallEventStreams();
+      assert.equal(stalled, 1, `expected one event stream through the proxy, found ${stalled}`);
+      const t0 = Date.now();
+      const cookie = await devSessionCookie(server.base, 'alice');
+      const res = await fetch(`${server.base}/api/jobs/${jobId}/recommendations`, { method: 'POST', headers: { Cookie: cookie } });
+      assert.equal(res.status, 201, `generate during the stall: ${res.status}`);
+      const meanwhile = await res.json();
+      await waitStatus(page, 'reconnecting', 30_000);
+      const detected = Date.now() - t0;
+      assert.ok(detected <= 30_000, `stall noticed after ${detected} ms`);
+      await waitStatus(page, 'live', 15_000);
+      await waitSheetSet(page, meanwhile.recommendationSetId, 10_000);
+      const recovered = Date.now() - t0;
+      console.log(`# silent stall: noticed after ${detected} ms, live again with the set made meanwhile after ${recovered} ms`);
+      assertNoDoubles(await page.evaluate(() => window.__applied), 'alice');
+    } finally {
+      await context.close();
+      await proxy.close();
+      await stopServer(server.child);
+    }
   },
 );

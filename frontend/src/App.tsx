@@ -1,7 +1,7 @@
 import { useCallback, useEffect, useState } from 'react';
 import { api as defaultApi, ApiError, type Api, type Me } from './api';
 import { getRealtimeClient, type RealtimeClient } from './realtime';
-import { useConnectionStatus, useRealtimeEvents } from './useRealtime';
+import { useConnectionView, useRealtimeEvents } from './useRealtime';
 import { ConnectionBadge } from './components/ConnectionBadge';
 import { Console } from './components/Console';
 import { SignIn } from './components/SignIn';
@@ -16,7 +16,7 @@ type Auth = { kind: 'loading' } | { kind: 'signedOut' } | { kind: 'signedIn'; me
 export function App({ api = defaultApi, client = getRealtimeClient() }: Props) {
   const [auth, setAuth] = useState<Auth>({ kind: 'loading' });
   const [notice, setNotice] = useState<string | null>(null);
-  const status = useConnectionStatus(client);
+  const view = useConnectionView(client);
 
   const checkSession = useCallback(async () => {
     setAuth({ kind: 'loading' });
@@ -32,12 +32,12 @@ export function App({ api = defaultApi, client = getRealtimeClient() }: Props) {
     void checkSession();
   }, [checkSession]);
 
-  const signedIn = auth.kind === 'signedIn';
+  const signedInAs = auth.kind === 'signedIn' ? auth.me.dispatcherId : null;
   useEffect(() => {
-    if (!signedIn) return;
+    if (signedInAs === null) return;
     if (client.authExpired) client.resume();
-    else client.start();
-  }, [client, signedIn]);
+    else client.start(signedInAs);
+  }, [client, signedInAs]);
 
   const sessionExpired = useCallback(() => {
     setNotice('Session expired, sign in again');
@@ -100,7 +100,7 @@ export function App({ api = defaultApi, client = getRealtimeClient() }: Props) {
     <div className="app">
       <header className="topbar">
         <span className="brand">SmartScheduler</span>
-        <ConnectionBadge status={status} />
+        <ConnectionBadge view={view} />
         <span className="topbar__spacer" />
         <span className="who">
           <span data-testid="whoami" title={me.dispatcherId}>
@@ -118,7 +118,7 @@ export function App({ api = defaultApi, client = getRealtimeClient() }: Props) {
           Sign out
         </button>
       </header>
-      <Console key={me.dispatcherId} me={me} api={api} client={client} />
+      <Console key={me.dispatcherId} me={me} api={api} client={client} connection={view} />
     </div>
   );
 }

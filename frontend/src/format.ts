@@ -1,9 +1,18 @@
-const timeFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+// Every time shown names its time zone (the browser's): dispatchers and contractors may not
+// share one, and the API speaks UTC.
+const timeTzFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', timeZoneName: 'short' });
 const dateTimeFmt = new Intl.DateTimeFormat(undefined, {
   month: 'short',
   day: 'numeric',
   hour: '2-digit',
   minute: '2-digit',
+});
+const dateTimeTzFmt = new Intl.DateTimeFormat(undefined, {
+  month: 'short',
+  day: 'numeric',
+  hour: '2-digit',
+  minute: '2-digit',
+  timeZoneName: 'short',
 });
 const fullFmt = new Intl.DateTimeFormat(undefined, {
   month: 'short',
@@ -11,6 +20,7 @@ const fullFmt = new Intl.DateTimeFormat(undefined, {
   hour: '2-digit',
   minute: '2-digit',
   second: '2-digit',
+  timeZoneName: 'short',
 });
 
 function parse(iso: string): Date | null {
@@ -23,7 +33,7 @@ export function formatWindow(start: string, end: string): string {
   const e = parse(end);
   if (!s || !e) return `${start} – ${end}`;
   const sameDay = s.toDateString() === e.toDateString();
-  return `${dateTimeFmt.format(s)} – ${sameDay ? timeFmt.format(e) : dateTimeFmt.format(e)}`;
+  return `${dateTimeFmt.format(s)} – ${sameDay ? timeTzFmt.format(e) : dateTimeTzFmt.format(e)}`;
 }
 
 export function formatDateTime(iso: string): string {
@@ -45,4 +55,23 @@ export function formatAgo(thenMs: number, nowMs: number): string {
   if (s < 10) return 'just now';
   if (s < 60) return `${s}s ago`;
   return `${Math.floor(s / 60)} min ago`;
+}
+
+/** Jobs by time window: earliest start first, then earliest end, then title (stable for equal windows). */
+export function byTimeWindow<T extends { windowStart: string; windowEnd: string; title: string }>(a: T, b: T): number {
+  const t = (iso: string) => {
+    const ms = Date.parse(iso);
+    return Number.isNaN(ms) ? Number.POSITIVE_INFINITY : ms;
+  };
+  return t(a.windowStart) - t(b.windowStart) || t(a.windowEnd) - t(b.windowEnd) || a.title.localeCompare(b.title);
+}
+
+/** The scoring weights of the server's `weighted-v1` algorithm (src/recommendations/scoring.rs). */
+export const SCORE_WEIGHTS = { proximity: 0.45, skillFit: 0.2, rating: 0.2, capacity: 0.15 } as const;
+
+/** What a score is made of, as far as the API tells: proximity follows from the distance
+ * (`0.45 × 1 / (1 + km / 15)`); skill fit, rating and free capacity are only known together. */
+export function scoreParts(score: number, distanceKm: number): { proximity: number; others: number } {
+  const proximity = SCORE_WEIGHTS.proximity / (1 + distanceKm / 15);
+  return { proximity, others: Math.max(0, score - proximity) };
 }

@@ -1,4 +1,5 @@
 import { useCallback, useEffect, useRef, useSyncExternalStore } from 'react';
+import { connectionView, type ConnectionView } from './connectionView';
 import type {
   ConnectionStatus,
   RealtimeClient,
@@ -16,6 +17,13 @@ export function useConnectionStatus(client: RealtimeClient): ConnectionStatus {
 export function useDegraded(client: RealtimeClient): boolean {
   const subscribe = useCallback((cb: () => void) => client.onDegraded(cb), [client]);
   return useSyncExternalStore(subscribe, () => client.degraded, () => client.degraded);
+}
+
+/** The page's one view of the connection (badge, header, sheet notice, freshness). */
+export function useConnectionView(client: RealtimeClient): ConnectionView {
+  const status = useConnectionStatus(client);
+  const degraded = useDegraded(client);
+  return connectionView(status, degraded);
 }
 
 export interface RealtimeHandlers {

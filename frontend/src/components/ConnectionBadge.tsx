@@ -1,19 +1,15 @@
-import type { ConnectionStatus } from '../realtime';
+import type { ConnectionView } from '../connectionView';
 
-const LABELS: Record<ConnectionStatus, string> = {
-  live: 'Live updates on',
-  reconnecting: 'Reconnecting…',
-  offline: 'Offline — updates paused',
-};
-
-export function ConnectionBadge({ status }: { status: ConnectionStatus }) {
+export function ConnectionBadge({ view }: { view: ConnectionView }) {
   return (
-    <span className={`conn conn--${status}`} title={LABELS[status]}>
+    <span className={`conn conn--${view.status}`} title={view.label} role="status">
       <span className="conn__dot" aria-hidden="true" />
       <span className="conn__status" data-testid="connection-status">
-        {status}
+        {view.status}
       </span>
-      <span className="conn__label">{LABELS[status]}</span>
+      <span className="conn__label" data-testid="connection-label">
+        {view.label}
+      </span>
     </span>
   );
 }

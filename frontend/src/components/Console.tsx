@@ -1,7 +1,8 @@
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { ApiError, type Api, type Job, type Me } from '../api';
 import type { RealtimeClient, RecommendationReadyEvent } from '../realtime';
-import { useDegraded, usePollWhileDegraded, useRealtimeEvents } from '../useRealtime';
+import { POLL_MS, type ConnectionView } from '../connectionView';
+import { usePollWhileDegraded, useRealtimeEvents } from '../useRealtime';
 import { JobList } from './JobList';
 import { RecommendationsSheet, type SheetState } from './RecommendationsSheet';
 
@@ -9,6 +10,8 @@ interface Props {
   me: Me;
   api: Api;
   client: RealtimeClient;
+  /** The page's view of the connection (derived once, in App). */
+  connection: ConnectionView;
 }
 
 function message(err: unknown): string {
@@ -16,7 +19,7 @@ function message(err: unknown): string {
 }
 
 /** Jobs list + recommendations sheet, kept current by the realtime client. */
-export function Console({ me, api, client }: Props) {
+export function Console({ me, api, client, connection }: Props) {
   const regions = me.groups.filter((g) => g.startsWith('region:')).map((g) => g.slice(7));
   const [region, setRegion] = useState<string>('');
   const [jobs, setJobs] = useState<Job[] | null>(null);
@@ -28,7 +31,6 @@ export function Console({ me, api, client }: Props) {
   const [flashKey, setFlashKey] = useState(0);
   const [generating, setGenerating] = useState(false);
   const [generateError, setGenerateError] = useState<string | null>(null);
-  const degraded = useDegraded(client);
 
   const selectedRef = useRef<string | null>(null);
   selectedRef.current = selectedJobId;
@@ -126,7 +128,7 @@ export function Console({ me, api, client }: Props) {
   usePollWhileDegraded(
     client,
     selectedJobId ? () => void loadSheet(selectedJobId, { quiet: true }) : null,
-    5000,
+    POLL_MS,
   );
 
   const selectedJob = jobs?.find((j) => j.id === selectedJobId) ?? null;
@@ -171,7 +173,7 @@ export function Console({ me, api, client }: Props) {
             flashKey={flashKey}
             generating={generating}
             generateError={generateError}
-            degraded={degraded}
+            connection={connection}
             onGenerate={() => void generate()}
           />
         ) : (

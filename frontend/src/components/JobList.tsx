@@ -1,5 +1,5 @@
 import type { Job } from '../api';
-import { formatWindow } from '../format';
+import { byTimeWindow, formatWindow } from '../format';
 
 interface Props {
   jobs: Job[];
@@ -18,7 +18,7 @@ export function JobList({ jobs, selectedJobId, badges, onSelect }: Props) {
   }
   return (
     <ul className="jobs" data-testid="job-list">
-      {jobs.map((job) => {
+      {[...jobs].sort(byTimeWindow).map((job) => {
         const count = badges[job.id] ?? 0;
         const selected = job.id === selectedJobId;
         return (

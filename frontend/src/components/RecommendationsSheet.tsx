@@ -1,6 +1,7 @@
 import { useEffect, useState } from 'react';
 import type { Job, RecommendationSet } from '../api';
-import { formatAgo, formatDateTime, formatKm, formatScore } from '../format';
+import type { ConnectionView } from '../connectionView';
+import { formatAgo, formatDateTime, formatKm, formatScore, scoreParts, SCORE_WEIGHTS } from '../format';
 
 export type SheetState =
   | { kind: 'loading' }
@@ -17,8 +18,58 @@ interface Props {
   flashKey: number;
   generating: boolean;
   generateError: string | null;
-  degraded: boolean;
+  /** The page's view of the connection: the notice and the colour of the "Updated" cue. */
+  connection: ConnectionView;
   onGenerate: () => void;
+}
+
+const FRESHNESS_TITLE: Record<ConnectionView['freshness'], string> = {
+  live: 'Live: changes appear as they happen',
+  stale: 'Live updates are interrupted: this may be out of date',
+  paused: 'Offline: updates are paused',
+};
+
+function explainScore(score: number, distanceKm: number): string {
+  const { proximity, others } = scoreParts(score, distanceKm);
+  return `${formatScore(proximity)} proximity (${formatKm(distanceKm)} km) + ${formatScore(others)} skill fit, rating and free capacity`;
+}
+
+const pct = (w: number) => `${Math.round(w * 100)}%`;
+
+/** What the score is made of (the server's weighted-v1 algorithm), with the best contractor's
+ * proximity part worked out. */
+function ScoreExplanation({ best }: { best: { name: string; score: number; distanceKm: number } }) {
+  const { proximity, others } = scoreParts(best.score, best.distanceKm);
+  return (
+    <details className="score-explain" data-testid="score-explain">
+      <summary>What the score is made of</summary>
+      <p>
+        A score from 0 to 1 among the contractors who hold every required skill, work during the window and are
+        free then. It weighs:
+      </p>
+      <ul>
+        <li>
+          <strong>{pct(SCORE_WEIGHTS.proximity)} proximity</strong>: 1 at the job site, half at 15 km, a quarter at
+          45 km
+        </li>
+        <li>
+          <strong>{pct(SCORE_WEIGHTS.skillFit)} skill fit</strong>: the share of the contractor's skills this job uses
+          (specialists first)
+        </li>
+        <li>
+          <strong>{pct(SCORE_WEIGHTS.rating)} rating</strong>: customer rating out of 5
+        </li>
+        <li>
+          <strong>{pct(SCORE_WEIGHTS.capacity)} free capacity</strong>: jobs still free that day out of the daily
+          maximum
+        </li>
+      </ul>
+      <p data-testid="score-explain-best">
+        {best.name}: {formatScore(proximity)} from proximity ({formatKm(best.distanceKm)} km) +{' '}
+        {formatScore(others)} from skill fit, rating and free capacity = {formatScore(best.score)}.
+      </p>
+    </details>
+  );
 }
 
 function useNow(intervalMs: number, enabled: boolean): number {
@@ -33,7 +84,7 @@ function useNow(intervalMs: number, enabled: boolean): number {
 }
 
 export function RecommendationsSheet(props: Props) {
-  const { job, state, updatedAt, flashKey, generating, generateError, degraded, onGenerate } = props;
+  const { job, state, updatedAt, flashKey, generating, generateError, connection, onGenerate } = props;
   const now = useNow(5000, updatedAt !== null);
 
   return (
@@ -53,7 +104,13 @@ export function RecommendationsSheet(props: Props) {
         </div>
         <div className="sheet__actions">
           {updatedAt !== null && (
-            <span className="updated" data-testid="sheet-updated" data-updated-at={updatedAt}>
+            <span
+              className={`updated updated--${connection.freshness}`}
+              data-testid="sheet-updated"
+              data-updated-at={updatedAt}
+              data-freshness={connection.freshness}
+              title={FRESHNESS_TITLE[connection.freshness]}
+            >
               Updated {formatAgo(updatedAt, Math.max(now, updatedAt))}
             </span>
           )}
@@ -62,9 +119,9 @@ export function RecommendationsSheet(props: Props) {
           </button>
         </div>
       </header>
-      {degraded && (
-        <p className="notice notice--small" data-testid="degraded">
-          Live updates are interrupted; refreshing every few seconds.
+      {connection.notice && (
+        <p className={`notice notice--small notice--${connection.status}`} data-testid="connection-notice">
+          {connection.notice}
         </p>
       )}
       {generateError && (
@@ -103,10 +160,12 @@ export function RecommendationsSheet(props: Props) {
                   <th scope="col" className="num">
                     ETA (min)
                   </th>
-                  <th scope="col" className="num">
+                  <th scope="col" className="num col-optional">
                     Distance (km)
                   </th>
-                  <th scope="col">Matched skills</th>
+                  <th scope="col" className="col-optional">
+                    Matched skills
+                  </th>
                 </tr>
               </thead>
               <tbody>
@@ -114,10 +173,12 @@ export function RecommendationsSheet(props: Props) {
                   <tr key={r.contractorId} data-testid="sheet-row">
                     <td>{r.rank}</td>
                     <td>{r.name}</td>
-                    <td className="num">{formatScore(r.score)}</td>
+                    <td className="num" title={explainScore(r.score, r.distanceKm)}>
+                      {formatScore(r.score)}
+                    </td>
                     <td className="num">{r.etaMinutes}</td>
-                    <td className="num">{formatKm(r.distanceKm)}</td>
-                    <td>
+                    <td className="num col-optional">{formatKm(r.distanceKm)}</td>
+                    <td className="col-optional">
                       {r.matchedSkills.map((s) => (
                         <span key={s} className="tag">
                           {s}
@@ -129,6 +190,7 @@ export function RecommendationsSheet(props: Props) {
               </tbody>
             </table>
           )}
+          {state.set.recommendations.length > 0 && <ScoreExplanation best={state.set.recommendations[0]} />}
         </>
       )}
     </section>

@@ -1,22 +1,38 @@
 /**
- * Realtime client for the SmartScheduler SSE stream (`GET /api/events`).
+ * Connection client for the SmartScheduler SSE stream (`GET /api/events`): one EventSource.
  *
- * Framework-free: no React in here. One instance per browser tab (see
- * `getRealtimeClient` in ./index.ts). Responsibilities:
+ * Framework-free: no React in here. In a browser the tabs of one profile share one such
+ * connection (see ./shared.ts, which runs this client in the leader tab); where that is not
+ * possible, each tab runs its own. Responsibilities:
  *  - open a native EventSource (constructor injectable for tests);
- *  - let the browser do its own retries (readyState CONNECTING after an error),
- *    and recreate the EventSource with exponential backoff + jitter, passing
- *    `?lastEventId=<position>`, when it is closed for good (readyState CLOSED);
+ *  - let the browser do its own retries (readyState CONNECTING after an error), and recreate the
+ *    EventSource with exponential backoff + jitter, passing `?lastEventId=<position>`, when it is
+ *    closed for good (readyState CLOSED) or has gone silent;
+ *  - a watchdog: the server sends a named `heartbeat` event every ~10 s, so a connection that
+ *    delivered nothing (no event, no heartbeat) for 2.5 heartbeat intervals is dead even if TCP
+ *    has not noticed: close it and reopen from the last position;
  *  - drop out-of-order / duplicate events (by position seq and by eventId);
  *  - surface `reset` and `auth-expired` to the app;
- *  - expose a connection status (`live` | `reconnecting` | `offline`) and a
- *    "degraded" flag (stream down for a while) that drives REST polling.
+ *  - one connection status (`live` | `reconnecting` | `offline`) and a "degraded" flag (the stream
+ *    has been down for a while and the browser is online) that drives REST polling.
  */
 import type { RecommendationReadyEvent } from './generated/recommendation-ready';
+import { EventOrder } from './order';
 
 export type { RecommendationReadyEvent } from './generated/recommendation-ready';
+export { parsePosition, type Position } from './order';
 
+/**
+ * `live`: the stream is open and has spoken within the watchdog window.
+ * `reconnecting`: the browser is online and the stream is not delivering; the client is
+ * reconnecting (and, after `degradedAfterMs`, the page refreshes over REST).
+ * `offline`: nothing can arrive: the browser is offline, the session expired, or the client is stopped.
+ */
 export type ConnectionStatus = 'live' | 'reconnecting' | 'offline';
+
+/** Which part a tab plays in sharing one stream: `solo` holds its own stream (no sharing),
+ * `leader` holds the stream for all tabs, `follower` gets events from the leader. */
+export type RealtimeRole = 'solo' | 'leader' | 'follower';
 
 /** Why the app must reload its state over REST. `epoch`/`expired` come from the
  * server's `reset` event; `epoch-changed` is an epoch change the client noticed
@@ -63,14 +79,17 @@ export interface RealtimeClientOptions {
   groups?: string[];
   /** EventSource constructor; defaults to the global one. */
   EventSource?: EventSourceCtor;
-  /** Position to start from (e.g. restored by the app). */
+  /** Position to start from (e.g. the highest any tab has applied). */
   initialPosition?: string | null;
   backoff?: Partial<BackoffOptions>;
   /** Random source in [0,1) for the jitter (tests pass a fixed one). */
   random?: () => number;
-  /** After the stream has been down this long, status becomes `offline`. Default 30000. */
-  offlineAfterMs?: number;
-  /** After the stream has been down this long, the client is `degraded` and
+  /** The server's heartbeat interval until the client has measured it. Default 10000 (the
+   * server's default). The client measures the gap between two heartbeats and uses that. */
+  heartbeatMs?: number;
+  /** Silence (no event, no heartbeat) of this many heartbeat intervals = dead connection. Default 2.5. */
+  watchdogFactor?: number;
+  /** After the stream has been down this long (browser online), the client is `degraded` and
    * runs the REST pollers registered with `whileDegraded`. Default 10000. */
   degradedAfterMs?: number;
   /** How many recent eventIds to remember for de-duplication. Default 1000. */
@@ -82,8 +101,9 @@ export interface RealtimeClientOptions {
 export type Unsubscribe = () => void;
 
 export interface RealtimeClient {
-  /** Open the stream (idempotent). */
-  start(): void;
+  /** Open the stream (idempotent). `scope` (the signed-in dispatcher) keeps tabs signed in as
+   * different dispatchers from sharing a stream; a client that does not share ignores it. */
+  start(scope?: string): void;
   /** Close the stream and all timers; `start()` may be called again later. */
   stop(): void;
   /** After `auth-expired` (and a new session): reconnect from the last position. */
@@ -92,11 +112,14 @@ export interface RealtimeClient {
   readonly degraded: boolean;
   readonly authExpired: boolean;
   readonly lastPosition: string | null;
+  readonly role: RealtimeRole;
   onStatus(cb: (status: ConnectionStatus) => void): Unsubscribe;
   onDegraded(cb: (degraded: boolean) => void): Unsubscribe;
   onRecommendationReady(cb: (ev: RecommendationReadyEvent) => void): Unsubscribe;
   onReset(cb: (info: ResetInfo) => void): Unsubscribe;
   onAuthExpired(cb: () => void): Unsubscribe;
+  /** A heartbeat arrived; `position` is the one the client now has everything up to. */
+  onHeartbeat(cb: (position: string | null) => void): Unsubscribe;
   /** The EventSource was closed for good (e.g. a non-200 answer such as 401); the
    * client will recreate it after a backoff. The app may check its session here. */
   onClosed(cb: () => void): Unsubscribe;
@@ -109,29 +132,20 @@ const CONNECTING = 0;
 const OPEN = 1;
 const CLOSED = 2;
 
-const POSITION_RE = /^([0-9a-f]{8})-([0-9]+)$/;
-
-export interface Position {
-  epoch: string;
-  seq: bigint;
-}
-
-/** Parse `<epoch>-<seq>`; null if malformed. */
-export function parsePosition(pos: unknown): Position | null {
-  if (typeof pos !== 'string') return null;
-  const m = POSITION_RE.exec(pos);
-  if (!m) return null;
-  return { epoch: m[1], seq: BigInt(m[2]) };
-}
+/** The heartbeat interval the contract allows at most; a measured gap is clamped to [1 s, this]. */
+const MAX_HEARTBEAT_MS = 15000;
+const MIN_HEARTBEAT_MS = 1000;
 
 /** Delay before the `attempt`-th (0-based) recreate: exponential, capped, with
- * "equal jitter" (uniform in [d/2, d]). */
+ * "equal jitter" (uniform in [d/2, d]) so that clients that lost their server together do not
+ * come back together. */
 export function backoffDelay(attempt: number, opts: BackoffOptions, random: () => number): number {
   const base = Math.min(opts.maxMs, opts.initialMs * Math.pow(opts.factor, attempt));
   return Math.round(base / 2 + (base / 2) * random());
 }
 
-function browserOnlineSource(): OnlineSource | null {
+/** navigator.onLine + window online/offline events, or null outside a browser. */
+export function browserOnlineSource(): OnlineSource | null {
   if (typeof window === 'undefined' || typeof navigator === 'undefined') return null;
   return {
     isOnline: () => navigator.onLine !== false,
@@ -148,7 +162,8 @@ function browserOnlineSource(): OnlineSource | null {
   };
 }
 
-class Emitter<T> {
+/** A tiny typed event emitter; a failing listener does not stop the others. */
+export class Emitter<T> {
   private readonly subs = new Set<(v: T) => void>();
   on(cb: (v: T) => void): Unsubscribe {
     this.subs.add(cb);
@@ -167,6 +182,47 @@ class Emitter<T> {
   }
 }
 
+/** REST pollers that run while a client is degraded. */
+export class Pollers {
+  private readonly set = new Set<{ poll: () => void; intervalMs: number; timer: ReturnType<typeof setInterval> | null }>();
+  private active = false;
+
+  add(poll: () => void, intervalMs: number): Unsubscribe {
+    const p = { poll, intervalMs, timer: null as ReturnType<typeof setInterval> | null };
+    this.set.add(p);
+    if (this.active) this.run(p);
+    return () => {
+      this.halt(p);
+      this.set.delete(p);
+    };
+  }
+
+  setActive(active: boolean): void {
+    if (active === this.active) return;
+    this.active = active;
+    for (const p of this.set) (active ? this.run(p) : this.halt(p));
+  }
+
+  private run(p: { poll: () => void; intervalMs: number; timer: ReturnType<typeof setInterval> | null }): void {
+    if (p.timer !== null) return;
+    safeCall(p.poll);
+    p.timer = setInterval(() => safeCall(p.poll), p.intervalMs);
+  }
+
+  private halt(p: { timer: ReturnType<typeof setInterval> | null }): void {
+    if (p.timer !== null) clearInterval(p.timer);
+    p.timer = null;
+  }
+}
+
+function safeCall(fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    console.error('realtime poller failed', err);
+  }
+}
+
 type Timer = ReturnType<typeof setTimeout>;
 
 export function createRealtimeClient(options: RealtimeClientOptions = {}): RealtimeClient {
@@ -176,9 +232,8 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     (typeof EventSource !== 'undefined' ? (EventSource as unknown as EventSourceCtor) : undefined);
   const backoff: BackoffOptions = { initialMs: 1000, maxMs: 30000, factor: 2, ...options.backoff };
   const random = options.random ?? Math.random;
-  const offlineAfterMs = options.offlineAfterMs ?? 30000;
+  const watchdogFactor = options.watchdogFactor ?? 2.5;
   const degradedAfterMs = options.degradedAfterMs ?? 10000;
-  const dedupeWindow = options.dedupeWindow ?? 1000;
   const online = options.online === undefined ? browserOnlineSource() : options.online;
 
   const statusEm = new Emitter<ConnectionStatus>();
@@ -187,91 +242,103 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
   const resetEm = new Emitter<ResetInfo>();
   const authEm = new Emitter<void>();
   const closedEm = new Emitter<void>();
+  const beatEm = new Emitter<string | null>();
+  const pollers = new Pollers();
 
+  const order = new EventOrder(options.initialPosition ?? null, options.dedupeWindow ?? 1000);
   let es: EventSourceLike | null = null;
   let running = false;
   let authExpired = false;
+  /** The stream is open and not stale. The status is derived from this and the browser's state. */
+  let connected = false;
   let status: ConnectionStatus = 'reconnecting';
   let degraded = false;
-  let lastPosition: string | null = options.initialPosition ?? null;
-  let last: Position | null = parsePosition(lastPosition);
-  const recentIds = new Set<string>();
   let attempt = 0;
   let downSince: number | null = null;
+  let heartbeatMs = options.heartbeatMs ?? 10000;
+  let lastActivity = 0;
+  let lastBeatAt: number | null = null;
   let recreateTimer: Timer | null = null;
-  let offlineTimer: Timer | null = null;
   let degradedTimer: Timer | null = null;
+  let watchdogTimer: Timer | null = null;
   let unsubscribeOnline: (() => void) | null = null;
 
-  interface Poller {
-    poll: () => void;
-    intervalMs: number;
-    timer: ReturnType<typeof setInterval> | null;
-  }
-  const pollers = new Set<Poller>();
+  // ---- status: derived in one place ---------------------------------------
 
-  // ---- status -------------------------------------------------------------
-
-  function isBrowserOffline(): boolean {
-    return online ? !online.isOnline() : false;
+  function browserOnline(): boolean {
+    return online ? online.isOnline() : true;
   }
 
-  function setStatus(next: ConnectionStatus): void {
-    if (next === status) return;
-    status = next;
-    statusEm.emit(status);
-  }
-
-  function startPoller(p: Poller): void {
-    if (p.timer !== null) return;
-    safeCall(p.poll);
-    p.timer = setInterval(() => safeCall(p.poll), p.intervalMs);
-  }
-
-  function stopPoller(p: Poller): void {
-    if (p.timer !== null) clearInterval(p.timer);
-    p.timer = null;
-  }
-
-  function setDegraded(next: boolean): void {
-    if (next === degraded) return;
-    degraded = next;
-    for (const p of pollers) (degraded ? startPoller : stopPoller)(p);
-    degradedEm.emit(degraded);
-  }
-
-  function clearDownTimers(): void {
-    if (offlineTimer !== null) clearTimeout(offlineTimer);
-    if (degradedTimer !== null) clearTimeout(degradedTimer);
-    offlineTimer = degradedTimer = null;
-  }
-
-  /** The stream is not delivering: start (or keep) the down clock. */
-  function markDown(): void {
-    if (downSince === null) {
-      downSince = Date.now();
-      clearDownTimers();
-      offlineTimer = setTimeout(() => {
-        offlineTimer = null;
-        if (downSince !== null) setStatus('offline');
-      }, offlineAfterMs);
-      if (!authExpired) {
-        degradedTimer = setTimeout(() => {
-          degradedTimer = null;
-          if (downSince !== null && !authExpired) setDegraded(true);
-        }, degradedAfterMs);
-      }
+  /** Recompute status and degraded from the facts (running, session, browser, stream). */
+  function refresh(): void {
+    let next: ConnectionStatus;
+    if (!running || authExpired || !browserOnline()) next = 'offline';
+    else next = connected ? 'live' : 'reconnecting';
+    const nextDegraded =
+      next === 'reconnecting' && downSince !== null && Date.now() - downSince >= degradedAfterMs;
+    if (next !== status) {
+      status = next;
+      statusEm.emit(status);
     }
-    const longDown = Date.now() - downSince >= offlineAfterMs;
-    setStatus(isBrowserOffline() || longDown || authExpired ? 'offline' : 'reconnecting');
+    if (nextDegraded !== degraded) {
+      degraded = nextDegraded;
+      pollers.setActive(degraded);
+      degradedEm.emit(degraded);
+    }
   }
 
-  function markLive(): void {
-    downSince = null;
-    clearDownTimers();
-    attempt = 0;
-    setStatus('live');
-    setDegraded(false);
+  function setConnected(next: boolean): void {
+    connected = next;
+    if (connected) {
+      downSince = null;
+      attempt = 0;
+      if (degradedTimer !== null) clearTimeout(degradedTimer);
+      degradedTimer = null;
+    } else if (downSince === null) {
+      downSince = Date.now();
+      degradedTimer = setTimeout(() => {
+        degradedTimer = null;
+        refresh();
+      }, degradedAfterMs);
+    }
+    refresh();
+  }
+
+  // ---- watchdog -----------------------------------------------------------
+
+  function watchdogMs(): number {
+    return Math.round(heartbeatMs * watchdogFactor);
+  }
+
+  /** Something arrived (or a new attempt began): the connection has a full window again. */
+  function touch(): void {
+    lastActivity = Date.now();
+    if (watchdogTimer === null && running && !authExpired) armWatchdog(watchdogMs());
+  }
+
+  function armWatchdog(ms: number): void {
+    if (watchdogTimer !== null) clearTimeout(watchdogTimer);
+    watchdogTimer = setTimeout(checkWatchdog, ms);
+  }
+
+  /** Timers in background tabs may fire late; judge by the time since the last activity, not by
+   * the timer having fired. */
+  function checkWatchdog(): void {
+    watchdogTimer = null;
+    if (!running || authExpired) return;
+    const silent = Date.now() - lastActivity;
+    if (es === null || silent < watchdogMs()) {
+      // Nothing to judge while a recreate waits for its backoff; it touches when it connects.
+      armWatchdog(es === null ? watchdogMs() : watchdogMs() - silent);
+      return;
+    }
+    // Dead without a close (proxy/NAT dropped it, laptop slept, Wi-Fi changed): reopen from the
+    // last position after a short jittered delay.
+    closeSource();
+    setConnected(false);
+    scheduleRecreate();
+    lastActivity = Date.now();
+    armWatchdog(watchdogMs());
   }
 
   // ---- connection ---------------------------------------------------------
@@ -279,7 +346,7 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
   function buildUrl(): string {
     const params = new URLSearchParams();
     if (options.groups && options.groups.length > 0) params.set('groups', options.groups.join(','));
-    if (lastPosition) params.set('lastEventId', lastPosition);
+    if (order.position) params.set('lastEventId', order.position);
     const q = params.toString();
     return q ? `${url}${url.includes('?') ? '&' : '?'}${q}` : url;
   }
@@ -302,18 +369,21 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     closeSource();
     if (!running || authExpired) return;
     if (!ES) throw new Error('EventSource is not available in this environment');
-    if (lastPosition === null && attempt > 0) {
+    if (order.position === null && attempt > 0) {
       // We lost the stream without ever learning a position: whatever happened
       // in between is unknown, so the app must reload over REST.
       resetEm.emit({ reason: 'unknown-position', position: null });
     }
     const source = new ES(buildUrl(), { withCredentials: true });
     es = source;
+    lastBeatAt = null;
+    touch();
     const mine = (fn: (ev: Event) => void) => (ev: Event) => {
       if (es === source) fn(ev);
     };
-    source.addEventListener('open', mine(() => markLive()));
+    source.addEventListener('open', mine(() => onActivity()));
     source.addEventListener('error', mine(() => onError(source)));
+    source.addEventListener('heartbeat', mine((ev) => onHeartbeatEvent(ev as MessageEvent)));
     source.addEventListener('RecommendationReady', mine((ev) => onRecommendation(ev as MessageEvent)));
     source.addEventListener('reset', mine((ev) => onResetEvent(ev as MessageEvent)));
     source.addEventListener('auth-expired', mine(() => onAuthExpiredEvent()));
@@ -330,17 +400,24 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
   }
 
   function onError(source: EventSourceLike): void {
-    markDown();
+    setConnected(false);
     if (source.readyState === CLOSED) {
       // Closed for good (non-200, wrong content type, ...): the browser will not retry.
       closeSource();
       if (!authExpired) scheduleRecreate();
       closedEm.emit();
     }
-    // readyState CONNECTING: the browser retries by itself (with Last-Event-ID).
+    // readyState CONNECTING: the browser retries by itself (with Last-Event-ID); the watchdog
+    // steps in if that retry hangs.
   }
 
   // ---- events -------------------------------------------------------------
+
+  /** Anything from the server proves the connection alive. */
+  function onActivity(): void {
+    touch();
+    if (es?.readyState === OPEN && !connected) setConnected(true);
+  }
 
   function parseData(ev: MessageEvent): Record<string, unknown> | null {
     try {
@@ -351,100 +428,72 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     }
   }
 
-  function rememberId(id: string): void {
-    recentIds.add(id);
-    if (recentIds.size > dedupeWindow) {
-      const oldest = recentIds.values().next().value;
-      if (oldest !== undefined) recentIds.delete(oldest);
+  function onHeartbeatEvent(ev: MessageEvent): void {
+    const now = Date.now();
+    if (lastBeatAt !== null) {
+      // Learn the server's interval so that a slower (or faster) server is judged fairly.
+      const gap = now - lastBeatAt;
+      heartbeatMs = Math.min(MAX_HEARTBEAT_MS, Math.max(MIN_HEARTBEAT_MS, gap));
     }
+    lastBeatAt = now;
+    onActivity();
+    if (running && !authExpired) armWatchdog(watchdogMs()); // the window may have shrunk
+    // The heartbeat's position is one we have every event of our groups up to: resume from it.
+    const data = parseData(ev);
+    const pos = data && typeof data.position === 'string' ? data.position : null;
+    if (pos) order.advanceTo(pos);
+    beatEm.emit(order.position);
   }
 
   function onRecommendation(ev: MessageEvent): void {
-    if (status !== 'live' && es?.readyState === OPEN) markLive();
+    onActivity();
     const data = parseData(ev);
     if (!data) return;
     const posStr = typeof data.position === 'string' ? data.position : ev.lastEventId;
-    const pos = parsePosition(posStr);
     const eventId = typeof data.eventId === 'string' ? data.eventId : null;
-    if (!pos) return; // cannot order it: ignore rather than risk a duplicate
-    let epochChanged = false;
-    if (last) {
-      if (pos.epoch !== last.epoch) epochChanged = true;
-      else if (pos.seq <= last.seq) return; // older or same position: duplicate
-    }
-    if (eventId !== null && recentIds.has(eventId)) return;
-    if (eventId !== null) rememberId(eventId);
-    last = pos;
-    lastPosition = posStr;
-    if (epochChanged) {
-      recentIds.clear();
-      if (eventId !== null) rememberId(eventId);
-      resetEm.emit({ reason: 'epoch-changed', position: lastPosition });
-    }
+    const verdict = order.accept(posStr, eventId);
+    if (verdict === 'duplicate' || verdict === 'invalid') return;
+    if (verdict === 'new-epoch') resetEm.emit({ reason: 'epoch-changed', position: order.position });
     recEm.emit(data as unknown as RecommendationReadyEvent);
   }
 
   function onResetEvent(ev: MessageEvent): void {
-    if (status !== 'live' && es?.readyState === OPEN) markLive();
+    onActivity();
     const data = parseData(ev) ?? {};
     const posStr = typeof data.position === 'string' ? data.position : ev.lastEventId;
-    const pos = parsePosition(posStr);
-    if (pos) {
-      if (last && pos.epoch !== last.epoch) recentIds.clear();
-      last = pos;
-      lastPosition = posStr;
-    }
+    order.resetTo(posStr);
     const reason: ResetReason = data.reason === 'expired' ? 'expired' : 'epoch';
-    resetEm.emit({ reason, position: lastPosition });
+    resetEm.emit({ reason, position: order.position });
   }
 
   function onAuthExpiredEvent(): void {
     authExpired = true;
     clearRecreate();
     closeSource();
-    // Not reconnecting until resume(): the stream is down, say so, but do not
-    // poll (REST would answer 401 too).
-    markDown();
-    setDegraded(false);
-    if (degradedTimer !== null) clearTimeout(degradedTimer);
-    degradedTimer = null;
-    setStatus('offline');
+    if (watchdogTimer !== null) clearTimeout(watchdogTimer);
+    watchdogTimer = null;
+    // Not reconnecting until resume(): offline, and no polling (REST would answer 401 too).
+    setConnected(false);
     authEm.emit();
   }
 
   function onOnlineChange(isOnline: boolean): void {
     if (!running) return;
-    if (!isOnline) {
-      if (status !== 'live') setStatus('offline');
-      else {
-        // The browser will notice the dead connection on its own; reflect the
-        // network state right away.
-        markDown();
-        setStatus('offline');
-      }
-    } else {
-      if (recreateTimer !== null) {
-        // Back online while waiting for a backoff: try now.
-        attempt = 0;
-        connect();
-      }
-      if (downSince !== null) markDown(); // recompute: reconnecting unless down for long
+    if (isOnline && !connected && !authExpired && es?.readyState !== OPEN) {
+      // Back online while waiting (backoff, or a browser retry): try now.
+      attempt = 0;
+      connect();
     }
-  }
-
-  function safeCall(fn: () => void): void {
-    try {
-      fn();
-    } catch (err) {
-      console.error('realtime poller failed', err);
-    }
+    // A stream that stayed open through the blip is live again at once; if it died meanwhile
+    // the watchdog will say so within its window.
+    refresh();
   }
 
   function start(): void {
     if (running) return;
     running = true;
     if (online && !unsubscribeOnline) unsubscribeOnline = online.subscribe(onOnlineChange);
-    markDown();
+    setConnected(false);
     connect();
   }
 
@@ -456,13 +505,15 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
       running = false;
       clearRecreate();
       closeSource();
-      clearDownTimers();
+      if (watchdogTimer !== null) clearTimeout(watchdogTimer);
+      if (degradedTimer !== null) clearTimeout(degradedTimer);
+      watchdogTimer = degradedTimer = null;
+      connected = false;
       downSince = null;
       attempt = 0;
-      setDegraded(false);
       if (unsubscribeOnline) unsubscribeOnline();
       unsubscribeOnline = null;
-      setStatus('offline');
+      refresh();
     },
     resume() {
       authExpired = false;
@@ -471,8 +522,7 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
         return;
       }
       attempt = 0;
-      downSince = null;
-      markDown();
+      setConnected(false);
       connect();
     },
     get status() {
@@ -485,22 +535,18 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
       return authExpired;
     },
     get lastPosition() {
-      return lastPosition;
+      return order.position;
     },
+    role: 'solo',
     onStatus: (cb) => statusEm.on(cb),
     onDegraded: (cb) => degradedEm.on(cb),
     onRecommendationReady: (cb) => recEm.on(cb),
     onReset: (cb) => resetEm.on(cb),
     onAuthExpired: (cb) => authEm.on(() => cb()),
+    onHeartbeat: (cb) => beatEm.on(cb),
     onClosed: (cb) => closedEm.on(() => cb()),
     whileDegraded(poll, intervalMs = 5000) {
-      const p: Poller = { poll, intervalMs, timer: null };
-      pollers.add(p);
-      if (degraded) startPoller(p);
-      return () => {
-        stopPoller(p);
-        pollers.delete(p);
-      };
+      return pollers.add(poll, intervalMs);
     },
   };
 }
