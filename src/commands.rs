@@ -141,17 +141,26 @@ async fn connect_and_migrate(url: &str) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
-/// serve may start together with its database: retry for a few seconds before giving up.
+/// How long `serve` waits for a database that is not reachable yet.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// serve may start together with its database: retry what may pass (refused, starting up, no free slot) for
+/// a few seconds, each retry saying why; fail at once on what waiting cannot fix (no such database or role,
+/// wrong password, refused certificate, malformed URL).
 async fn connect_with_patience(url: &str) -> anyhow::Result<PgPool> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    let pause = Duration::from_millis(500);
     loop {
         match crate::db::connect(url, 32).await {
             Ok(pool) => return Ok(pool),
-            Err(e @ crate::db::DbError::BadUrl(_)) => return Err(e.into()),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
+            Err(e) if !e.is_transient() || tokio::time::Instant::now() + pause >= deadline => return Err(e.into()),
             Err(e) => {
-                tracing::warn!(error = %e, "database not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tracing::warn!(
+                    "{e}; retrying every {} ms for up to {} s",
+                    pause.as_millis(),
+                    CONNECT_PATIENCE.as_secs()
+                );
+                tokio::time::sleep(pause).await;
             }
         }
     }

@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub dev_token_ttl: Duration,
     /// How often retention runs inside serve.
     pub retention_interval: Duration,
+    /// How often the number of open event streams is checked; it is logged when it changed.
+    pub stream_count_interval: Duration,
 }
 
 impl ServerConfig {
@@ -40,6 +42,7 @@ impl ServerConfig {
             relay: RelayConfig::default(),
             dev_token_ttl: Duration::from_secs(8 * 3600),
             retention_interval: Duration::from_secs(3600),
+            stream_count_interval: Duration::from_secs(10),
         }
     }
 }
@@ -76,6 +79,7 @@ impl Server {
             config.retention_interval,
             shutdown.clone(),
         )));
+        tasks.push(tokio::spawn(log_stream_count(hub.clone(), config.stream_count_interval, shutdown.clone())));
         let state = AppState::new(AppStateInner {
             pool,
             hub,
@@ -155,5 +159,24 @@ impl Server {
             let _ = task.await;
         }
         Ok(())
+    }
+}
+
+/// One info line when the number of open event streams changed since the last look: what an operator
+/// wants to see (is anyone connected, did they all drop) without a line per connection or per event.
+async fn log_stream_count(hub: Hub, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = hub.stream_count();
+        if now != last {
+            tracing::info!(streams = now, was = last, "event streams open");
+            last = now;
+        }
     }
 }

@@ -203,6 +203,11 @@ impl Hub {
         }
     }
 
+    /// Event streams open on this process now (for the operator's log line).
+    pub fn stream_count(&self) -> usize {
+        lock(&self.0.registry).clients.len()
+    }
+
     /// True while the LISTEN connection is up (part of `/readyz`).
     pub fn is_listening(&self) -> bool {
         self.0.listening.load(Ordering::Acquire)
