@@ -140,3 +140,47 @@ async fn a_log_redirected_to_a_file_has_no_colour_codes_and_says_what_an_operato
     assert!(text.contains("INFO") && text.contains("relay started"), "{text}");
     assert!(text.contains("signed in") && text.contains("erin"), "{text}");
 }
+
+#[tokio::test]
+async fn the_binary_serves_the_console_it_was_built_with_from_any_working_directory() {
+    let db = TestDb::new().await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(&db.url, free_port(), |command| {
+        command.current_dir(elsewhere.path());
+    })
+    .await;
+    let get = |path: &str| http().get(format!("{}{path}", server.base)).send();
+
+    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("frontend/dist");
+    let index = get("/").await.unwrap();
+    match std::fs::read(dist.join("index.html")) {
+        // The build embeds what frontend/dist holds (cargo reruns build.rs when it changes).
+        Ok(built) => {
+            assert_eq!(index.status(), 200);
+            assert_eq!(index.headers()["content-type"], "text/html");
+            assert_eq!(index.bytes().await.unwrap(), built, "/ is the index.html of frontend/dist");
+            // A client-side route gets the same page; every built asset is served with its type.
+            assert_eq!(get("/jobs/anything").await.unwrap().bytes().await.unwrap(), built);
+            for entry in std::fs::read_dir(dist.join("assets")).unwrap() {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                let asset = get(&format!("/assets/{name}")).await.unwrap();
+                assert_eq!(asset.status(), 200, "{name}");
+                if name.ends_with(".js") {
+                    assert_eq!(asset.headers()["content-type"], "text/javascript", "{name}");
+                    assert!(asset.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+                }
+                let on_disk = std::fs::read(dist.join("assets").join(&name)).unwrap();
+                assert_eq!(asset.bytes().await.unwrap(), on_disk, "{name}");
+            }
+            assert_eq!(get("/assets/no-such-file.js").await.unwrap().status(), 404);
+        }
+        // A fresh clone before `make frontend`: the API works and / says how to get the console.
+        Err(_) => {
+            assert_eq!(index.status(), 404);
+            assert!(index.text().await.unwrap().contains("built without the browser console"));
+        }
+    }
+    // The API is not shadowed by the console's fallback.
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/api/nope").await.unwrap().headers()["content-type"], "application/json");
+}
