@@ -90,8 +90,15 @@ impl Server {
             dev_token_ttl: config.dev_token_ttl,
         });
         let app = router(state, config.static_dir.clone());
-        let listener =
-            TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
+        let listener = TcpListener::bind(config.addr).await.map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "the address is in use (another server listens there); pick another with --addr or SMARTSCHEDULER_ADDR"
+                    .to_owned()
+            } else {
+                e.to_string()
+            };
+            anyhow::anyhow!("cannot listen on {}: {why}", config.addr)
+        })?;
         Ok(Self { listener, waker, app, tasks, shutdown })
     }
 

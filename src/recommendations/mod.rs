@@ -322,7 +322,7 @@ pub async fn generate(pool: &PgPool, job_id: Uuid, generated_by: &str) -> Result
     let generation = generate_with(pool, job_id, generated_by, FailPoint::Never).await?;
     tracing::info!(
         job = %job_id,
-        by = generated_by,
+        by = %generated_by,
         recommendations = generation.set.recommendations.len(),
         candidates = generation.candidates,
         ms = generation.timings.total.as_millis() as u64,

@@ -184,3 +184,26 @@ async fn the_binary_serves_the_console_it_was_built_with_from_any_working_direct
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(get("/api/nope").await.unwrap().headers()["content-type"], "application/json");
 }
+
+#[tokio::test]
+async fn serve_on_a_taken_port_says_how_to_pick_another() {
+    let db = TestDb::new().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let url = db.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
+            .args(["serve", "--addr", &addr])
+            .env("DATABASE_URL", url)
+            .env("SMARTSCHEDULER_AUTH_SECRET", std::str::from_utf8(crate::app::SECRET).unwrap())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the address is in use") && stderr.contains("--addr"), "{stderr}");
+    drop(taken);
+}
