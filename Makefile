@@ -61,7 +61,9 @@ test-frontend: frontend-deps
 	cd frontend && npm test
 
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser tests"; \
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "the browser tests need Debian's chromium: install it with 'sudo apt-get install chromium'" >&2; exit 1; fi; \
+	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test-e2e: chromium frontend
