@@ -123,7 +123,14 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, DbError> 
 
 /// Applies pending migrations. Concurrent callers are safe: sqlx takes an advisory lock.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    MIGRATOR.run(pool).await?;
+    // On a connection of its own with the pool's options (TLS included) but without the slow-statement
+    // warning: a migration is one long statement by nature, and the warning would print all of its SQL.
+    let options = pool.connect_options().as_ref().clone().disable_statement_logging();
+    let mut conn =
+        PgConnection::connect_with(&options).await.map_err(|error| DbError::connect(describe(&options), error))?;
+    let applied = MIGRATOR.run(&mut conn).await;
+    conn.close().await.ok();
+    applied?;
     Ok(())
 }
 
