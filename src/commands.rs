@@ -86,13 +86,13 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(args.addr);
     config.dev = args.dev;
     config.run_relay = !args.no_relay;
-    let config_static_dir = args.static_dir.clone();
+    let has_console = args.static_dir.is_some() || crate::console::is_embedded();
     config.static_dir = args.static_dir;
     let shutdown = shutdown_on_signal();
     let server = Server::start(pool, config, secret, shutdown).await?;
     let addr = server.local_addr()?;
     println!("smartscheduler listening on http://{addr}");
-    if config_static_dir.is_none() && !crate::console::is_embedded() {
+    if !has_console {
         tracing::warn!(
             "this binary was built without the browser console (frontend/dist did not exist at build time): \
              / says how to get it; build it with `make frontend` and rebuild, or pass --static-dir"
