@@ -11,25 +11,36 @@ BIN := target/debug/smartscheduler
 RUN_DB ?= smartscheduler
 ADDR ?= 127.0.0.1:8080
 
-.PHONY: help run test test-rust test-frontend test-e2e lint bench frontend frontend-deps chromium pg-stop clean
+.PHONY: help run port-free test test-rust test-frontend test-e2e lint bench frontend frontend-deps chromium pg-stop clean
 
 help:
-	@echo "make run     build everything and serve the console with demo data on http://$(ADDR)"
+	@echo "make run     build everything and serve the console with demo data on http://$(ADDR) (ADDR=host:port to change)"
 	@echo "make test    every test suite: Rust unit + integration (real PostgreSQL), frontend unit, browser end-to-end"
 	@echo "make bench   benchmarks; figures go to docs/performance.md"
 	@echo "make lint    cargo fmt --check and clippy -D warnings"
 
-run: frontend
+run: port-free frontend
 	$(CARGO) build --bin smartscheduler
 	@server=$$(scripts/postgres.sh url); \
 	if [ -n "$${DATABASE_URL:-}" ]; then url=$$DATABASE_URL; else \
 	  url="$$server/$(RUN_DB)"; scripts/create-db.sh "$$server" "$(RUN_DB)"; fi; \
 	export DATABASE_URL="$$url"; \
-	echo "database: $${url%%\?*}"; \
+	echo "make run: database $${url%%\?*}"; \
 	$(BIN) migrate && $(BIN) seed --demo && \
-	exec $(BIN) serve --dev --addr "$(ADDR)" --static-dir frontend/dist
+	echo "make run: serving the console built into $(BIN) with demo data; Ctrl-C stops it" && \
+	exec $(BIN) serve --dev --addr "$(ADDR)"
 
-test: lint test-rust test-frontend test-e2e
+# Says at once, before building, when something already listens on ADDR.
+port-free:
+	@addr='$(ADDR)'; host=$${addr%:*}; port=$${addr##*:}; host=$${host#[}; host=$${host%]}; \
+	if (exec 3<>"/dev/tcp/$$host/$$port") 2>/dev/null; then \
+	  echo "make run: $(ADDR) is taken (another make run, or another program, listens there)."; \
+	  echo "make run: pick another address, for example: make run ADDR=$${addr%:*}:$$((port + 1))"; \
+	  exit 1; fi
+
+# The frontend first: the binary embeds frontend/dist when it is built (see build.rs), so every suite
+# after it runs against the console a user gets.
+test: frontend lint test-rust test-frontend test-e2e
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -50,7 +61,9 @@ test-frontend: frontend-deps
 	cd frontend && npm test
 
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser tests"; \
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "the browser tests need Debian's chromium: install it with 'sudo apt-get install chromium'" >&2; exit 1; fi; \
+	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test-e2e: chromium frontend
@@ -67,7 +80,7 @@ bench:
 	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/release/smartscheduler-bench --out docs/performance.md
 
 pg-stop:
-	scripts/postgres.sh stop
+	@scripts/postgres.sh stop
 
 clean:
 	$(CARGO) clean

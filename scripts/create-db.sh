@@ -15,6 +15,9 @@ if [ $drop = yes ]; then
 fi
 exists=$("$psql_bin" "$server/postgres" -qAtc "SELECT 1 FROM pg_database WHERE datname = '$name'")
 if [ "$exists" != 1 ]; then
-    "$psql_bin" "$server/postgres" -qAtc "CREATE DATABASE $name" >/dev/null 2>&1 \
-        || "$psql_bin" "$server/postgres" -qAtc "SELECT 1 FROM pg_database WHERE datname = '$name'" | grep -q 1
+    if "$psql_bin" "$server/postgres" -qAtc "CREATE DATABASE $name" >/dev/null 2>&1; then
+        echo "create-db.sh: created database $name on ${server#*://}" >&2
+    else  # created meanwhile by a concurrent call
+        "$psql_bin" "$server/postgres" -qAtc "SELECT 1 FROM pg_database WHERE datname = '$name'" | grep -q 1
+    fi
 fi

@@ -22,6 +22,7 @@ default_port=$((55000 + $(printf '%s' "$data_root" | cksum | cut -d' ' -f1) % 10
 port=${SS_PG_PORT:-$default_port}
 
 die() { echo "postgres.sh: $*" >&2; exit 1; }
+say() { echo "postgres.sh: $*" >&2; }  # what it did, on stderr: stdout carries only the URL
 
 find_bindir() {
     if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; then
@@ -74,13 +75,30 @@ start_private() {
         [ "$(id -u)" = 0 ] && chown postgres "$data"
         as_owner "$bindir/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --no-instructions >"$data_root/initdb.log" 2>&1 \
             || die "initdb failed; see $data_root/initdb.log"
+        say "created a project-private PostgreSQL cluster in $data (nothing answered on 127.0.0.1:5432)"
     fi
     mkdir -p "$run"
     [ "$(id -u)" = 0 ] && chown postgres "$run" "$data_root"
+    # TLS on, like a managed server (and Debian's cluster): a self-signed certificate for localhost/127.0.0.1,
+    # so that sslmode=require works against this cluster too (verify-ca with sslrootcert=$data/server.crt).
+    local ssl=""
+    if [ ! -s "$data/server.crt" ] && command -v openssl >/dev/null 2>&1; then
+        openssl req -new -x509 -days 3650 -nodes -subj /CN=localhost \
+            -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -addext "basicConstraints=critical,CA:TRUE" \
+            -keyout "$data/server.key" -out "$data/server.crt" >/dev/null 2>&1 || rm -f "$data/server.key" "$data/server.crt"
+        if [ -s "$data/server.crt" ]; then
+            chmod 600 "$data/server.key"
+            [ "$(id -u)" = 0 ] && chown postgres "$data/server.key" "$data/server.crt"
+        fi
+    fi
+    [ -s "$data/server.crt" ] && ssl="-c ssl=on"
     if ! answers 127.0.0.1 "$port"; then
         as_owner "$bindir/pg_ctl" -D "$data" -l "$log" -w -t 30 \
-            -o "-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on" start >/dev/null 2>&1 9>&- \
+            -o "-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on $ssl" start >/dev/null 2>&1 9>&- \
             || die "the private cluster did not start; see $log"
+        say "started the project-private PostgreSQL on 127.0.0.1:$port (data $data, log $log); it keeps running: stop it with 'make pg-stop'"
+    else
+        say "using the project-private PostgreSQL on 127.0.0.1:$port (data $data); stop it with 'make pg-stop'"
     fi
     echo "postgres://postgres@127.0.0.1:$port"
 }
@@ -97,8 +115,11 @@ case "${1:-url}" in
         ;;
     stop)
         bindir=$(find_bindir) || exit 0
-        if [ -s "$data_root/data/PG_VERSION" ]; then
+        if [ -s "$data_root/data/postmaster.pid" ]; then
             as_owner "$bindir/pg_ctl" -D "$data_root/data" -m fast -w stop >/dev/null 2>&1 || true
+            say "stopped the project-private PostgreSQL (data $data_root/data kept; 'make run' starts it again)"
+        else
+            say "the project-private PostgreSQL is not running"
         fi
         ;;
     *) die "usage: scripts/postgres.sh [url|stop]" ;;

@@ -71,7 +71,8 @@ pub struct ServeArgs {
     /// Do not run a relay in this process (another process publishes).
     #[arg(long)]
     pub no_relay: bool,
-    /// Serve the browser console from this directory (the frontend build, frontend/dist).
+    /// Serve the browser console from this directory instead of the one embedded in the binary at build
+    /// time (for frontend development: `npm run build` output shows without rebuilding the binary).
     #[arg(long)]
     pub static_dir: Option<PathBuf>,
 }

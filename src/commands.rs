@@ -88,11 +88,18 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(args.addr);
     config.dev = args.dev;
     config.run_relay = !args.no_relay;
+    let has_console = args.static_dir.is_some() || crate::console::is_embedded();
     config.static_dir = args.static_dir;
     let shutdown = shutdown_on_signal();
     let server = Server::start(pool, config, secret, shutdown).await?;
     let addr = server.local_addr()?;
     println!("smartscheduler listening on http://{addr}");
+    if !has_console {
+        tracing::warn!(
+            "this binary was built without the browser console (frontend/dist did not exist at build time): \
+             / says how to get it; build it with `make frontend` and rebuild, or pass --static-dir"
+        );
+    }
     if args.dev {
         println!("dev mode: open http://{addr}/ and sign in as alice, bob, carol or dana");
     }
@@ -143,17 +150,26 @@ async fn connect_and_migrate(url: &str) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
-/// serve may start together with its database: retry for a few seconds before giving up.
+/// How long `serve` waits for a database that is not reachable yet.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// serve may start together with its database: retry what may pass (refused, starting up, no free slot) for
+/// a few seconds, each retry saying why; fail at once on what waiting cannot fix (no such database or role,
+/// wrong password, refused certificate, malformed URL).
 async fn connect_with_patience(url: &str) -> anyhow::Result<PgPool> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    let pause = Duration::from_millis(500);
     loop {
         match crate::db::connect(url, 32).await {
             Ok(pool) => return Ok(pool),
-            Err(e @ crate::db::DbError::BadUrl(_)) => return Err(e.into()),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
+            Err(e) if !e.is_transient() || tokio::time::Instant::now() + pause >= deadline => return Err(e.into()),
             Err(e) => {
-                tracing::warn!(error = %e, "database not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tracing::warn!(
+                    "{e}; retrying every {} ms for up to {} s",
+                    pause.as_millis(),
+                    CONNECT_PATIENCE.as_secs()
+                );
+                tokio::time::sleep(pause).await;
             }
         }
     }

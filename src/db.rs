@@ -10,21 +10,79 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("DATABASE_URL is not a valid PostgreSQL connection string")]
-    BadUrl(#[source] sqlx::Error),
-    #[error("cannot connect to PostgreSQL at {target}")]
+    /// The connection string does not parse; carries the parser's reason.
+    #[error(
+        "DATABASE_URL is not a valid PostgreSQL connection string ({0}); \
+         expected postgres://user:password@host:port/database, optionally ?sslmode=require"
+    )]
+    BadUrl(String),
+    /// Connecting failed. `cause` is the reason in one line; `transient` says whether waiting may help.
+    #[error("cannot connect to PostgreSQL at {target}: {cause}")]
     Connect {
         target: String,
-        #[source]
-        source: sqlx::Error,
+        cause: String,
+        transient: bool,
+        /// The driver's error (not a `#[source]`: `cause` already says it in the operator's words).
+        error: sqlx::Error,
     },
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl DbError {
+    fn connect(target: String, error: sqlx::Error) -> Self {
+        Self::Connect { target, cause: cause(&error), transient: is_transient(&error), error }
+    }
+
+    /// Whether trying again later may succeed: the server is not up yet, is starting or shutting down, or
+    /// has no connection slot free. A database or role that does not exist, a wrong password, a refused
+    /// certificate or a malformed URL stay so however long one waits.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Connect { transient: true, .. })
+    }
+}
+
+/// Whether a failure to connect may go away by itself (see [`DbError::is_transient`]).
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        // Refused, reset, unreachable, name not resolvable yet: the server or the network is coming up. Not
+        // invalid data: that is what a refused certificate (or a server that does not speak PostgreSQL) is.
+        sqlx::Error::Io(e) => !matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput),
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            // Class 08 connection exceptions, 53 insufficient resources (too many connections), and
+            // 57P01..57P03: shutting down, crashed, or still starting ("the database system is starting up").
+            code.starts_with("08") || code.starts_with("53") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+/// The reason a connection failed, in one line: the server's own message for its errors (without the
+/// source line number that sqlx's display adds), the system's for I/O, the verifier's for TLS.
+fn cause(error: &sqlx::Error) -> String {
+    let text = match error {
+        sqlx::Error::Database(e) => e.message().to_owned(),
+        sqlx::Error::Io(e) => e.to_string(),
+        sqlx::Error::Tls(e) => format!("TLS: {e}"),
+        other => other.to_string(),
+    };
+    text.replace(['\n', '\r'], " ")
+}
+
 /// Parses a connection string into options with quiet statement logging.
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
-    let options = PgConnectOptions::from_str(url).map_err(DbError::BadUrl)?;
+    // The parser takes any scheme ("localhost:5432/db" would be scheme "localhost"): say so instead.
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    if !matches!(scheme, Some("postgres" | "postgresql")) {
+        return Err(DbError::BadUrl("it does not start with postgres:// or postgresql://".into()));
+    }
+    let options = PgConnectOptions::from_str(url).map_err(|e| {
+        DbError::BadUrl(match e {
+            sqlx::Error::Configuration(reason) => reason.to_string(),
+            other => other.to_string(),
+        })
+    })?;
     Ok(options
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500))
         // The publish fence needs each statement to see what committed before it (READ COMMITTED), and
@@ -41,7 +99,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
     // while this says why (connection refused, no such database, authentication failed) at once.
     PgConnection::connect_with(&options)
         .await
-        .map_err(|source| DbError::Connect { target: target.clone(), source })?
+        .map_err(|error| DbError::connect(target.clone(), error))?
         .close()
         .await
         .ok();
@@ -50,7 +108,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await
-        .map_err(|source| DbError::Connect { target, source })
+        .map_err(|error| DbError::connect(target, error))
 }
 
 /// A pool that does not connect until first used: for `serve`, which must start (and report 503) while the
@@ -65,7 +123,14 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, DbError> 
 
 /// Applies pending migrations. Concurrent callers are safe: sqlx takes an advisory lock.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    MIGRATOR.run(pool).await?;
+    // On a connection of its own with the pool's options (TLS included) but without the slow-statement
+    // warning: a migration is one long statement by nature, and the warning would print all of its SQL.
+    let options = pool.connect_options().as_ref().clone().disable_statement_logging();
+    let mut conn =
+        PgConnection::connect_with(&options).await.map_err(|error| DbError::connect(describe(&options), error))?;
+    let applied = MIGRATOR.run(&mut conn).await;
+    conn.close().await.ok();
+    applied?;
     Ok(())
 }
 

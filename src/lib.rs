@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod cli;
 pub mod commands;
+pub mod console;
 pub mod db;
 pub mod http;
 pub mod metrics;

@@ -1,4 +1,4 @@
-//! Prometheus metrics. Names are part of the contract (see docs: the metrics list in README).
+//! Prometheus metrics. Their names are part of the external interface (docs/http-api.md, Metrics).
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub dev_token_ttl: Duration,
     /// How often retention runs inside serve.
     pub retention_interval: Duration,
+    /// How often the number of open event streams is checked; it is logged when it changed.
+    pub stream_count_interval: Duration,
 }
 
 impl ServerConfig {
@@ -41,6 +43,7 @@ impl ServerConfig {
             relay: RelayConfig::default(),
             dev_token_ttl: Duration::from_secs(8 * 3600),
             retention_interval: Duration::from_secs(3600),
+            stream_count_interval: Duration::from_secs(10),
         }
     }
 }
@@ -90,6 +93,7 @@ impl Server {
                 )
             },
         ));
+        tasks.push(tokio::spawn(log_stream_count(hub.clone(), config.stream_count_interval, shutdown.clone())));
         let state = AppState::new(AppStateInner {
             pool,
             hub,
@@ -101,8 +105,15 @@ impl Server {
             supervisor,
         });
         let app = router(state, config.static_dir.clone());
-        let listener =
-            TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
+        let listener = TcpListener::bind(config.addr).await.map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "the address is in use (another server listens there); pick another with --addr or SMARTSCHEDULER_ADDR"
+                    .to_owned()
+            } else {
+                e.to_string()
+            };
+            anyhow::anyhow!("cannot listen on {}: {why}", config.addr)
+        })?;
         Ok(Self { listener, waker, app, tasks, shutdown })
     }
 
@@ -170,5 +181,24 @@ impl Server {
             let _ = task.await;
         }
         Ok(())
+    }
+}
+
+/// One info line when the number of open event streams changed since the last look: what an operator
+/// wants to see (is anyone connected, did they all drop) without a line per connection or per event.
+async fn log_stream_count(hub: Hub, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = hub.stream_count();
+        if now != last {
+            tracing::info!(streams = now, was = last, "event streams open");
+            last = now;
+        }
     }
 }

@@ -24,7 +24,6 @@ use sqlx::PgPool;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 
 /// Largest request body accepted (the contract: 413 above 64 KiB).
@@ -61,7 +60,8 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The whole HTTP surface. `static_dir` serves the browser console at `/`.
+/// The whole HTTP surface. The browser console answers every other path: from `static_dir` when given,
+/// else the one embedded at build time.
 pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
     let api = Router::new()
         .merge(session::router())
@@ -71,23 +71,14 @@ pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         });
-    let mut app = Router::new()
+    let app = Router::new()
         .nest("/api", api)
         .merge(health::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), record_request))
         .layer(TraceLayer::new_for_http())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
-    if let Some(dir) = static_dir {
-        // Unknown paths get index.html so that the single-page app can route them.
-        let index = dir.join("index.html");
-        app = app.fallback_service(ServeDir::new(dir).fallback(ServeFile::new(index)));
-    } else {
-        app = app.fallback(|| async {
-            "SmartScheduler realtime API. Start serve with --static-dir frontend/dist for the console.\n"
-        });
-    }
-    app
+    crate::console::serve(app, static_dir)
 }
 
 /// HTTP request duration by route and status.

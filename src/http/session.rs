@@ -53,6 +53,7 @@ async fn create_session(
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown_dispatcher", "the token's dispatcher does not exist"))?;
     let max_age = claims.exp - chrono::Utc::now().timestamp();
+    tracing::info!(dispatcher = %dispatcher.dispatcher_id, "signed in with a token");
     let jar = jar.add(session_cookie(body.token.trim().to_owned(), max_age));
     Ok((jar, Json(dispatcher)).into_response())
 }
@@ -81,6 +82,7 @@ async fn dev_session(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no dispatcher {:?}", body.dispatcher_id)))?;
     let token = state.secret.issue(&dispatcher.dispatcher_id, state.dev_token_ttl)?;
+    tracing::info!(dispatcher = %dispatcher.dispatcher_id, "signed in (demo login)");
     let jar = jar.add(session_cookie(token, state.dev_token_ttl.as_secs() as i64));
     Ok((jar, Json(dispatcher)).into_response())
 }

@@ -317,8 +317,18 @@ pub struct Generation {
 
 /// Generates and stores a recommendation set for the job, together with its `RecommendationReady`
 /// event (one transaction). `generated_by` is recorded when it names a known dispatcher.
+/// Logs one info line per generation (an operator's record of who generated what and how long it took).
 pub async fn generate(pool: &PgPool, job_id: Uuid, generated_by: &str) -> Result<RecommendationSet> {
-    Ok(generate_with(pool, job_id, generated_by, FailPoint::Never).await?.set)
+    let generation = generate_with(pool, job_id, generated_by, FailPoint::Never).await?;
+    tracing::info!(
+        job = %job_id,
+        by = %generated_by,
+        recommendations = generation.set.recommendations.len(),
+        candidates = generation.candidates,
+        ms = generation.timings.total.as_millis() as u64,
+        "generated recommendations"
+    );
+    Ok(generation.set)
 }
 
 /// [`generate`], with a failure injection point and per-phase timings (for tests and the

@@ -287,7 +287,12 @@ impl Hub {
         }
     }
 
-    /// True while the LISTEN connection is up.
+    /// Event streams open on this process now (for the operator's log line).
+    pub fn stream_count(&self) -> usize {
+        lock(&self.0.registry).clients.len()
+    }
+
+    /// True while the LISTEN connection is up .
     pub fn is_listening(&self) -> bool {
         self.0.listening.load(Ordering::Acquire)
     }

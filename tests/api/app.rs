@@ -218,15 +218,26 @@ impl ServerProcess {
     }
 
     pub async fn start_on(db: &TestDb, port: u16) -> Self {
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
+        Self::start_with(&db.url, port, |_| {}).await
+    }
+
+    /// Starts `serve` on `database_url` and `port`; `configure` may add arguments, environment or a working
+    /// directory to the command before it starts.
+    pub async fn start_with(
+        database_url: &str,
+        port: u16,
+        configure: impl FnOnce(&mut tokio::process::Command),
+    ) -> Self {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_smartscheduler"));
+        command
             .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-            .env("DATABASE_URL", &db.url)
+            .env("DATABASE_URL", database_url)
             .env("SMARTSCHEDULER_AUTH_SECRET", std::str::from_utf8(SECRET).unwrap())
             .env("RUST_LOG", "warn")
             .kill_on_drop(true)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start the server binary");
+            .stdout(std::process::Stdio::null());
+        configure(&mut command);
+        let child = command.spawn().expect("start the server binary");
         let base = format!("http://127.0.0.1:{port}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {

@@ -3,6 +3,7 @@
 
 mod app;
 mod cli;
+mod deploy;
 mod faults;
 mod helpers;
 mod http;

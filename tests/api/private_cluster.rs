@@ -24,20 +24,31 @@ fn scripts_postgres_starts_a_private_cluster_when_forced() {
     assert!(started.status.success(), "private cluster did not start: {stderr}");
     let url = String::from_utf8_lossy(&started.stdout).trim().to_owned();
     assert_eq!(url, format!("postgres://postgres@127.0.0.1:{port}"));
+    // It says what it did, where, and how to stop it.
+    assert!(stderr.contains("created a project-private PostgreSQL cluster in"), "{stderr}");
+    assert!(stderr.contains(&format!("started the project-private PostgreSQL on 127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("make pg-stop"), "{stderr}");
 
     // Idempotent: a second call reuses the running cluster.
     let again = run("url");
     assert!(again.status.success());
     assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), url);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("using the project-private PostgreSQL"));
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let answer: i32 = rt.block_on(async {
+    let (answer, encrypted): (i32, bool) = rt.block_on(async {
         use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&format!("{url}/postgres")).await.expect("connect");
-        sqlx::query_scalar("SELECT 41 + 1").fetch_one(&mut conn).await.expect("query")
+        // TLS is on, like on a managed server, so the test suite can check sslmode=require against it.
+        let mut conn =
+            sqlx::PgConnection::connect(&format!("{url}/postgres?sslmode=require")).await.expect("connect over TLS");
+        sqlx::query_as("SELECT 41 + 1, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .expect("query")
     });
-    assert_eq!(answer, 42);
+    assert_eq!((answer, encrypted), (42, true));
 
     let stopped = run("stop");
     assert!(stopped.status.success());
+    assert!(String::from_utf8_lossy(&stopped.stderr).contains("stopped the project-private PostgreSQL"));
 }
