@@ -24,3 +24,7 @@ pub mod seed;
 pub mod server;
 pub mod stream;
 pub mod telemetry;
+pub mod validate;
+
+#[cfg(test)]
+pub(crate) mod fuzz_support;

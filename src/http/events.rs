@@ -1,12 +1,12 @@
 //! `GET /api/events`: the SSE stream. Validates and authorises here; the stream itself is `crate::stream`.
 
-use super::extract::CurrentDispatcher;
+use super::extract::{CurrentDispatcher, Query};
 use super::{ApiError, AppState};
 use crate::outbox::GroupKey;
 use crate::position::Position;
 use crate::stream::{StreamMeta, StreamRequest, open_stream};
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response, Sse};
 use axum::routing::get;
@@ -39,7 +39,7 @@ fn resume_position(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Po
 }
 
 /// `?groups=a,b`: absent or empty means all of the dispatcher's groups; a group not held is 403.
-fn requested_groups(raw: Option<&str>, held: &[String]) -> Result<Option<Vec<String>>, ApiError> {
+pub(super) fn requested_groups(raw: Option<&str>, held: &[String]) -> Result<Option<Vec<String>>, ApiError> {
     let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else { return Ok(None) };
     let mut groups = Vec::new();
     for key in raw.split(',').map(str::trim).filter(|k| !k.is_empty()) {
