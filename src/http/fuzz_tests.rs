@@ -84,7 +84,7 @@ fn check_head(bytes: &[u8]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(crate::fuzz_support::config(4096))]
+    #![proptest_config(crate::fuzz_support::config(2048))]
 
     #[test]
     fn any_group_list_is_accepted_or_refused_in_the_contract_shape(raw in any::<String>()) {

@@ -774,7 +774,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(crate::fuzz_support::config(4096))]
+        #![proptest_config(crate::fuzz_support::config(1024))]
 
         #[test]
         fn a_job_that_passes_validation_is_inside_every_column_domain(job in new_job()) {

@@ -5,6 +5,7 @@ mod app;
 mod cli;
 mod helpers;
 mod http;
+mod input;
 mod ops;
 mod outage;
 mod private_cluster;
