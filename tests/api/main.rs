@@ -6,6 +6,7 @@ mod cli;
 mod helpers;
 mod http;
 mod input;
+mod openapi;
 mod ops;
 mod outage;
 mod private_cluster;
