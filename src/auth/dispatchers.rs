@@ -78,8 +78,8 @@ pub async fn add_dispatcher(
     if !valid_id(id) {
         return Err(DispatcherError::BadId(id.to_owned()));
     }
-    let name = validate::required_text("name", name, MAX_NAME_CHARS)
-        .map_err(|e| DispatcherError::BadName(e.message))?;
+    let name =
+        validate::required_text("name", name, MAX_NAME_CHARS).map_err(|e| DispatcherError::BadName(e.message))?;
     let groups = parse_groups(groups)?;
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO dispatchers (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = $2")

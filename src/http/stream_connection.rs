@@ -122,7 +122,9 @@ pub(super) fn parse_head(head: &[u8]) -> Result<Option<Request<Body>>, StatusCod
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(head) {
         Ok(httparse::Status::Complete(_)) => to_request(&parsed).map(Some),
-        Ok(httparse::Status::Partial) if head.len() >= MAX_HEAD_BYTES => Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Ok(httparse::Status::Partial) if head.len() >= MAX_HEAD_BYTES => {
+            Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        }
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
         Err(_) => Err(StatusCode::BAD_REQUEST),
@@ -157,7 +159,9 @@ fn to_request(parsed: &httparse::Request<'_, '_>) -> Result<Request<Body>, Statu
 pub(super) fn error_response(status: StatusCode) -> Response<Body> {
     let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
     let message = match status {
-        StatusCode::REQUEST_TIMEOUT => format!("the request head did not arrive within {}s", HEAD_READ_TIMEOUT.as_secs()),
+        StatusCode::REQUEST_TIMEOUT => {
+            format!("the request head did not arrive within {}s", HEAD_READ_TIMEOUT.as_secs())
+        }
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
             format!("the request head is over {} KiB or {MAX_HEADERS} headers", MAX_HEAD_BYTES / 1024)
         }

@@ -131,7 +131,8 @@ async fn framework_rejections_come_in_the_error_shape_with_stable_codes() {
     let get = |path: &str| http().get(app.url(path)).bearer_auth(&alice).send();
 
     // The input: a list the way many HTTP clients send one.
-    let (status, code, message) = refusal(get("/api/events?groups=region:north&groups=region:north").await.unwrap()).await;
+    let (status, code, message) =
+        refusal(get("/api/events?groups=region:north&groups=region:north").await.unwrap()).await;
     assert_eq!((status, code.as_str()), (400, "invalid_query"), "{message}");
     assert!(message.contains("groups"), "{message}");
     let (status, code, _) = refusal(get("/api/jobs?region=north&region=north").await.unwrap()).await;

@@ -54,7 +54,10 @@ async fn the_served_document_matches_the_router() {
                 let documented_statuses = operations[method]["responses"].as_object().unwrap();
                 assert!(status != 405, "{method} {path} is documented but not routed");
                 assert!(!body.contains("no such API route"), "{method} {path} is documented but not routed");
-                assert!(documented_statuses.contains_key(&status.to_string()), "{method} {path}: {status} undocumented");
+                assert!(
+                    documented_statuses.contains_key(&status.to_string()),
+                    "{method} {path}: {status} undocumented"
+                );
             } else {
                 assert_eq!(status, 405, "{method} {path} is routed but not documented: {body}");
             }
