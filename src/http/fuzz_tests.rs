@@ -120,3 +120,11 @@ fn an_oversized_head_is_refused_with_431() {
     head.resize(16 * 1024 + 1, b'x');
     assert_eq!(parse_head(&head).unwrap_err(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
 }
+
+#[test]
+fn every_refusal_of_the_stream_transport_has_its_own_stable_code() {
+    let code = |status| error_code(error_response(status)).expect("the error shape");
+    assert_eq!(code(StatusCode::BAD_REQUEST), "bad_request");
+    assert_eq!(code(StatusCode::REQUEST_TIMEOUT), "request_timeout");
+    assert_eq!(code(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE), "request_header_fields_too_large");
+}
