@@ -44,6 +44,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let secret = AuthSecret::from_env()?;
             // Arguments outside their domains are usage errors, found before anything is looked up.
             crate::validate::dispatcher_id("--dispatcher", &dispatcher).map_err(|e| UsageError(e.to_string()))?;
+            if ttl < Duration::from_secs(1) {
+                // exp is in whole seconds: a shorter lifetime would print a token that is already expired.
+                return Err(UsageError(format!("--ttl {ttl:?}: a token must live at least 1s")).into());
+            }
             let token = secret.issue(&dispatcher, ttl).map_err(|e| match e {
                 auth::AuthError::BadTtl(_) => anyhow::Error::new(UsageError(format!("--ttl: {e}"))),
                 other => other.into(),

@@ -196,6 +196,7 @@ async fn command_line_values_outside_their_domains_are_usage_errors_before_any_w
             vec!["dispatcher", "groups", "not an id"],
             vec!["token", "--dispatcher", "not an id"],
             vec!["token", "--dispatcher", "alice", "--ttl", "20000years"],
+            vec!["token", "--dispatcher", "alice", "--ttl", "500ms"],
             vec!["replay", "--since", "0000-01-01T00:30:00+01:00"],
             vec!["replay", "--from", "00000001-99999999999999999999"],
         ];
