@@ -96,6 +96,28 @@ async fn values_postgresql_would_refuse_are_400s_in_the_error_shape_and_write_no
         .await
         .unwrap();
 
+    // The edges of the range are accepted, and generating recommendations for them works (no overflow in
+    // the day arithmetic of scoring and candidate loading).
+    for (start, end) in
+        [("0001-01-01T00:00:00Z", "0001-01-01T04:00:00Z"), ("9999-12-31T20:00:00Z", "9999-12-31T23:59:59.999999Z")]
+    {
+        let mut edge = new_job();
+        edge["windowStart"] = json!(start);
+        edge["windowEnd"] = json!(end);
+        let created = post(edge).await.unwrap();
+        assert_eq!(created.status(), 201, "{start}..{end}");
+        let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        let generated =
+            http().post(app.url(&format!("/api/jobs/{id}/recommendations"))).bearer_auth(&alice).send().await.unwrap();
+        assert_eq!(generated.status(), 201, "{start}..{end}: {}", generated.text().await.unwrap());
+        sqlx::query("DELETE FROM recommendation_sets WHERE job_id = $1::uuid")
+            .bind(&id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM jobs WHERE id = $1::uuid").bind(&id).execute(&db.pool).await.unwrap();
+    }
+
     // The demo login's id, and a region in the query string.
     let dev = http().post(app.url("/api/dev/session")).json(&json!({"dispatcherId": "al\u{0}ice"})).send();
     assert_eq!(refusal(dev.await.unwrap()).await.0, 400);
