@@ -11,7 +11,7 @@ BIN := target/debug/smartscheduler
 RUN_DB ?= smartscheduler
 ADDR ?= 127.0.0.1:8080
 
-.PHONY: help run port-free test test-rust test-frontend test-e2e lint bench frontend frontend-deps chromium pg-stop clean
+.PHONY: help run port-free test test-rust test-frontend test-e2e test-fuzz-api lint bench frontend frontend-deps chromium pg-stop clean
 
 help:
 	@echo "make run     build everything and serve the console with demo data on http://$(ADDR) (ADDR=host:port to change)"
@@ -40,7 +40,7 @@ port-free:
 
 # The frontend first: the binary embeds frontend/dist when it is built (see build.rs), so every suite
 # after it runs against the console a user gets.
-test: frontend lint test-rust test-frontend test-e2e
+test: frontend lint test-rust test-frontend test-e2e test-fuzz-api
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -72,6 +72,12 @@ test-e2e: chromium frontend
 	scripts/create-db.sh "$$server" "$$db"; \
 	trap '$(CURDIR)/scripts/create-db.sh --drop "$$server" "$$db"' EXIT; \
 	cd frontend && SMARTSCHEDULER_BIN="$(CURDIR)/$(BIN)" DATABASE_URL="$$server/$$db" npm run test:e2e
+
+# The HTTP API fuzzed from its own OpenAPI document (schemathesis, installed into .tmp/fuzz-venv on first use).
+# FUZZ_EXAMPLES per operation and phase (default 50); docs/fuzzing.md says how to run it longer.
+test-fuzz-api:
+	$(CARGO) build --bin smartscheduler --locked
+	scripts/fuzz-api.sh $(BIN)
 
 bench:
 	$(CARGO) build --release --bin smartscheduler-bench --bin smartscheduler

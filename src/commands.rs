@@ -44,9 +44,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dispatcher(command) => dispatcher(&connect(&url?).await?, command).await,
         Command::Token { dispatcher, ttl } => {
             let secret = AuthSecret::from_env()?;
+            // Arguments outside their domains are usage errors, found before anything is looked up.
+            crate::validate::dispatcher_id("--dispatcher", &dispatcher).map_err(|e| UsageError(e.to_string()))?;
+            if ttl < Duration::from_secs(1) {
+                // exp is in whole seconds: a shorter lifetime would print a token that is already expired.
+                return Err(UsageError(format!("--ttl {ttl:?}: a token must live at least 1s")).into());
+            }
+            let token = secret.issue(&dispatcher, ttl).map_err(|e| match e {
+                auth::AuthError::BadTtl(_) => anyhow::Error::new(UsageError(format!("--ttl: {e}"))),
+                other => other.into(),
+            })?;
             let pool = connect(&url?).await?;
             auth::dispatcher(&pool, &dispatcher).await?.with_context(|| format!("no dispatcher {dispatcher:?}"))?;
-            println!("{}", secret.issue(&dispatcher, ttl)?);
+            println!("{token}");
             Ok(())
         }
         Command::Outbox(OutboxCommand::Status { json }) => {
@@ -108,18 +118,29 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Arguments outside their domains (id, name, group keys) are usage errors (exit 2), like clap's own.
+fn usage_if_invalid(error: auth::DispatcherError) -> anyhow::Error {
+    match error {
+        auth::DispatcherError::BadId(_) | auth::DispatcherError::BadName(_) | auth::DispatcherError::BadGroup(_) => {
+            UsageError(error.to_string()).into()
+        }
+        other => other.into(),
+    }
+}
+
 async fn dispatcher(pool: &PgPool, command: DispatcherCommand) -> anyhow::Result<()> {
     match command {
         DispatcherCommand::Add { id, name, groups } => {
-            let d = auth::add_dispatcher(pool, &id, &name, &groups).await?;
+            let d = auth::add_dispatcher(pool, &id, &name, &groups).await.map_err(usage_if_invalid)?;
             println!("{} ({}): {}", d.dispatcher_id, d.name, d.groups.join(", "));
         }
         DispatcherCommand::Groups { id, add, remove } => {
             if add.is_empty() && remove.is_empty() {
+                crate::validate::dispatcher_id("ID", &id).map_err(|e| UsageError(e.to_string()))?;
                 let d = auth::dispatcher(pool, &id).await?.with_context(|| format!("no dispatcher {id:?}"))?;
                 println!("{}", d.groups.join("\n"));
             } else {
-                let d = auth::set_groups(pool, &id, &add, &remove).await?;
+                let d = auth::set_groups(pool, &id, &add, &remove).await.map_err(usage_if_invalid)?;
                 println!("{}: {}", d.dispatcher_id, d.groups.join(", "));
             }
         }

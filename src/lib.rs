@@ -26,3 +26,7 @@ pub mod server;
 pub mod stream;
 pub mod supervisor;
 pub mod telemetry;
+pub mod validate;
+
+#[cfg(test)]
+pub(crate) mod fuzz_support;

@@ -111,4 +111,40 @@ mod tests {
             assert!(bad.parse::<Position>().is_err(), "{bad:?} should be rejected");
         }
     }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Every input is either a position that prints back exactly as given, or refused with a reason.
+        fn check(s: &str) -> Result<(), TestCaseError> {
+            match s.parse::<Position>() {
+                Ok(p) => prop_assert_eq!(p.to_string(), s),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(crate::fuzz_support::config(4096))]
+
+            #[test]
+            fn any_text_is_a_position_that_prints_back_or_refused(s in any::<String>()) {
+                check(&s)?;
+            }
+
+            #[test]
+            fn near_misses_are_a_position_that_prints_back_or_refused(
+                s in "[0-9a-fA-Fx +]{0,10}-{0,2}[0-9+ a-f-]{0,22}"
+            ) {
+                check(&s)?;
+            }
+
+            #[test]
+            fn every_position_round_trips(epoch in any::<u32>(), seq in 0i64..=i64::MAX) {
+                let p = Position::new(Epoch(epoch), seq);
+                prop_assert_eq!(p.to_string().parse::<Position>(), Ok(p));
+            }
+        }
+    }
 }

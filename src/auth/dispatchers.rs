@@ -1,6 +1,7 @@
 //! Dispatchers and their groups (`dispatchers`, `dispatcher_groups`).
 
 use crate::outbox::{GroupKey, OutboxError};
+use crate::validate;
 use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -17,8 +18,8 @@ pub struct Dispatcher {
 pub enum DispatcherError {
     #[error("invalid dispatcher id {0:?}: letters, digits, '.', '_', '@', '-', at most 64")]
     BadId(String),
-    #[error("a dispatcher's name must be 1 to 200 characters")]
-    BadName,
+    #[error("a dispatcher's name must be 1 to {MAX_NAME_CHARS} characters without NUL: {0}")]
+    BadName(String),
     #[error(transparent)]
     BadGroup(#[from] OutboxError),
     #[error("no dispatcher {0:?}")]
@@ -27,19 +28,23 @@ pub enum DispatcherError {
     Database(#[from] sqlx::Error),
 }
 
+/// Longest dispatcher name, in characters (the `dispatchers.name` CHECK).
+pub const MAX_NAME_CHARS: usize = 200;
+
 fn valid_id(id: &str) -> bool {
-    let b = id.as_bytes();
-    b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.len() <= 64
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._@-".contains(c))
+    validate::dispatcher_id("id", id).is_ok()
 }
 
 fn parse_groups(groups: &[String]) -> Result<Vec<String>, DispatcherError> {
     groups.iter().map(|g| GroupKey::parse(g).map(|k| k.as_str().to_owned()).map_err(Into::into)).collect()
 }
 
-/// One dispatcher with their current groups, or None.
+/// One dispatcher with their current groups, or None. An id outside the column's pattern names no
+/// dispatcher and is answered without asking the database (it could refuse such text, for example a NUL).
 pub async fn dispatcher(pool: &PgPool, id: &str) -> Result<Option<Dispatcher>, sqlx::Error> {
+    if !valid_id(id) {
+        return Ok(None);
+    }
     sqlx::query_as::<_, (String, String, Vec<String>)>(
         "SELECT d.id, d.name,
                 coalesce(array_agg(g.group_key ORDER BY g.group_key) FILTER (WHERE g.group_key IS NOT NULL), '{}')
@@ -74,10 +79,8 @@ pub async fn add_dispatcher(
     if !valid_id(id) {
         return Err(DispatcherError::BadId(id.to_owned()));
     }
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(DispatcherError::BadName);
-    }
+    let name =
+        validate::required_text("name", name, MAX_NAME_CHARS).map_err(|e| DispatcherError::BadName(e.message))?;
     let groups = parse_groups(groups)?;
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO dispatchers (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = $2")
@@ -109,6 +112,9 @@ pub async fn set_groups(
     add: &[String],
     remove: &[String],
 ) -> Result<Dispatcher, DispatcherError> {
+    if !valid_id(id) {
+        return Err(DispatcherError::BadId(id.to_owned()));
+    }
     let add = parse_groups(add)?;
     let remove = parse_groups(remove)?;
     let mut tx = pool.begin().await?;

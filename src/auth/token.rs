@@ -1,5 +1,6 @@
 //! Signed dispatcher tokens.
 
+use crate::validate;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,8 @@ pub enum AuthError {
     Invalid,
     #[error("cannot sign the token: {0}")]
     Signing(String),
+    #[error("a token must expire by 9999-12-31T23:59:59Z; a lifetime of {0:?} does not")]
+    BadTtl(Duration),
 }
 
 /// What a token says.
@@ -71,24 +74,34 @@ impl AuthSecret {
         Self { encoding: EncodingKey::from_secret(&bytes), decoding: DecodingKey::from_secret(&bytes) }
     }
 
+    /// A token for `dispatcher_id`, valid for `ttl`. Refuses what [`AuthSecret::verify`] would refuse: an
+    /// id that is not a dispatcher id, a lifetime under a second or one that ends after 9999-12-31.
     pub fn issue(&self, dispatcher_id: &str, ttl: Duration) -> Result<String, AuthError> {
+        validate::dispatcher_id("dispatcher", dispatcher_id).map_err(|e| AuthError::Signing(e.to_string()))?;
         let now = chrono::Utc::now().timestamp();
-        let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
-        let claims = Claims { sub: dispatcher_id.to_owned(), iat: now, exp: now.saturating_add(ttl) };
+        let exp = i64::try_from(ttl.as_secs()).ok().and_then(|ttl| now.checked_add(ttl));
+        let exp = exp.filter(|exp| validate::unix_seconds("exp", *exp).is_ok()).ok_or(AuthError::BadTtl(ttl))?;
+        let claims = Claims { sub: dispatcher_id.to_owned(), iat: now, exp };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Signing(e.to_string()))
     }
 
+    /// The claims of a token signed with this secret, unexpired, whose claims are in their domains: `sub`
+    /// is a dispatcher id (it is used in a query) and `exp` a time before 9999-12-31 (it becomes the
+    /// stream's end). A signed token can still carry anything, so the claims are checked like any input.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0; // expiry is exact: the stream ends at exp with auth-expired
         validation.set_required_spec_claims(&["exp", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map(|data| data.claims).map_err(|e| match e
-            .kind()
-        {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid,
-        })
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid,
+            })?;
+        let in_domain =
+            validate::dispatcher_id("sub", &claims.sub).is_ok() && validate::unix_seconds("exp", claims.exp).is_ok();
+        if in_domain { Ok(claims) } else { Err(AuthError::Invalid) }
     }
 }
 
@@ -118,6 +131,29 @@ mod tests {
         let token = secret.issue("bob", Duration::ZERO).unwrap();
         std::thread::sleep(Duration::from_millis(1100)); // exp is in whole seconds
         assert_eq!(secret.verify(&token), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn signed_tokens_whose_claims_are_outside_their_domains_are_invalid() {
+        let secret = AuthSecret::new(&[4u8; 32]).unwrap();
+        let forge = |sub: &str, exp: i64| {
+            let claims = Claims { sub: sub.to_owned(), iat: 0, exp };
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &secret.encoding).unwrap()
+        };
+        let in_an_hour = chrono::Utc::now().timestamp() + 3600;
+        assert!(secret.verify(&forge("alice", in_an_hour)).is_ok());
+        assert_eq!(secret.verify(&forge("al\0ice", in_an_hour)), Err(AuthError::Invalid));
+        assert_eq!(secret.verify(&forge("", in_an_hour)), Err(AuthError::Invalid));
+        assert_eq!(secret.verify(&forge("alice", i64::MAX)), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn tokens_are_issued_only_for_lifetimes_that_a_verify_accepts() {
+        let secret = AuthSecret::new(&[5u8; 32]).unwrap();
+        let ten_thousand_years = Duration::from_secs(10_000 * 366 * 86_400);
+        assert!(matches!(secret.issue("alice", ten_thousand_years), Err(AuthError::BadTtl(_))));
+        assert!(matches!(secret.issue("alice", Duration::MAX), Err(AuthError::BadTtl(_))));
+        assert!(secret.issue("not an id", Duration::from_secs(60)).is_err());
     }
 
     #[test]

@@ -3,8 +3,10 @@
 
 use crate::auth::{AuthError, DispatcherError};
 use crate::recommendations::RecommendationError;
+use crate::validate::InvalidInput;
 use axum::Json;
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -44,6 +46,67 @@ impl IntoResponse for ApiError {
         let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
         (self.status, body).into_response()
     }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(error: InvalidInput) -> Self {
+        Self::bad_request("invalid_input", error.to_string())
+    }
+}
+
+/// The stable code of an error status when nothing more specific is known (a rejection produced by the
+/// framework or the transport rather than by a handler).
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_ACCEPTABLE => "not_acceptable",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::LENGTH_REQUIRED => "length_required",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable_entity",
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request_header_fields_too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::GATEWAY_TIMEOUT => "timeout",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal",
+    }
+}
+
+/// Longest framework message carried over into `message`; axum's rejection texts are one short line.
+const MAX_CARRIED_MESSAGE: usize = 1024;
+
+/// Middleware: any error response that is not already JSON (axum's `text/plain` rejections, the empty
+/// 405 of a route that lacks the method, a 413 from a body limit, a layer's timeout) is rewritten into
+/// the contract's shape, keeping its status and headers (`Allow` on a 405) and its text as the message.
+/// Handlers' own errors are `ApiError`s and pass through untouched.
+pub async fn error_shape(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_CARRIED_MESSAGE)
+        .await
+        .ok()
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .filter(|text| !text.is_empty());
+    let message = text.unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_lowercase());
+    let body = json!({ "error": { "code": code_for_status(status), "message": message } });
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body.to_string()))
 }
 
 /// Errors that mean "the database is not there right now" (503) rather than a bug (500).

@@ -1,12 +1,12 @@
 //! `GET /api/events`: the SSE stream. Validates and authorises here; the stream itself is `crate::stream`.
 
-use super::extract::CurrentDispatcher;
+use super::extract::{CurrentDispatcher, Query};
 use super::{ApiError, AppState};
 use crate::outbox::GroupKey;
 use crate::position::Position;
 use crate::stream::{StreamMeta, StreamRequest, open_stream};
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response, Sse};
 use axum::routing::get;
@@ -42,7 +42,7 @@ fn resume_position(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Po
 /// every element must be a group key: an empty list (`groups=`, `groups=,`, a blank) is a 400, not a
 /// subscription to nothing whose heartbeats would carry the client's position past events it never saw.
 /// A group the dispatcher does not hold is 403.
-fn requested_groups(raw: Option<&str>, held: &[String]) -> Result<Option<Vec<String>>, ApiError> {
+pub(super) fn requested_groups(raw: Option<&str>, held: &[String]) -> Result<Option<Vec<String>>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     let mut groups = Vec::new();
     for key in raw.split(',').map(str::trim) {

@@ -1,4 +1,5 @@
-//! Extractors: the signed-in dispatcher, and JSON bodies with the contract's errors.
+//! Extractors: the signed-in dispatcher, and JSON bodies, query strings and path parameters whose
+//! rejections come in the contract's error shape (axum's own answer in `text/plain`).
 
 use super::{ApiError, AppState};
 use crate::auth::{self, AuthError, Claims, Dispatcher};
@@ -72,5 +73,41 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON body: {e}")))
+    }
+}
+
+/// A query string read into `T`; a malformed one (a repeated parameter such as `?groups=a&groups=b`, a value
+/// of the wrong type, bad percent-encoding) is 400 `invalid_query`.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))
+    }
+}
+
+/// Path parameters read into `T`; a segment that cannot be read (not UTF-8 once percent-decoded) is 400
+/// `invalid_path`.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            // The route and the handler disagree about the parameters: a bug, not the client's input.
+            Err(rejection @ PathRejection::MissingPathParams(_)) => {
+                tracing::error!(%rejection, "route without the path parameters its handler expects");
+                Err(ApiError::internal())
+            }
+            Err(rejection) => Err(ApiError::bad_request("invalid_path", rejection.body_text())),
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! Jobs and their recommendations. A dispatcher acts only on jobs of regions in their groups.
 
-use super::extract::{CurrentDispatcher, JsonBody};
+use super::extract::{CurrentDispatcher, JsonBody, Path, Query};
 use super::{ApiError, AppState};
 use crate::recommendations::{self as recs, Job, NewJob, RecommendationSet};
-use axum::extract::{Path, Query, State};
+use crate::validate;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -64,6 +65,9 @@ async fn list_jobs(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Vec<Job>>, ApiError> {
     let regions = match query.region.filter(|r| !r.is_empty()) {
+        Some(region) if !validate::is_key(&region) => {
+            return Err(ApiError::bad_request("invalid_input", format!("{region:?} is not a region key")));
+        }
         Some(region) if current.may_see_region(&region) => vec![region],
         Some(region) => return Err(ApiError::forbidden(format!("you are not in group region:{region}"))),
         None => current.regions(),

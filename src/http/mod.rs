@@ -5,10 +5,11 @@ mod events;
 mod extract;
 mod health;
 mod jobs;
+mod openapi;
 mod session;
 pub(crate) mod stream_connection;
 
-pub use error::ApiError;
+pub use error::{ApiError, code_for_status};
 
 use crate::auth::AuthSecret;
 use crate::metrics as m;
@@ -67,6 +68,7 @@ pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(session::router())
         .merge(jobs::router())
         .merge(events::router())
+        .merge(openapi::router())
         .fallback(|| async { ApiError::not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
@@ -75,6 +77,8 @@ pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .nest("/api", api)
         .merge(health::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), record_request))
+        // Whatever the framework refuses (query, path, body, method, length) leaves in the error shape.
+        .layer(axum::middleware::map_response(error::error_shape))
         .layer(TraceLayer::new_for_http())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
@@ -92,3 +96,6 @@ async fn record_request(State(_): State<AppState>, request: Request, next: Next)
         .record(started.elapsed().as_secs_f64());
     response.into_response()
 }
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -78,6 +78,7 @@ async fn dev_session(
     if !state.dev {
         return Err(ApiError::not_found("the demo login exists only under serve --dev"));
     }
+    crate::validate::dispatcher_id("dispatcherId", &body.dispatcher_id)?;
     let dispatcher = auth::dispatcher(&state.pool, &body.dispatcher_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no dispatcher {:?}", body.dispatcher_id)))?;

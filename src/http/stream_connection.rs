@@ -13,7 +13,7 @@
 //! the server ends it. A stream opened on a connection that served other requests first (a browser may
 //! reuse an idle keep-alive connection for it) stays on hyper, which handles it just as correctly.
 
-use super::ApiError;
+use super::{ApiError, code_for_status};
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
@@ -69,7 +69,12 @@ pub(crate) async fn serve(mut stream: TcpStream, app: Router, shutdown: Cancella
     };
     let request = match head {
         Ok(Ok(Some(request))) => request,
-        Ok(Ok(None)) | Err(_) => return, // the client left, or took too long, before sending a whole request
+        Ok(Ok(None)) => return, // the client left before sending a whole request
+        // The client started a request and did not finish it in time: say so before closing.
+        Err(_) => {
+            let _ = write_response(&mut stream, error_response(StatusCode::REQUEST_TIMEOUT), true).await;
+            return;
+        }
         Ok(Err(status)) => {
             let _ = write_response(&mut stream, error_response(status), true).await;
             return drain_before_close(&mut stream).await;
@@ -104,17 +109,25 @@ async fn read_request(stream: &mut TcpStream) -> Result<Option<Request<Body>>, S
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(&head) {
-            Ok(httparse::Status::Complete(_)) => return to_request(&parsed).map(Some),
-            Ok(httparse::Status::Partial) if head.len() >= MAX_HEAD_BYTES => {
-                return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-            Err(_) => return Err(StatusCode::BAD_REQUEST),
+        if let Some(request) = parse_head(&head)? {
+            return Ok(Some(request));
         }
+    }
+}
+
+/// Parses the bytes received so far: `Ok(None)` while the head is incomplete (and under the size limit),
+/// the request once it is complete, or the status to refuse it with. Pure, so that it can be fuzzed.
+pub(super) fn parse_head(head: &[u8]) -> Result<Option<Request<Body>>, StatusCode> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(head) {
+        Ok(httparse::Status::Complete(_)) => to_request(&parsed).map(Some),
+        Ok(httparse::Status::Partial) if head.len() >= MAX_HEAD_BYTES => {
+            Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(_) => Err(StatusCode::BAD_REQUEST),
     }
 }
 
@@ -142,9 +155,19 @@ fn to_request(parsed: &httparse::Request<'_, '_>) -> Result<Request<Body>, Statu
     request.body(Body::empty()).map_err(|_| StatusCode::BAD_REQUEST)
 }
 
-fn error_response(status: StatusCode) -> Response<Body> {
-    let reason = status.canonical_reason().unwrap_or("error");
-    ApiError::new(status, "bad_request", format!("malformed HTTP request: {reason}")).into_response()
+/// A refusal of the transport itself, in the contract's error shape like the router's own.
+pub(super) fn error_response(status: StatusCode) -> Response<Body> {
+    let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let message = match status {
+        StatusCode::REQUEST_TIMEOUT => {
+            format!("the request head did not arrive within {}s", HEAD_READ_TIMEOUT.as_secs())
+        }
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            format!("the request head is over {} KiB or {MAX_HEADERS} headers", MAX_HEAD_BYTES / 1024)
+        }
+        _ => format!("malformed HTTP request: {reason}"),
+    };
+    ApiError::new(status, code_for_status(status), message).into_response()
 }
 
 /// Writes the head, then the body: with a length if it has one, else chunk by chunk (`chunked`; an

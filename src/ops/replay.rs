@@ -92,12 +92,13 @@ impl ReplayRequest {
                 source,
             })
         };
-        let time =
-            |flag: &'static str, value: &str| {
-                DateTime::parse_from_rfc3339(value)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|source| ReplayError::BadTime { flag, value: value.to_owned(), source })
-            };
+        // An RFC 3339 time with an offset can still fall outside years 1..=9999 once in UTC.
+        let time = |flag: &'static str, value: &str| {
+            let time = DateTime::parse_from_rfc3339(value)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|source| ReplayError::BadTime { flag, value: value.to_owned(), source })?;
+            crate::validate::timestamp(flag, time).map_err(|e| ReplayError::BadRange(e.to_string()))
+        };
         let range = match (&args.from, &args.since) {
             (Some(from), None) => {
                 if args.until.is_some() {

@@ -28,6 +28,8 @@ pub enum OutboxError {
     PayloadTooLarge(usize),
     #[error("the payload may not contain the envelope field {0:?}")]
     PayloadEnvelopeKey(String),
+    #[error("the payload contains the NUL character (U+0000), which PostgreSQL's jsonb cannot store")]
+    PayloadNul,
     #[error("database error while writing the outbox")]
     Database(#[from] sqlx::Error),
 }
@@ -91,6 +93,16 @@ impl EventType {
     }
 }
 
+/// True if a string or key anywhere in `value` holds U+0000 (jsonb refuses `\u0000`).
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(key, value)| key.contains('\0') || contains_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 /// An event ready to be written to the outbox. Construct with [`NewEvent::new`], which validates.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -117,6 +129,9 @@ impl NewEvent {
         };
         if let Some(key) = ENVELOPE_KEYS.iter().find(|k| payload.contains_key(**k)) {
             return Err(OutboxError::PayloadEnvelopeKey((*key).to_owned()));
+        }
+        if payload.iter().any(|(key, value)| key.contains('\0') || contains_nul(value)) {
+            return Err(OutboxError::PayloadNul);
         }
         let size = serde_json::to_vec(&payload).map(|v| v.len()).unwrap_or(usize::MAX);
         if size > MAX_PAYLOAD_BYTES {
@@ -184,6 +199,14 @@ mod tests {
         let big = "x".repeat(MAX_PAYLOAD_BYTES);
         let err = NewEvent::new("X", Uuid::nil(), groups(&["g"]), json!({ "big": big })).unwrap_err();
         assert!(matches!(err, OutboxError::PayloadTooLarge(n) if n > MAX_PAYLOAD_BYTES));
+    }
+
+    #[test]
+    fn a_payload_with_a_nul_character_is_refused_before_the_database() {
+        for payload in [json!({"title": "Fix\u{0}boiler"}), json!({"a": [{"k\u{0}": 1}]}), json!({"\u{0}": 1})] {
+            let err = NewEvent::new("X", Uuid::nil(), groups(&["g"]), payload).unwrap_err();
+            assert!(matches!(err, OutboxError::PayloadNul), "{err}");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::time::{Duration as StdDuration, Instant};
 use uuid::Uuid;
 
 use crate::outbox::{self, GroupKey, NewEvent, OutboxError};
+use crate::validate;
 use scoring::{Booking, Candidate, JobNeeds};
 
 /// The outbox event type written by [`generate`].
@@ -85,14 +86,8 @@ impl NewJob {
     /// Checks everything that can be checked without the database (the region's existence is
     /// checked by [`create_job`]). Error messages name the JSON field.
     pub fn validate(&self) -> Result<()> {
-        let title = self.title.trim();
-        if title.is_empty() {
-            return Err(invalid("title", "must not be empty"));
-        }
-        let chars = title.chars().count();
-        if chars > MAX_TITLE_CHARS {
-            return Err(invalid("title", format!("is {chars} characters long; the limit is {MAX_TITLE_CHARS}")));
-        }
+        let title = self.title();
+        check("title", validate::required_text("title", title, MAX_TITLE_CHARS))?;
         if !is_key(&self.region) {
             return Err(invalid(
                 "region",
@@ -102,12 +97,7 @@ impl NewJob {
                 ),
             ));
         }
-        if self.required_skills.len() > MAX_REQUIRED_SKILLS {
-            return Err(invalid(
-                "requiredSkills",
-                format!("has {} skills; at most {MAX_REQUIRED_SKILLS} are allowed", self.required_skills.len()),
-            ));
-        }
+        check("requiredSkills", validate::count("requiredSkills", self.required_skills.len(), MAX_REQUIRED_SKILLS))?;
         for (i, skill) in self.required_skills.iter().enumerate() {
             if !is_key(skill) {
                 return Err(invalid(
@@ -120,28 +110,41 @@ impl NewJob {
             }
         }
         let Location { lat, lon } = self.location;
-        if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
-            return Err(invalid("location.lat", format!("{lat} is not a latitude between -90 and 90")));
-        }
-        if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
-            return Err(invalid("location.lon", format!("{lon} is not a longitude between -180 and 180")));
-        }
-        if self.window_end <= self.window_start {
+        check("location.lat", validate::number("location.lat", lat, -90.0..=90.0))?;
+        check("location.lon", validate::number("location.lon", lon, -180.0..=180.0))?;
+        // Compared as stored (microseconds): an end a few nanoseconds after the start is the same instant
+        // in PostgreSQL, and its CHECK (window_end > window_start) would refuse the row.
+        let (start, end) = self.window()?;
+        if end <= start {
             return Err(invalid("windowEnd", "must be after windowStart"));
         }
-        if self.window_end - self.window_start > MAX_WINDOW {
+        if end - start > MAX_WINDOW {
             return Err(invalid("windowEnd", format!("the window may be at most {} days long", MAX_WINDOW.num_days())));
         }
         Ok(())
     }
+
+    /// The title as stored: trimmed.
+    fn title(&self) -> &str {
+        self.title.trim()
+    }
+
+    /// The window as stored: inside the supported range, at microsecond precision.
+    fn window(&self) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
+        let start = check("windowStart", validate::timestamp("windowStart", self.window_start))?;
+        let end = check("windowEnd", validate::timestamp("windowEnd", self.window_end))?;
+        Ok((start, end))
+    }
+}
+
+/// A domain check's refusal as this module's error, under the JSON field name.
+fn check<T>(field: &'static str, result: validate::Result<T>) -> Result<T> {
+    result.map_err(|e| invalid(field, e.message))
 }
 
 /// `^[a-z0-9][a-z0-9_-]{0,31}$`: region keys and skills.
 fn is_key(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.first().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && b.len() <= 32
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+    validate::is_key(s)
 }
 
 /// A stored job, as the API returns it.
@@ -219,6 +222,7 @@ impl From<JobRow> for Job {
 /// dispatcher (else the column stays NULL). The title is stored trimmed.
 pub async fn create_job(pool: &PgPool, new: &NewJob, created_by: &str) -> Result<Job> {
     new.validate()?;
+    let (window_start, window_end) = new.window()?;
     // One statement: the region check and the insert. No row back means no such region.
     let row: Option<JobRow> = sqlx::query_as(
         "INSERT INTO jobs (title, region, required_skills, lat, lon, window_start, window_end, created_by)
@@ -227,13 +231,13 @@ pub async fn create_job(pool: &PgPool, new: &NewJob, created_by: &str) -> Result
          WHERE r.key = $2
          RETURNING id, title, region, required_skills, lat, lon, window_start, window_end, status, created_at",
     )
-    .bind(new.title.trim())
+    .bind(new.title())
     .bind(&new.region)
     .bind(&new.required_skills)
     .bind(new.location.lat)
     .bind(new.location.lon)
-    .bind(new.window_start)
-    .bind(new.window_end)
+    .bind(window_start)
+    .bind(window_end)
     .bind(created_by)
     .fetch_optional(pool)
     .await?;
@@ -739,5 +743,62 @@ mod tests {
         let p = event_payload(&set);
         assert_eq!(p["summary"]["count"], 1);
         assert_eq!(p["summary"]["top"][0]["etaMinutes"], 7);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! A job that passes validation is one PostgreSQL stores: the property behind "bad input is a 400, never
+    //! a 500". The columns' domains are restated here from migrations/0003 and PostgreSQL's limits.
+    use super::*;
+    use chrono::Datelike;
+    use proptest::prelude::*;
+
+    fn timestamp() -> impl Strategy<Value = DateTime<Utc>> {
+        prop_oneof![
+            (-8_000_000_000_000i64..=8_000_000_000_000i64, 0u32..1_000_000_000u32),
+            (1_700_000_000i64..1_900_000_000i64, 0u32..1_000_000_000u32),
+        ]
+        .prop_filter_map("representable", |(s, n)| DateTime::from_timestamp(s, n))
+    }
+
+    fn number() -> impl Strategy<Value = f64> {
+        prop_oneof![any::<f64>(), -200.0f64..200.0, Just(f64::NAN), Just(-0.0), Just(90.0), Just(180.0)]
+    }
+
+    fn new_job() -> impl Strategy<Value = NewJob> {
+        let title = prop_oneof![any::<String>(), "[ a-z\u{0}\u{e9}]{0,210}"];
+        let key = prop_oneof!["[a-z0-9_-]{1,33}", any::<String>()];
+        let start = timestamp();
+        let length = prop_oneof![-10i64..10, 0i64..40 * 86_400_000_000_000];
+        (title, key.clone(), proptest::collection::vec(key, 0..22), number(), number(), start, length).prop_map(
+            |(title, region, required_skills, lat, lon, window_start, nanos)| NewJob {
+                title,
+                region,
+                required_skills,
+                location: Location { lat, lon },
+                window_start,
+                window_end: window_start.checked_add_signed(TimeDelta::nanoseconds(nanos)).unwrap_or(window_start),
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_support::config(1024))]
+
+        #[test]
+        fn a_job_that_passes_validation_is_inside_every_column_domain(job in new_job()) {
+            let Ok(()) = job.validate() else { return Ok(()) };
+            let title = job.title();
+            prop_assert!(!title.is_empty() && title.chars().count() <= 200 && !title.contains('\0'));
+            prop_assert!(validate::is_key(&job.region));
+            prop_assert!(job.required_skills.len() <= MAX_REQUIRED_SKILLS);
+            prop_assert!(job.required_skills.iter().all(|s| validate::is_key(s)));
+            prop_assert!((-90.0..=90.0).contains(&job.location.lat) && (-180.0..=180.0).contains(&job.location.lon));
+            let (start, end) = job.window().expect("validated");
+            // PostgreSQL's timestamptz spans 4713 BC to 294276 AD, at microseconds; jobs CHECK end > start.
+            prop_assert!(start.timestamp_subsec_nanos() % 1000 == 0 && end.timestamp_subsec_nanos() % 1000 == 0);
+            prop_assert!(start.year() >= 1 && end.year() <= 9999 && end > start);
+        }
     }
 }

@@ -65,8 +65,9 @@ async fn dispatchers_tokens_and_seeding_from_the_command_line() {
     assert_eq!(all[0]["dispatcherId"], "erin");
     assert_eq!(all[0]["groups"], serde_json::json!(["team:hvac"]));
 
+    // A value outside its domain is a usage error (exit 2), as `replay --group` has it.
     let bad_group = run(vec!["dispatcher", "groups", "erin", "--add", "Not A Group"]);
-    assert_eq!(bad_group.status.code(), Some(1));
+    assert_eq!(bad_group.status.code(), Some(2));
     assert!(stderr(&bad_group).contains("invalid group key"), "{}", stderr(&bad_group));
 
     let token = run(vec!["token", "--dispatcher", "erin", "--ttl", "30m"]);

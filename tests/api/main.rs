@@ -7,6 +7,8 @@ mod deploy;
 mod faults;
 mod helpers;
 mod http;
+mod input;
+mod openapi;
 mod ops;
 mod outage;
 mod private_cluster;
