@@ -1,0 +1,244 @@
+//! The verdict of a run: per client, what arrived against what committed; and the log's own invariants.
+
+use crate::clients::{Client, ClientRecord, ClientSpec};
+use crate::faults::{MembershipChange, Toggle};
+use crate::writers::{Ledger, Origin};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The contract gives an open stream 5 s to apply a membership change; the margin is for a busy machine.
+const MEMBERSHIP_GRACE: Duration = Duration::from_secs(7);
+
+/// An event as `event_log` holds it at the end of the run.
+pub struct Logged {
+    pub seq: i64,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub deliveries: usize,
+    pub lost: usize,
+    pub cross_group: usize,
+    pub reordered: usize,
+    pub dup_in_connection: usize,
+    /// Resets, foreign epochs, openings elsewhere than asked, undecodable data, deliveries of unknown events.
+    pub other: usize,
+    /// Violations in order of discovery, each on one line.
+    pub details: Vec<String>,
+}
+
+impl Findings {
+    pub fn fail(&mut self, text: String) {
+        self.details.push(text);
+    }
+}
+
+/// Checks every client against the ledger and the log.
+pub fn clients(
+    findings: &mut Findings,
+    ledger: &Ledger,
+    log: &HashMap<Uuid, Logged>,
+    clients: &[&Client],
+    toggles: &[Toggle],
+    timeline: &[MembershipChange],
+) {
+    let ledger_groups: HashMap<Uuid, (&[String], Origin)> =
+        ledger.committed.iter().map(|e| (e.id, (e.groups.as_slice(), e.origin))).collect();
+    let by_seq: BTreeMap<i64, (Uuid, &[String])> =
+        log.iter().map(|(id, l)| (l.seq, (*id, l.groups.as_slice()))).collect();
+    for client in clients {
+        let record = client.record.lock().unwrap();
+        check_client(findings, &client.spec, &record, &ledger_groups, log, &by_seq, toggles, timeline);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_client(
+    findings: &mut Findings,
+    spec: &ClientSpec,
+    record: &ClientRecord,
+    ledger: &HashMap<Uuid, (&[String], Origin)>,
+    log: &HashMap<Uuid, Logged>,
+    by_seq: &BTreeMap<i64, (Uuid, &[String])>,
+    toggles: &[Toggle],
+    timeline: &[MembershipChange],
+) {
+    let name = &spec.name;
+    let who = format!(
+        "{name} (dispatcher {}, {} {})",
+        spec.dispatcher,
+        if spec.narrowed.is_some() { "?groups=" } else { "groups" },
+        spec.required.join(",")
+    );
+    findings.deliveries += record.deliveries.len();
+    findings.reordered += record.reordered;
+    findings.dup_in_connection += record.dup_in_connection;
+    findings.other += record.other;
+    findings.details.extend(record.notes.iter().cloned());
+    let Some(first) = record.first else {
+        findings.other += 1;
+        findings.fail(format!("{who}: never opened a stream (last error: {:?})", record.last_connect_error));
+        return;
+    };
+    let shares = |groups: &[String]| groups.iter().any(|g| spec.required.contains(g));
+
+    // Nothing outside its groups, at any time.
+    let mut received: HashMap<Uuid, usize> = HashMap::new();
+    for (k, delivery) in record.deliveries.iter().enumerate() {
+        if received.insert(delivery.event_id, k).is_some() {
+            continue; // a repeat on another connection: allowed (at-least-once)
+        }
+        let groups: &[String] = match (log.get(&delivery.event_id), ledger.get(&delivery.event_id)) {
+            (Some(l), _) => &l.groups,
+            (None, Some((g, _))) => g,
+            (None, None) => {
+                findings.other += 1;
+                findings.fail(format!("{who}: received event {} (seq {}) that nobody committed", delivery.event_id, delivery.seq));
+                continue;
+            }
+        };
+        if delivery.groups != groups {
+            findings.other += 1;
+            findings.fail(format!(
+                "{who}: event seq {} arrived with groups {:?}, committed with {:?}",
+                delivery.seq, delivery.groups, groups
+            ));
+        }
+        if shares(groups) {
+            continue;
+        }
+        let toggled_ok = spec.toggled.as_ref().is_some_and(|g| {
+            groups.contains(g) && held_near(toggles, timeline, &spec.dispatcher, g, delivery.at)
+        });
+        if !toggled_ok {
+            findings.cross_group += 1;
+            if findings.cross_group <= 5 {
+                findings.fail(format!(
+                    "{who}: cross-group event seq {} groups {:?} at {:.1}s on conn #{}",
+                    delivery.seq,
+                    groups,
+                    delivery.at.as_secs_f64(),
+                    delivery.connection
+                ));
+            }
+        }
+    }
+
+    // Everything of its groups: the committed events (regular clients), or the log's events in the range it
+    // resumed over (burst clients).
+    let mut expected: Vec<(Option<i64>, Uuid, Origin)> = Vec::new();
+    match spec.until {
+        None => {
+            for (id, (groups, origin)) in ledger {
+                if !shares(groups) {
+                    continue;
+                }
+                match log.get(id) {
+                    Some(l) if l.seq > first => expected.push((Some(l.seq), *id, *origin)),
+                    Some(_) => {}
+                    None if *origin == Origin::Poison => {} // parked or refused after commit: reported globally
+                    None => expected.push((None, *id, *origin)),
+                }
+            }
+        }
+        Some(until) => {
+            for (seq, (id, groups)) in by_seq.range(first + 1..=until) {
+                if shares(groups) {
+                    let origin = ledger.get(id).map_or(Origin::Writer, |(_, o)| *o);
+                    expected.push((Some(*seq), *id, origin));
+                }
+            }
+            if record.position.is_none_or(|p| p < until) {
+                findings.other += 1;
+                findings.fail(format!(
+                    "{who}: resumed from seq {first} to reach {until} but stopped at {:?} after {} connection(s) (last error: {:?})",
+                    record.position,
+                    record.connections.len(),
+                    record.last_connect_error
+                ));
+            }
+        }
+    }
+    expected.sort_by_key(|(seq, _, _)| seq.unwrap_or(i64::MAX));
+    let lost: Vec<&(Option<i64>, Uuid, Origin)> = expected.iter().filter(|(_, id, _)| !received.contains_key(id)).collect();
+    if lost.is_empty() {
+        return;
+    }
+    findings.lost += lost.len();
+    // Report the lost events as runs of consecutive expected events, each with the connection that moved the
+    // client's position over it.
+    let mut runs: Vec<Vec<&(Option<i64>, Uuid, Origin)>> = Vec::new();
+    let mut previous_lost = false;
+    for entry in &expected {
+        let is_lost = !received.contains_key(&entry.1);
+        if is_lost {
+            if previous_lost {
+                runs.last_mut().expect("a run was started").push(entry);
+            } else {
+                runs.push(vec![entry]);
+            }
+        }
+        previous_lost = is_lost;
+    }
+    for run in runs.iter().take(3) {
+        let mut origins: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, _, origin) in run {
+            *origins.entry(origin.name()).or_default() += 1;
+        }
+        let (first_seq, last_seq) = (run[0].0, run[run.len() - 1].0);
+        let span = match (first_seq, last_seq) {
+            (Some(a), Some(b)) if a == b => format!("seq {a}"),
+            (Some(a), Some(b)) => format!("seq {a}..={b}"),
+            _ => format!("never published (event {})", run[0].1),
+        };
+        let passed = first_seq.and_then(|s| {
+            record.connections.iter().enumerate().find(|(_, c)| {
+                c.opening.is_some_and(|o| o < s) && c.last.is_some_and(|l| l >= s)
+            })
+        });
+        let how = match passed {
+            Some((k, c)) => format!(
+                "its position passed them on conn #{k} to instance {} opened at {:.1}s from seq {:?} that reached {:?}",
+                c.instance,
+                c.opened_at.as_secs_f64(),
+                c.opening,
+                c.last
+            ),
+            None => format!("the client never got past them (position {:?})", record.position),
+        };
+        findings.fail(format!("{who}: lost {} event(s) {span} {origins:?}; {how}", run.len()));
+    }
+    if runs.len() > 3 {
+        findings.fail(format!("{who}: ... and {} more run(s) of lost events ({} events in all)", runs.len() - 3, lost.len()));
+    }
+}
+
+/// Whether `dispatcher` held `group` at some instant of [at - grace, at].
+fn held_near(toggles: &[Toggle], timeline: &[MembershipChange], dispatcher: &str, group: &str, at: Duration) -> bool {
+    let Some(toggle) = toggles.iter().find(|t| t.dispatcher == dispatcher && t.group == group) else {
+        return false;
+    };
+    let window_start = at.saturating_sub(MEMBERSHIP_GRACE);
+    // Held intervals, widened over the moment of each change (the commit lands somewhere in [before, after]).
+    let mut held_since = toggle.initially_held.then_some(Duration::ZERO);
+    let mut intervals = Vec::new();
+    for change in timeline.iter().filter(|c| c.dispatcher == dispatcher && c.group == group) {
+        if change.held_after {
+            held_since.get_or_insert(change.before);
+        } else if let Some(since) = held_since.take() {
+            intervals.push((since, change.after));
+        }
+    }
+    if let Some(since) = held_since {
+        intervals.push((since, Duration::MAX));
+    }
+    intervals.iter().any(|(from, to)| *from <= at && *to >= window_start)
+}
+
+/// Distinct event ids (a sanity check for the ledger: no id is in it twice).
+pub fn ledger_duplicates(ledger: &Ledger) -> usize {
+    let mut seen = HashSet::new();
+    ledger.committed.iter().filter(|e| !seen.insert(e.id)).count()
+}
