@@ -166,11 +166,18 @@ async fn main_async(args: Args, faults: Vec<Fault>) -> anyhow::Result<bool> {
             faults.join(" ")
         );
         if !outcome.passed() {
-            for line in f.details.iter().take(12) {
+            let (lines, left_out) = f.summary(3);
+            for line in lines {
                 println!("    {line}");
             }
-            if f.details.len() > 12 {
-                println!("    ... {} more", f.details.len() - 12);
+            let all = outcome.log_dir.join("findings.txt");
+            let mut text: String = f.details.iter().map(|(kind, t)| format!("{kind}: {t}\n")).collect();
+            text.push_str("\nfaults injected (seconds from the start of writing):\n");
+            text.extend(outcome.journal.iter().map(|line| format!("{line}\n")));
+            match std::fs::write(&all, text) {
+                Ok(()) if left_out > 0 => println!("    ... {left_out} more in {}", all.display()),
+                Ok(()) => {}
+                Err(e) => println!("    (cannot write {}: {e})", all.display()),
             }
             println!(
                 "    repeat: smartscheduler-chaos --seed {seed} --runs 1 --seconds {} --faults {fault_names}; instance logs in {}",

@@ -194,7 +194,11 @@ pub async fn run(
                         items.push(Item::Id(id));
                     }
                 } else {
-                    items.push(Item::Event { id, event: String::from_utf8_lossy(f.event).into_owned(), data: f.data.to_vec() });
+                    items.push(Item::Event {
+                        id,
+                        event: String::from_utf8_lossy(f.event).into_owned(),
+                        data: f.data.to_vec(),
+                    });
                 }
             });
             let open = tokio::select! {
@@ -308,7 +312,13 @@ fn apply(
                 }
                 record.connections[connection].events += 1;
                 let at = started.elapsed();
-                record.deliveries.push(Delivery { event_id: event.event_id, seq, groups: event.groups, connection, at });
+                record.deliveries.push(Delivery {
+                    event_id: event.event_id,
+                    seq,
+                    groups: event.groups,
+                    connection,
+                    at,
+                });
             }
             Err(error) => {
                 record.other += 1;

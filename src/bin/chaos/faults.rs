@@ -17,6 +17,12 @@ use tokio_util::sync::CancellationToken;
 /// The application name of the harness's own connections: the only ones the connection fault spares.
 pub const CONTROL_APP: &str = "smartscheduler-chaos-control";
 
+/// What a fault that was not injected says it did.
+const SKIPPED: &str = "skipped: ";
+
+/// How far back a burst client resumes from (at most).
+const BURST_SPAN: i64 = 300;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
     /// SIGKILL one instance, start it again.
@@ -112,6 +118,14 @@ pub struct FaultCtx {
     pub epoch: String,
     /// Harness-side problems (a fault that could not be applied, an instance that would not start again).
     pub errors: Arc<Mutex<Vec<String>>>,
+    /// What was injected when (seconds from the run's start), for the findings file.
+    pub journal: Arc<Mutex<Vec<String>>>,
+}
+
+impl FaultCtx {
+    fn log(&self, at: Duration, text: String) {
+        self.journal.lock().unwrap().push(format!("{:7.2}s {text}", at.as_secs_f64()));
+    }
 }
 
 /// Injects faults from `kinds` until `stop`, one at a time, with random gaps; returns the count per kind.
@@ -132,24 +146,40 @@ pub async fn run(
         }
         let Some(&fault) = kinds.choose(&mut rng) else { return counts };
         let at = ctx.started.elapsed();
-        if let Err(error) = apply(&ctx, fault, &mut rng).await {
-            ctx.errors.lock().unwrap().push(format!("fault {} at {:.1}s: {error:#}", fault.name(), at.as_secs_f64()));
+        match apply(&ctx, fault, &mut rng).await {
+            Ok(what) => {
+                ctx.log(at, format!("{}: {what}", fault.name()));
+                if what.starts_with(SKIPPED) {
+                    continue; // not injected, not counted
+                }
+            }
+            Err(error) => {
+                ctx.log(at, format!("{}: failed: {error:#}", fault.name()));
+                ctx.errors.lock().unwrap().push(format!(
+                    "fault {} at {:.1}s: {error:#}",
+                    fault.name(),
+                    at.as_secs_f64()
+                ));
+            }
         }
         *counts.entry(fault.name()).or_default() += 1;
     }
 }
 
-async fn apply(ctx: &FaultCtx, fault: Fault, rng: &mut StdRng) -> anyhow::Result<()> {
+/// Injects one fault; returns what it did, for the journal.
+async fn apply(ctx: &FaultCtx, fault: Fault, rng: &mut StdRng) -> anyhow::Result<String> {
     match fault {
         Fault::Kill => {
             let up = ctx.cluster.up();
-            let Some(&(i, _)) = up.choose(rng) else { return Ok(()) };
+            let Some(&(i, _)) = up.choose(rng) else { return Ok("no instance up".to_owned()) };
             ctx.cluster.kill(i).await?;
-            tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_500))).await;
-            ctx.cluster.start(i).await
+            let down = Duration::from_millis(rng.random_range(0..1_500));
+            tokio::time::sleep(down).await;
+            ctx.cluster.start(i).await?;
+            Ok(format!("instance {i} killed, started again after {down:?} down + start-up"))
         }
         Fault::Conn => {
-            sqlx::query_scalar::<_, i64>(
+            let n = sqlx::query_scalar::<_, i64>(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                  WHERE datname = current_database() AND backend_type = 'client backend'
                    AND pid <> pg_backend_pid() AND application_name <> $1",
@@ -157,10 +187,10 @@ async fn apply(ctx: &FaultCtx, fault: Fault, rng: &mut StdRng) -> anyhow::Result
             .bind(CONTROL_APP)
             .fetch_one(&ctx.control)
             .await?;
-            Ok(())
+            Ok(format!("{n} backend(s) terminated"))
         }
         Fault::Membership => {
-            let Some(toggle) = ctx.toggles.choose(rng) else { return Ok(()) };
+            let Some(toggle) = ctx.toggles.choose(rng) else { return Ok("no dispatcher to change".to_owned()) };
             let held: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM dispatcher_groups WHERE dispatcher_id = $1 AND group_key = $2)",
             )
@@ -183,17 +213,23 @@ async fn apply(ctx: &FaultCtx, fault: Fault, rng: &mut StdRng) -> anyhow::Result
                 before,
                 after,
             });
-            Ok(())
+            let verb = if held { "removed from" } else { "added to" };
+            Ok(format!("{} {verb} {}", toggle.group, toggle.dispatcher))
         }
         Fault::Burst => {
             let head: i64 = sqlx::query_scalar("SELECT last_seq FROM stream_meta WHERE stream = 'main'")
                 .fetch_one(&ctx.control)
                 .await?;
             let mut bursts = ctx.bursts.lock().unwrap();
+            // One burst at a time: on two shared cores, overlapping bursts starve the writers and relays and
+            // test the machine rather than the product.
+            if bursts.iter().any(|b| !b.task.is_finished()) {
+                return Ok(format!("{SKIPPED}the previous burst is still reading"));
+            }
             let n = bursts.len();
             for k in 0..ctx.burst_size {
                 let Some(template) = ctx.burst_templates.choose(rng) else { break };
-                let from = rng.random_range((head - 1_000).max(0)..=head);
+                let from = rng.random_range((head - BURST_SPAN).max(0)..=head);
                 let spec = ClientSpec {
                     name: format!("burst{}-{}", n / ctx.burst_size.max(1), k),
                     resume_from: Some(from),
@@ -214,7 +250,7 @@ async fn apply(ctx: &FaultCtx, fault: Fault, rng: &mut StdRng) -> anyhow::Result
                 ));
                 bursts.push(BurstClient { client, task });
             }
-            Ok(())
+            Ok(format!("{} clients resuming from the last {BURST_SPAN} positions up to {head}", ctx.burst_size))
         }
         Fault::Poison => {
             let event = LedgerEvent { origin: Origin::Poison, ..writers::new_event(rng, Origin::Poison) };
@@ -226,16 +262,25 @@ async fn apply(ctx: &FaultCtx, fault: Fault, rng: &mut StdRng) -> anyhow::Result
             .bind(&event.groups)
             .execute(&ctx.control)
             .await;
+            let id = event.id;
             let mut ledger = ctx.ledger.lock().unwrap();
-            match inserted {
-                Ok(_) => ledger.committed.push(event),
-                // Refused by a constraint: nothing committed, and nothing to expect.
-                Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("23") || c.starts_with("22")) => {
-                    ledger.poison_refused += 1
+            Ok(match inserted {
+                Ok(_) => {
+                    ledger.committed.push(event);
+                    format!("committed (event {id})")
                 }
-                Err(_) => ledger.unknown.push(event),
-            }
-            Ok(())
+                // Refused by a constraint: nothing committed, and nothing to expect.
+                Err(sqlx::Error::Database(e))
+                    if e.code().is_some_and(|c| c.starts_with("23") || c.starts_with("22")) =>
+                {
+                    ledger.poison_refused += 1;
+                    format!("refused: {}", e.message())
+                }
+                Err(e) => {
+                    ledger.unknown.push(event);
+                    format!("outcome unknown: {e}")
+                }
+            })
         }
         Fault::ClockStep => clock_step(ctx, rng).await,
     }
@@ -244,8 +289,9 @@ async fn apply(ctx: &FaultCtx, fault: Fault, rng: &mut StdRng) -> anyhow::Result
 /// Publishes a batch exactly as `ss_publish_batch` (migrations/0006) does, in a transaction of its own that
 /// holds the `stream_meta` row lock, but with `published_at` 10 s in the past: a database clock stepped back.
 /// The batch is whatever is in the outbox (writers' committed rows) plus 1 to 3 events of its own.
-async fn clock_step(ctx: &FaultCtx, rng: &mut StdRng) -> anyhow::Result<()> {
-    let own: Vec<LedgerEvent> = (0..rng.random_range(1..=3)).map(|_| writers::new_event(rng, Origin::ClockStep)).collect();
+async fn clock_step(ctx: &FaultCtx, rng: &mut StdRng) -> anyhow::Result<String> {
+    let own: Vec<LedgerEvent> =
+        (0..rng.random_range(1..=3)).map(|_| writers::new_event(rng, Origin::ClockStep)).collect();
     let mut conn = ctx.control.acquire().await?;
     let mut tx = conn.begin().await?;
     let (epoch, last_seq): (String, i64) =
@@ -294,9 +340,11 @@ async fn clock_step(ctx: &FaultCtx, rng: &mut StdRng) -> anyhow::Result<()> {
         .await?;
     let committed = tx.commit().await;
     let mut ledger = ctx.ledger.lock().unwrap();
+    let n = own.len();
     match committed {
         Ok(()) => ledger.committed.extend(own),
         Err(_) => ledger.unknown.extend(own),
     }
-    Ok(())
+    let range = if count > 0 { format!("seq {}..={new_last}", last_seq + 1) } else { "nothing".to_owned() };
+    Ok(format!("published {range} ({n} own event(s)) with published_at {published_at}"))
 }

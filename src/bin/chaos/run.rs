@@ -48,6 +48,8 @@ pub struct Outcome {
     pub unknown_committed: usize,
     pub poison_refused: usize,
     pub faults: BTreeMap<&'static str, u32>,
+    /// The faults as injected, one line each.
+    pub journal: Vec<String>,
     pub findings: Findings,
     pub log_dir: PathBuf,
 }
@@ -156,7 +158,12 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
     let token = |dispatcher: &str| signer.issue(dispatcher, Duration::from_secs(24 * 3600));
 
     let cluster = Cluster::new(
-        ClusterConfig { bin: config.bin.clone(), database_url: db.url.clone(), auth_secret: secret.clone(), log_dir: log_dir.clone() },
+        ClusterConfig {
+            bin: config.bin.clone(),
+            database_url: db.url.clone(),
+            auth_secret: secret.clone(),
+            log_dir: log_dir.clone(),
+        },
         config.instances,
     );
     let t0 = Instant::now();
@@ -261,6 +268,7 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
             client_stop: client_stop.clone(),
             epoch: epoch.clone(),
             errors: Default::default(),
+            journal: Default::default(),
         });
         let stop_faults = CancellationToken::new();
         let fault_task = tokio::spawn(faults::run(fault_ctx.clone(), config.faults.clone(), sub_seed(seed, 1), stop_faults.clone()));
@@ -278,7 +286,7 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
         let mut findings = Findings::default();
         for (i, status) in cluster.exited_by_themselves() {
             findings.other += 1;
-            findings.fail(format!("instance {i} exited by itself ({status}); see {}", log_dir.display()));
+            findings.fail("instance", format!("instance {i} exited by itself ({status}); see {}", log_dir.display()));
             cluster.kill(i).await?;
         }
         for i in 0..cluster.len() {
@@ -287,7 +295,7 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
                 cluster.start(i).await?;
             }
         }
-        findings.details.extend(fault_ctx.errors.lock().unwrap().iter().cloned());
+        findings.details.extend(fault_ctx.errors.lock().unwrap().iter().map(|e| ("harness", e.clone())));
 
         // The fence: one event in every group, after every writer's last commit.
         let fence = LedgerEvent { id: Uuid::new_v4(), groups: REGIONS.iter().map(|g| (*g).to_owned()).collect(), origin: Origin::Fence };
@@ -305,7 +313,7 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
         if !drained {
             let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&control).await?;
             findings.other += 1;
-            findings.fail(format!("outbox not drained: {pending} row(s) still pending {SETTLE_TIMEOUT:?} after the writers stopped"));
+            findings.fail("outbox", format!("outbox not drained: {pending} row(s) still pending {SETTLE_TIMEOUT:?} after the writers stopped"));
         }
         phase("waiting for clients to catch up");
         let mut target: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM event_log").fetch_one(&control).await?;
@@ -324,7 +332,7 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
                     let record = c.record.lock().unwrap();
                     if record.position.is_none_or(|p| p < target) {
                         findings.other += 1;
-                        findings.fail(format!(
+                        findings.fail("catch-up", format!(
                             "{} (dispatcher {}) did not reach the log's last seq {target} within {SETTLE_TIMEOUT:?}: at {:?}, {} connection(s), last connect error {:?}",
                             c.spec.name, c.spec.dispatcher, record.position, record.connections.len(), record.last_connect_error
                         ));
@@ -346,7 +354,9 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
             task.await.context("client task")?;
         }
         for burst in &mut bursts {
-            let _ = (&mut burst.task).await;
+            if !burst.task.is_finished() {
+                let _ = (&mut burst.task).await;
+            }
         }
 
         phase("verifying");
@@ -373,7 +383,7 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
         for (id, seq, groups) in rows {
             if log.insert(id, Logged { seq, groups }).is_some() {
                 findings.other += 1;
-                findings.fail(format!("event_log holds event {id} twice"));
+                findings.fail("log", format!("event_log holds event {id} twice"));
             }
         }
         check_log(&control, &mut findings).await?;
@@ -383,17 +393,17 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
                     continue; // refused at publish and parked: not an event anyone receives
                 }
                 findings.other += 1;
-                findings.fail(format!("committed {} event {} never reached event_log", event.origin.name(), event.id));
+                findings.fail("unpublished", format!("committed {} event {} never reached event_log", event.origin.name(), event.id));
             }
         }
         let committed_ids: std::collections::HashSet<Uuid> = ledger.committed.iter().map(|e| e.id).collect();
         let strays = log.keys().filter(|id| !committed_ids.contains(id)).count();
         if strays > 0 {
             findings.other += 1;
-            findings.fail(format!("event_log holds {strays} event(s) the ledger does not know"));
+            findings.fail("log", format!("event_log holds {strays} event(s) the ledger does not know"));
         }
         if verify::ledger_duplicates(&ledger) > 0 {
-            findings.fail("the ledger holds an event id twice (harness bug)".to_owned());
+            findings.fail("harness", "the ledger holds an event id twice (harness bug)".to_owned());
         }
         let timeline = fault_ctx.timeline.lock().unwrap().clone();
         let mut all: Vec<&Client> = clients.iter().map(|c| c.as_ref()).collect();
@@ -408,6 +418,7 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
             unknown_committed: ledger.unknown_committed,
             poison_refused: ledger.poison_refused,
             faults: fault_counts,
+            journal: fault_ctx.journal.lock().unwrap().clone(),
             findings,
             log_dir: log_dir.clone(),
         })
@@ -454,19 +465,21 @@ async fn setup_dispatchers(pool: &PgPool) -> anyhow::Result<()> {
 /// event_log dense and consistent with stream_meta.
 async fn check_log(pool: &PgPool, findings: &mut Findings) -> anyhow::Result<()> {
     let (count, min, max, distinct): (i64, Option<i64>, Option<i64>, i64) =
-        sqlx::query_as("SELECT count(*), min(seq), max(seq), count(DISTINCT seq) FROM event_log").fetch_one(pool).await?;
+        sqlx::query_as("SELECT count(*), min(seq), max(seq), count(DISTINCT seq) FROM event_log")
+            .fetch_one(pool)
+            .await?;
     let last_seq: i64 = sqlx::query_scalar("SELECT last_seq FROM stream_meta").fetch_one(pool).await?;
     if let (Some(min), Some(max)) = (min, max) {
         if count != max - min + 1 || distinct != count {
             findings.other += 1;
-            findings.fail(format!(
+            findings.fail("log", format!(
                 "event_log not dense: count {count}, distinct seqs {distinct}, min {min}, max {max} (expected count {})",
                 max - min + 1
             ));
         }
         if max != last_seq {
             findings.other += 1;
-            findings.fail(format!("stream_meta.last_seq {last_seq} differs from max(seq) {max}"));
+            findings.fail("log", format!("stream_meta.last_seq {last_seq} differs from max(seq) {max}"));
         }
     }
     Ok(())
@@ -486,7 +499,10 @@ async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-async fn wait_until_async<F: std::future::Future<Output = bool>>(timeout: Duration, mut done: impl FnMut() -> F) -> bool {
+async fn wait_until_async<F: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    mut done: impl FnMut() -> F,
+) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if done().await {

@@ -25,13 +25,29 @@ pub struct Findings {
     pub dup_in_connection: usize,
     /// Resets, foreign epochs, openings elsewhere than asked, undecodable data, deliveries of unknown events.
     pub other: usize,
-    /// Violations in order of discovery, each on one line.
-    pub details: Vec<String>,
+    /// Violations in order of discovery, each on one line, with its kind (lost, cross-group, ...).
+    pub details: Vec<(&'static str, String)>,
 }
 
 impl Findings {
-    pub fn fail(&mut self, text: String) {
-        self.details.push(text);
+    pub fn fail(&mut self, kind: &'static str, text: String) {
+        self.details.push((kind, text));
+    }
+
+    /// The first `per_kind` details of each kind, kinds in order of first appearance, and how many were left out.
+    pub fn summary(&self, per_kind: usize) -> (Vec<&str>, usize) {
+        let mut kinds: Vec<&str> = Vec::new();
+        for (kind, _) in &self.details {
+            if !kinds.contains(kind) {
+                kinds.push(kind);
+            }
+        }
+        let mut lines = Vec::new();
+        for kind in kinds {
+            lines.extend(self.details.iter().filter(|(k, _)| *k == kind).take(per_kind).map(|(_, t)| t.as_str()));
+        }
+        let left_out = self.details.len() - lines.len();
+        (lines, left_out)
     }
 }
 
@@ -76,10 +92,11 @@ fn check_client(
     findings.reordered += record.reordered;
     findings.dup_in_connection += record.dup_in_connection;
     findings.other += record.other;
-    findings.details.extend(record.notes.iter().cloned());
+    findings.details.extend(record.notes.iter().map(|n| ("connection", n.clone())));
     let Some(first) = record.first else {
         findings.other += 1;
-        findings.fail(format!("{who}: never opened a stream (last error: {:?})", record.last_connect_error));
+        findings
+            .fail("connection", format!("{who}: never opened a stream (last error: {:?})", record.last_connect_error));
         return;
     };
     let shares = |groups: &[String]| groups.iter().any(|g| spec.required.contains(g));
@@ -95,33 +112,43 @@ fn check_client(
             (None, Some((g, _))) => g,
             (None, None) => {
                 findings.other += 1;
-                findings.fail(format!("{who}: received event {} (seq {}) that nobody committed", delivery.event_id, delivery.seq));
+                findings.fail(
+                    "phantom",
+                    format!("{who}: received event {} (seq {}) that nobody committed", delivery.event_id, delivery.seq),
+                );
                 continue;
             }
         };
         if delivery.groups != groups {
             findings.other += 1;
-            findings.fail(format!(
-                "{who}: event seq {} arrived with groups {:?}, committed with {:?}",
-                delivery.seq, delivery.groups, groups
-            ));
+            findings.fail(
+                "groups",
+                format!(
+                    "{who}: event seq {} arrived with groups {:?}, committed with {:?}",
+                    delivery.seq, delivery.groups, groups
+                ),
+            );
         }
         if shares(groups) {
             continue;
         }
-        let toggled_ok = spec.toggled.as_ref().is_some_and(|g| {
-            groups.contains(g) && held_near(toggles, timeline, &spec.dispatcher, g, delivery.at)
-        });
+        let toggled_ok = spec
+            .toggled
+            .as_ref()
+            .is_some_and(|g| groups.contains(g) && held_near(toggles, timeline, &spec.dispatcher, g, delivery.at));
         if !toggled_ok {
             findings.cross_group += 1;
             if findings.cross_group <= 5 {
-                findings.fail(format!(
-                    "{who}: cross-group event seq {} groups {:?} at {:.1}s on conn #{}",
-                    delivery.seq,
-                    groups,
-                    delivery.at.as_secs_f64(),
-                    delivery.connection
-                ));
+                findings.fail(
+                    "cross-group",
+                    format!(
+                        "{who}: cross-group event seq {} groups {:?} at {:.1}s on conn #{}",
+                        delivery.seq,
+                        groups,
+                        delivery.at.as_secs_f64(),
+                        delivery.connection
+                    ),
+                );
             }
         }
     }
@@ -144,7 +171,8 @@ fn check_client(
             }
         }
         Some(until) => {
-            for (seq, (id, groups)) in by_seq.range(first + 1..=until) {
+            let range = if first < until { by_seq.range(first + 1..=until) } else { by_seq.range(0..0) };
+            for (seq, (id, groups)) in range {
                 if shares(groups) {
                     let origin = ledger.get(id).map_or(Origin::Writer, |(_, o)| *o);
                     expected.push((Some(*seq), *id, origin));
@@ -152,7 +180,7 @@ fn check_client(
             }
             if record.position.is_none_or(|p| p < until) {
                 findings.other += 1;
-                findings.fail(format!(
+                findings.fail("burst", format!(
                     "{who}: resumed from seq {first} to reach {until} but stopped at {:?} after {} connection(s) (last error: {:?})",
                     record.position,
                     record.connections.len(),
@@ -162,7 +190,8 @@ fn check_client(
         }
     }
     expected.sort_by_key(|(seq, _, _)| seq.unwrap_or(i64::MAX));
-    let lost: Vec<&(Option<i64>, Uuid, Origin)> = expected.iter().filter(|(_, id, _)| !received.contains_key(id)).collect();
+    let lost: Vec<&(Option<i64>, Uuid, Origin)> =
+        expected.iter().filter(|(_, id, _)| !received.contains_key(id)).collect();
     if lost.is_empty() {
         return;
     }
@@ -171,10 +200,12 @@ fn check_client(
     // client's position over it.
     let mut runs: Vec<Vec<&(Option<i64>, Uuid, Origin)>> = Vec::new();
     let mut previous_lost = false;
-    for entry in &expected {
+    for (k, entry) in expected.iter().enumerate() {
         let is_lost = !received.contains_key(&entry.1);
+        // Published and never-published events make separate runs.
+        let same_kind = k > 0 && expected[k - 1].0.is_some() == entry.0.is_some();
         if is_lost {
-            if previous_lost {
+            if previous_lost && same_kind {
                 runs.last_mut().expect("a run was started").push(entry);
             } else {
                 runs.push(vec![entry]);
@@ -191,12 +222,14 @@ fn check_client(
         let span = match (first_seq, last_seq) {
             (Some(a), Some(b)) if a == b => format!("seq {a}"),
             (Some(a), Some(b)) => format!("seq {a}..={b}"),
-            _ => format!("never published (event {})", run[0].1),
+            _ => "never published".to_owned(),
         };
         let passed = first_seq.and_then(|s| {
-            record.connections.iter().enumerate().find(|(_, c)| {
-                c.opening.is_some_and(|o| o < s) && c.last.is_some_and(|l| l >= s)
-            })
+            record
+                .connections
+                .iter()
+                .enumerate()
+                .find(|(_, c)| c.opening.is_some_and(|o| o < s) && c.last.is_some_and(|l| l >= s))
         });
         let how = match passed {
             Some((k, c)) => format!(
@@ -208,10 +241,13 @@ fn check_client(
             ),
             None => format!("the client never got past them (position {:?})", record.position),
         };
-        findings.fail(format!("{who}: lost {} event(s) {span} {origins:?}; {how}", run.len()));
+        findings.fail("lost", format!("{who}: lost {} event(s) {span} {origins:?}; {how}", run.len()));
     }
     if runs.len() > 3 {
-        findings.fail(format!("{who}: ... and {} more run(s) of lost events ({} events in all)", runs.len() - 3, lost.len()));
+        findings.fail(
+            "lost",
+            format!("{who}: ... and {} more run(s) of lost events ({} events in all)", runs.len() - 3, lost.len()),
+        );
     }
 }
 
