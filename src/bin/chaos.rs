@@ -24,7 +24,6 @@ mod verify;
 #[path = "chaos/writers.rs"]
 mod writers;
 
-use anyhow::Context;
 use clap::Parser;
 use faults::Fault;
 use std::path::PathBuf;
@@ -141,8 +140,17 @@ async fn main_async(args: Args, faults: Vec<Fault>) -> anyhow::Result<bool> {
     for k in 0..args.runs {
         let seed = base_seed.wrapping_add(k);
         let outcome = tokio::select! {
-            outcome = run::run(&config, seed) => outcome.with_context(|| format!("run with seed {seed}"))?,
+            outcome = run::run(&config, seed) => outcome,
             _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted during the run with seed {seed}"),
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // The harness could not do its part (set up, start an instance): the run proves nothing.
+                println!("run {}/{} seed={seed} ERROR {error:#}", k + 1, args.runs);
+                failed.push(seed);
+                continue;
+            }
         };
         let f = &outcome.findings;
         let faults: Vec<String> = outcome.faults.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -278,3 +278,167 @@ pub fn ledger_duplicates(ledger: &Ledger) -> usize {
     let mut seen = HashSet::new();
     ledger.committed.iter().filter(|e| !seen.insert(e.id)).count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::{ConnectionRecord, Delivery};
+    use crate::writers::LedgerEvent;
+
+    fn spec(required: &[&str], toggled: Option<&str>) -> ClientSpec {
+        ClientSpec {
+            name: "c0".to_owned(),
+            dispatcher: "d".to_owned(),
+            token: String::new(),
+            narrowed: None,
+            required: required.iter().map(|g| (*g).to_owned()).collect(),
+            toggled: toggled.map(str::to_owned),
+            resume_from: None,
+            until: None,
+            voluntary_reconnects: true,
+        }
+    }
+
+    fn groups(g: &[&str]) -> Vec<String> {
+        g.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// Ten events alternating north and east, at seq 1..=10.
+    fn world() -> (Ledger, HashMap<Uuid, Logged>, Vec<Uuid>) {
+        let mut ledger = Ledger::default();
+        let mut log = HashMap::new();
+        let mut ids = Vec::new();
+        for seq in 1..=10 {
+            let g = groups(if seq % 2 == 0 { &["region:north"] } else { &["region:east"] });
+            let id = Uuid::new_v4();
+            ledger.committed.push(LedgerEvent { id, groups: g.clone(), origin: Origin::Writer });
+            log.insert(id, Logged { seq, groups: g });
+            ids.push(id);
+        }
+        (ledger, log, ids)
+    }
+
+    fn delivery(ids: &[Uuid], seq: i64, g: &[&str], at_s: u64) -> Delivery {
+        Delivery {
+            event_id: ids[seq as usize - 1],
+            seq,
+            groups: groups(g),
+            connection: 0,
+            at: Duration::from_secs(at_s),
+        }
+    }
+
+    fn check(
+        world: &(Ledger, HashMap<Uuid, Logged>, Vec<Uuid>),
+        spec: &ClientSpec,
+        record: &ClientRecord,
+        toggles: &[Toggle],
+        timeline: &[MembershipChange],
+    ) -> Findings {
+        let (ledger, log, _) = world;
+        let mut findings = Findings::default();
+        let client = Client { spec: spec.clone(), record: std::sync::Mutex::new(ClientRecord::default()) };
+        *client.record.lock().unwrap() = ClientRecord {
+            first: record.first,
+            position: record.position,
+            deliveries: record.deliveries.clone(),
+            connections: record.connections.clone(),
+            ..Default::default()
+        };
+        clients(&mut findings, ledger, log, &[&client], toggles, timeline);
+        findings
+    }
+
+    #[test]
+    fn a_client_that_got_every_event_of_its_groups_passes_and_repeats_across_connections_are_allowed() {
+        let w = world();
+        let ids = &w.2;
+        let mut deliveries: Vec<Delivery> = (1..=5).map(|k| delivery(ids, 2 * k, &["region:north"], 1)).collect();
+        deliveries.push(delivery(ids, 4, &["region:north"], 2));
+        let record = ClientRecord { first: Some(0), position: Some(10), deliveries, ..Default::default() };
+        let findings = check(&w, &spec(&["region:north"], None), &record, &[], &[]);
+        assert_eq!((findings.lost, findings.cross_group), (0, 0));
+        assert!(findings.details.is_empty(), "{:?}", findings.details);
+    }
+
+    #[test]
+    fn lost_events_are_reported_as_runs_with_the_connection_that_passed_them() {
+        let w = world();
+        let ids = &w.2;
+        let deliveries = vec![delivery(ids, 2, &["region:north"], 1), delivery(ids, 10, &["region:north"], 1)];
+        let connections = vec![ConnectionRecord {
+            instance: 1,
+            opened_at: Duration::from_secs(1),
+            opening: Some(0),
+            last: Some(10),
+            events: 2,
+        }];
+        let record = ClientRecord { first: Some(0), position: Some(10), deliveries, connections, ..Default::default() };
+        let findings = check(&w, &spec(&["region:north"], None), &record, &[], &[]);
+        assert_eq!(findings.lost, 3);
+        assert_eq!(findings.details.len(), 1, "{:?}", findings.details);
+        let line = &findings.details[0].1;
+        assert!(line.contains("lost 3 event(s) seq 4..=8"), "{line}");
+        assert!(line.contains("conn #0 to instance 1"), "{line}");
+    }
+
+    #[test]
+    fn an_event_of_another_group_is_cross_group_unless_a_toggled_group_was_held_shortly_before() {
+        let w = world();
+        let ids = &w.2;
+        let mut deliveries: Vec<Delivery> = (1..=5).map(|k| delivery(ids, 2 * k, &["region:north"], 1)).collect();
+        // east at 20 s: held from 0 until removed at 15 s, within the grace.
+        deliveries.push(delivery(ids, 3, &["region:east"], 20));
+        let record =
+            ClientRecord { first: Some(0), position: Some(10), deliveries: deliveries.clone(), ..Default::default() };
+        let toggles = [Toggle { dispatcher: "d".to_owned(), group: "region:east".to_owned(), initially_held: true }];
+        let removed = MembershipChange {
+            dispatcher: "d".to_owned(),
+            group: "region:east".to_owned(),
+            held_after: false,
+            before: Duration::from_secs(14),
+            after: Duration::from_secs(15),
+        };
+        let toggled = spec(&["region:north"], Some("region:east"));
+        assert_eq!(check(&w, &toggled, &record, &toggles, std::slice::from_ref(&removed)).cross_group, 0);
+        // The same delivery 30 s after the removal is not allowed, nor for a client without that toggle.
+        let mut late = deliveries.clone();
+        late.last_mut().unwrap().at = Duration::from_secs(45);
+        let record_late = ClientRecord { first: Some(0), position: Some(10), deliveries: late, ..Default::default() };
+        assert_eq!(check(&w, &toggled, &record_late, &toggles, &[removed]).cross_group, 1);
+        assert_eq!(check(&w, &spec(&["region:north"], None), &record, &[], &[]).cross_group, 1);
+    }
+
+    #[test]
+    fn a_burst_client_is_held_to_the_log_between_its_resume_position_and_its_target() {
+        let w = world();
+        let ids = &w.2;
+        let mut s = spec(&["region:east"], None);
+        s.resume_from = Some(4);
+        s.until = Some(8);
+        let deliveries = vec![delivery(ids, 5, &["region:east"], 1), delivery(ids, 7, &["region:east"], 1)];
+        let record = ClientRecord { first: Some(4), position: Some(8), deliveries, ..Default::default() };
+        let findings = check(&w, &s, &record, &[], &[]);
+        assert_eq!(findings.lost, 0, "{:?}", findings.details);
+        let short = ClientRecord {
+            first: Some(4),
+            position: Some(5),
+            deliveries: vec![delivery(ids, 5, &["region:east"], 1)],
+            ..Default::default()
+        };
+        let findings = check(&w, &s, &short, &[], &[]);
+        assert_eq!(findings.lost, 1);
+        assert!(findings.details.iter().any(|(kind, _)| *kind == "burst"), "{:?}", findings.details);
+    }
+
+    #[test]
+    fn fault_lists_parse() {
+        assert_eq!(crate::faults::Fault::parse_list("all").unwrap().len(), 6);
+        assert_eq!(
+            crate::faults::Fault::parse_list("clock,kill,kill").unwrap(),
+            vec![crate::faults::Fault::Kill, crate::faults::Fault::ClockStep]
+        );
+        assert!(crate::faults::Fault::parse_list("nope").is_err());
+        assert!(crate::faults::Fault::parse_list("").is_err());
+    }
+}
