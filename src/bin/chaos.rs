@@ -180,7 +180,7 @@ async fn main_async(args: Args, faults: Vec<Fault>) -> anyhow::Result<bool> {
             }
             let all = outcome.log_dir.join("findings.txt");
             let mut text: String = f.details.iter().map(|(kind, t)| format!("{kind}: {t}\n")).collect();
-            text.push_str("\nfaults injected (seconds from the start of writing):\n");
+            text.push_str("\nfaults injected (seconds from the start of the run):\n");
             text.extend(outcome.journal.iter().map(|line| format!("{line}\n")));
             match std::fs::write(&all, text) {
                 Ok(()) if left_out > 0 => println!("    ... {left_out} more in {}", all.display()),

@@ -181,7 +181,7 @@ pub async fn run(
         };
         let asked = position.as_deref().and_then(parse_position).map(|(_, seq)| seq);
         let lifetime = if spec.voluntary_reconnects {
-            Duration::from_millis(rng.random_range(1_500..8_000))
+            Duration::from_millis(rng.random_range(300..8_000))
         } else {
             Duration::from_secs(3600)
         };

@@ -176,7 +176,7 @@ async fn apply(ctx: &FaultCtx, fault: Fault, rng: &mut StdRng) -> anyhow::Result
             let down = Duration::from_millis(rng.random_range(0..1_500));
             tokio::time::sleep(down).await;
             ctx.cluster.start(i).await?;
-            Ok(format!("instance {i} killed, started again after {down:?} down + start-up"))
+            Ok(format!("instance {i} killed; started again after {down:?} (plus its start-up)"))
         }
         Fault::Conn => {
             let n = sqlx::query_scalar::<_, i64>(
