@@ -10,13 +10,20 @@ CARGO ?= cargo
 BIN := target/debug/smartscheduler
 RUN_DB ?= smartscheduler
 ADDR ?= 127.0.0.1:8080
+# `make chaos`: seconds of faults per run, number of runs, which faults (all, kill, conn, or a list such as
+# kill,clock); SEED repeats a run (run k uses SEED + k).
+SECONDS ?= 45
+RUNS ?= 20
+FAULTS ?= all
+SEED ?=
 
-.PHONY: help run port-free test test-rust test-frontend test-e2e test-fuzz-api lint bench frontend frontend-deps chromium pg-stop clean
+.PHONY: help run port-free test test-rust test-chaos test-frontend test-e2e test-fuzz-api lint bench chaos frontend frontend-deps chromium pg-stop clean
 
 help:
 	@echo "make run     build everything and serve the console with demo data on http://$(ADDR) (ADDR=host:port to change)"
 	@echo "make test    every test suite: Rust unit + integration (real PostgreSQL), frontend unit, browser end-to-end"
 	@echo "make bench   benchmarks; figures go to docs/performance.md"
+	@echo "make chaos   fault-injection soak: SECONDS=45 RUNS=20 FAULTS=all|kill|conn|<list> [SEED=n] (docs/chaos.md)"
 	@echo "make lint    cargo fmt --check and clippy -D warnings"
 
 run: port-free frontend
@@ -40,12 +47,18 @@ port-free:
 
 # The frontend first: the binary embeds frontend/dist when it is built (see build.rs), so every suite
 # after it runs against the console a user gets.
-test: frontend lint test-rust test-frontend test-e2e test-fuzz-api
+test: frontend lint test-rust test-chaos test-frontend test-e2e test-fuzz-api
 	@echo "make test: all suites passed"
 
 test-rust:
 	@server=$$(scripts/postgres.sh url); \
 	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" $(CARGO) test --all-targets --locked
+
+# A short fault-injection run (docs/chaos.md): two runs of 20 s with every kind of fault.
+test-chaos:
+	$(CARGO) build --locked --bin smartscheduler --bin smartscheduler-chaos
+	@server=$$(scripts/postgres.sh url); \
+	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/debug/smartscheduler-chaos --seconds 20 --runs 2 --faults all
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -84,6 +97,13 @@ bench:
 	@server=$$(scripts/postgres.sh url); \
 	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
 	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/release/smartscheduler-bench --out docs/performance.md
+
+chaos:
+	$(CARGO) build --release --locked --bin smartscheduler --bin smartscheduler-chaos
+	@server=$$(scripts/postgres.sh url); \
+	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
+	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/release/smartscheduler-chaos \
+	  --seconds $(SECONDS) --runs $(RUNS) --faults $(FAULTS) $(if $(SEED),--seed $(SEED))
 
 pg-stop:
 	@scripts/postgres.sh stop

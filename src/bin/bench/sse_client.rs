@@ -6,6 +6,8 @@
 //! and body channel, then a parser that allocates strings per field) costs more per delivery than the
 //! server's own write; this one reads a socket and looks at bytes. It understands what the server sends
 //! (`id:`, `event:`, `data:` on one line each, comments, blank-line terminated), not all of SSE.
+//!
+//! The fault suite (`smartscheduler-chaos`) uses it too, for its `id:` lines and resume positions.
 
 use memchr::memmem;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,10 +28,14 @@ pub fn set_delayed_acks(on: bool) {
     DELAYED_ACKS.store(on, Ordering::Relaxed);
 }
 
-/// One SSE event, borrowed from the client's buffer.
+/// One SSE event, borrowed from the client's buffer. A frame with an `id:` and no `data:` (the opening
+/// position) has empty `data`.
 pub struct Frame<'a> {
     pub event: &'a [u8],
     pub data: &'a [u8],
+    /// The `id:` line, if the frame has one (events, the opening line, a heartbeat that moves the position).
+    #[allow(dead_code)] // read by the fault suite, which resumes from it; the benchmark does not
+    pub id: Option<&'a [u8]>,
 }
 
 enum Chunk {
@@ -51,16 +57,24 @@ pub struct SseClient {
     body: Vec<u8>,
     chunk: Chunk,
     size_digits: usize,
+    /// Body bytes arrived with the response head and were not looked at yet: the next read serves them
+    /// first (a quiet stream may send nothing more for a while after its opening lines).
+    unread: bool,
 }
 
 impl SseClient {
     /// Opens `GET /api/events` with a bearer token (and a resume position) and reads the response head.
     pub async fn connect(addr: &str, token: &str, last_event_id: Option<&str>) -> anyhow::Result<Self> {
+        Self::connect_to(addr, "/api/events", token, last_event_id).await
+    }
+
+    /// Like [`SseClient::connect`], for a path with a query (`/api/events?groups=...`).
+    pub async fn connect_to(addr: &str, path: &str, token: &str, last_event_id: Option<&str>) -> anyhow::Result<Self> {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
         let request = format!(
-            "GET /api/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
              Accept: text/event-stream\r\n{resume}\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
@@ -76,7 +90,8 @@ impl SseClient {
         anyhow::ensure!(head.starts_with("http/1.1 200"), "{}", head.lines().next().unwrap_or(""));
         anyhow::ensure!(head.contains("transfer-encoding: chunked"), "expected a chunked body: {head}");
         raw.drain(..head_end);
-        Ok(Self { stream, raw, body: Vec::with_capacity(16 * 1024), chunk: Chunk::Size(0), size_digits: 0 })
+        let unread = !raw.is_empty();
+        Ok(Self { stream, raw, body: Vec::with_capacity(16 * 1024), chunk: Chunk::Size(0), size_digits: 0, unread })
     }
 
     /// Reads once from the socket and calls `on_frame` for every complete event. Returns false when the
@@ -85,12 +100,16 @@ impl SseClient {
         if matches!(self.chunk, Chunk::Done) {
             return Ok(false);
         }
-        if self.stream.read_buf(&mut self.raw).await? == 0 {
-            return Ok(false);
-        }
-        if DELAYED_ACKS.load(Ordering::Relaxed) {
-            // Not sticky in Linux: set again after each read.
-            let _ = self.stream.set_quickack(false);
+        if self.unread {
+            self.unread = false;
+        } else {
+            if self.stream.read_buf(&mut self.raw).await? == 0 {
+                return Ok(false);
+            }
+            if DELAYED_ACKS.load(Ordering::Relaxed) {
+                // Not sticky in Linux: set again after each read.
+                let _ = self.stream.set_quickack(false);
+            }
         }
         self.dechunk()?;
         let mut start = 0;
@@ -166,20 +185,28 @@ impl SseClient {
     }
 }
 
-/// Splits one event (its lines, each ending in `\n`) into `event:` and `data:`; comments have neither.
-/// The server writes `data:` last and on one line, so the scan stops there without walking the payload.
+/// Splits one event (its lines, each ending in `\n`) into `event:`, `data:` and `id:`; comments have none
+/// and are skipped. Fields come in any order (a heartbeat writes its `id:` after its `data:`); `data:` is
+/// one line, which the line search crosses once.
 fn parse_frame(frame: &[u8], on_frame: &mut impl FnMut(Frame<'_>)) {
     let mut event: &[u8] = b"message";
+    let mut data: Option<&[u8]> = None;
+    let mut id: Option<&[u8]> = None;
     let mut rest = frame;
     while !rest.is_empty() {
         let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
         let line = &rest[..end];
         if let Some(v) = line.strip_prefix(b"event: ") {
             event = v;
-        } else if let Some(data) = line.strip_prefix(b"data: ") {
-            return on_frame(Frame { event, data });
+        } else if let Some(v) = line.strip_prefix(b"data: ") {
+            data = Some(v);
+        } else if let Some(v) = line.strip_prefix(b"id: ") {
+            id = Some(v);
         }
         rest = rest.get(end + 1..).unwrap_or_default();
+    }
+    if data.is_some() || id.is_some() {
+        on_frame(Frame { event, data: data.unwrap_or_default(), id });
     }
 }
 
@@ -198,13 +225,20 @@ mod tests {
     #[test]
     fn frames_give_their_event_and_data_and_comments_are_skipped() {
         let mut seen = Vec::new();
-        let mut collect = |f: Frame<'_>| seen.push((f.event.to_vec(), f.data.to_vec()));
+        let mut collect = |f: Frame<'_>| seen.push((f.event.to_vec(), f.data.to_vec(), f.id.map(<[u8]>::to_vec)));
         parse_frame(b"id: 1-2\nevent: BenchEvent\ndata: {\"n\": 1}\n", &mut collect);
         parse_frame(b": ping\n", &mut collect);
         parse_frame(b"data: plain\n", &mut collect);
+        parse_frame(b"retry: 3000\nid: 1-5\n", &mut collect);
+        parse_frame(b"event: heartbeat\ndata: {}\nid: 1-6\n", &mut collect);
         assert_eq!(
             seen,
-            vec![(b"BenchEvent".to_vec(), b"{\"n\": 1}".to_vec()), (b"message".to_vec(), b"plain".to_vec())]
+            vec![
+                (b"BenchEvent".to_vec(), b"{\"n\": 1}".to_vec(), Some(b"1-2".to_vec())),
+                (b"message".to_vec(), b"plain".to_vec(), None),
+                (b"message".to_vec(), Vec::new(), Some(b"1-5".to_vec())),
+                (b"heartbeat".to_vec(), b"{}".to_vec(), Some(b"1-6".to_vec())),
+            ]
         );
     }
 
