@@ -17,7 +17,7 @@ RUNS ?= 20
 FAULTS ?= all
 SEED ?=
 
-.PHONY: help run port-free test test-rust test-chaos test-frontend test-e2e test-fuzz-api lint bench chaos frontend frontend-deps chromium pg-stop clean
+.PHONY: help run port-free test test-rust test-chaos test-frontend test-e2e test-topology test-fuzz-api lint bench chaos frontend frontend-deps chromium nginx pg-stop clean
 
 help:
 	@echo "make run     build everything and serve the console with demo data on http://$(ADDR) (ADDR=host:port to change)"
@@ -47,7 +47,7 @@ port-free:
 
 # The frontend first: the binary embeds frontend/dist when it is built (see build.rs), so every suite
 # after it runs against the console a user gets.
-test: frontend lint test-rust test-chaos test-frontend test-e2e test-fuzz-api
+test: frontend lint test-rust test-chaos test-frontend test-e2e test-topology test-fuzz-api
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -85,6 +85,22 @@ test-e2e: chromium frontend
 	scripts/create-db.sh "$$server" "$$db"; \
 	trap '$(CURDIR)/scripts/create-db.sh --drop "$$server" "$$db"' EXIT; \
 	cd frontend && SMARTSCHEDULER_BIN="$(CURDIR)/$(BIN)" DATABASE_URL="$$server/$$db" npm run test:e2e
+
+# Debian's nginx for the topology test. RUNLEVEL=1 keeps the package's scripts from starting the
+# system-wide nginx service on a machine without systemd (the test runs its own nginx).
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "the topology test needs Debian's nginx: install it with 'sudo apt-get install nginx'" >&2; exit 1; fi; \
+	  echo "installing Debian's nginx for the topology test"; \
+	  apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
+
+# The production topology of deploy/nginx (TLS, HTTP/2, two `serve` instances on one database) in Chromium.
+test-topology: chromium nginx frontend
+	$(CARGO) build --bin smartscheduler --locked
+	@server=$$(scripts/postgres.sh url); db="ss_topology_$$(date +%s)_$$$$"; \
+	scripts/create-db.sh "$$server" "$$db"; \
+	trap '$(CURDIR)/scripts/create-db.sh --drop "$$server" "$$db"' EXIT; \
+	cd frontend && SMARTSCHEDULER_BIN="$(CURDIR)/$(BIN)" DATABASE_URL="$$server/$$db" npm run test:topology
 
 # The HTTP API fuzzed from its own OpenAPI document (schemathesis, installed into .tmp/fuzz-venv on first use).
 # FUZZ_EXAMPLES per operation and phase (default 50); docs/fuzzing.md says how to run it longer.
