@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 use std::fmt;
 use uuid::Uuid;
 
-/// Largest payload accepted, as serialised JSON.
+/// Largest payload accepted, in bytes of its JSON text as PostgreSQL's jsonb prints it (what goes on the
+/// wire, and what the outbox's CHECK measures with `octet_length(payload::text)`).
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 /// Most groups one event may target.
 pub const MAX_GROUPS: usize = 32;
@@ -94,6 +95,35 @@ impl EventType {
 }
 
 /// True if a string or key anywhere in `value` holds U+0000 (jsonb refuses `\u0000`).
+/// An upper bound of the length of `value` as jsonb's text output prints it, so that a payload that passes
+/// here is never refused by the outbox's size CHECK. jsonb puts a space after every `:` and `,`, and prints
+/// numbers as `numeric` does, without exponent (`1e300` becomes 301 digits): a number counts its digits
+/// plus the magnitude of its exponent, plus room for a sign, a point and a leading zero. Strings are escaped
+/// as serde_json escapes them, which is the same set jsonb escapes.
+fn jsonb_text_bound(value: &Value) -> usize {
+    let separators = |n: usize| 2 * n.saturating_sub(1);
+    match value {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(number) => {
+            let text = number.to_string();
+            let (mantissa, exponent) = text.split_once(['e', 'E']).unwrap_or((text.as_str(), "0"));
+            let exponent: usize = exponent.trim_start_matches(['+', '-']).parse().unwrap_or(usize::MAX / 4);
+            mantissa.len().saturating_add(exponent).saturating_add(3)
+        }
+        Value::String(s) => serde_json::to_string(s).map_or(usize::MAX / 4, |t| t.len()),
+        Value::Array(items) => {
+            2 + items.iter().map(jsonb_text_bound).fold(0usize, usize::saturating_add) + separators(items.len())
+        }
+        Value::Object(map) => {
+            let members = map.iter().map(|(key, value)| {
+                serde_json::to_string(key).map_or(usize::MAX / 4, |k| k.len()) + 2 + jsonb_text_bound(value)
+            });
+            2 + members.fold(0usize, usize::saturating_add) + separators(map.len())
+        }
+    }
+}
+
 fn contains_nul(value: &Value) -> bool {
     match value {
         Value::String(s) => s.contains('\0'),
@@ -133,7 +163,7 @@ impl NewEvent {
         if payload.iter().any(|(key, value)| key.contains('\0') || contains_nul(value)) {
             return Err(OutboxError::PayloadNul);
         }
-        let size = serde_json::to_vec(&payload).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = jsonb_text_bound(&Value::Object(payload.clone()));
         if size > MAX_PAYLOAD_BYTES {
             return Err(OutboxError::PayloadTooLarge(size));
         }
@@ -199,6 +229,21 @@ mod tests {
         let big = "x".repeat(MAX_PAYLOAD_BYTES);
         let err = NewEvent::new("X", Uuid::nil(), groups(&["g"]), json!({ "big": big })).unwrap_err();
         assert!(matches!(err, OutboxError::PayloadTooLarge(n) if n > MAX_PAYLOAD_BYTES));
+    }
+
+    #[test]
+    fn the_size_counts_what_jsonb_prints_not_the_compact_form() {
+        // Compact: 62,701 bytes; as jsonb prints it, 2 more per member (": " and ", "): 69,299.
+        let members: Map<String, Value> = (0..3300).map(|i| (format!("k{i:05}"), json!(123_456_789))).collect();
+        let compact = serde_json::to_vec(&members).unwrap().len();
+        assert!(compact <= MAX_PAYLOAD_BYTES, "{compact}");
+        let err = NewEvent::new("X", Uuid::nil(), groups(&["g"]), Value::Object(members)).unwrap_err();
+        assert!(matches!(err, OutboxError::PayloadTooLarge(n) if n > MAX_PAYLOAD_BYTES), "{err}");
+        // A number that numeric prints in full.
+        let err =
+            NewEvent::new("X", Uuid::nil(), groups(&["g"]), json!({"n": 1e300, "m": vec![1e-300; 300]})).unwrap_err();
+        assert!(matches!(err, OutboxError::PayloadTooLarge(_)), "{err}");
+        assert_eq!(jsonb_text_bound(&json!({"a": [1, "x"], "b": null})), r#"{"a": [1, "x"], "b": null}"#.len() + 3);
     }
 
     #[test]
