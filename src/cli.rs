@@ -26,7 +26,7 @@ pub enum Command {
     /// HTTP API, event stream, relay and retention in one process.
     Serve(ServeArgs),
     /// Run only the relay (outbox → event_log), for deployments that split roles.
-    Relay,
+    Relay(RelayArgs),
     /// Apply the database migrations (serve and relay also do this at start-up).
     Migrate,
     /// Load demo data (regions, contractors, jobs, dispatchers alice, bob, carol, dana). Idempotent.
@@ -74,6 +74,43 @@ pub struct ServeArgs {
     /// Serve the browser console from this directory (the frontend build, frontend/dist).
     #[arg(long)]
     pub static_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+}
+
+/// How often the relay looks for events from writers that do not wake it (a plain SQL `INSERT INTO outbox`).
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Poll interval of an idle relay: the most the first event after a quiet spell waits.
+    #[arg(long, env = "SMARTSCHEDULER_RELAY_POLL", default_value = "20ms", value_parser = poll_interval)]
+    pub relay_poll: std::time::Duration,
+    /// Poll interval while events keep arriving (see --relay-busy-for).
+    #[arg(long, env = "SMARTSCHEDULER_RELAY_BUSY_POLL", default_value = "2ms", value_parser = poll_interval)]
+    pub relay_busy_poll: std::time::Duration,
+    /// How long after its last published batch the relay keeps to the busy poll interval (0s: never).
+    #[arg(long, env = "SMARTSCHEDULER_RELAY_BUSY_FOR", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub relay_busy_for: std::time::Duration,
+}
+
+/// A poll interval: a duration of at least 1 ms (zero would make the relay query without pause).
+fn poll_interval(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
+    }
+    Ok(d)
+}
+
+impl RelayArgs {
+    /// The relay configuration these flags describe (other settings at their defaults).
+    pub fn config(&self) -> crate::relay::RelayConfig {
+        crate::relay::RelayConfig {
+            poll_interval: self.relay_poll,
+            busy_poll_interval: self.relay_busy_poll,
+            busy_for: self.relay_busy_for,
+            ..crate::relay::RelayConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,7 @@
 use crate::auth::{self, AuthSecret};
 use crate::cli::{Cli, Command, DispatcherCommand, OutboxCommand, ServeArgs};
 use crate::outbox::RelayWaker;
-use crate::relay::{Relay, RelayConfig};
+use crate::relay::Relay;
 use crate::server::{Server, ServerConfig};
 use anyhow::Context;
 use sqlx::PgPool;
@@ -26,10 +26,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Relay => {
+        Command::Relay(relay) => {
             let pool = connect_and_migrate(&url?).await?;
             let shutdown = shutdown_on_signal();
-            Relay::new(pool, RelayConfig::default(), RelayWaker::new(), uuid::Uuid::new_v4()).run(shutdown).await;
+            Relay::new(pool, relay.config(), RelayWaker::new(), uuid::Uuid::new_v4()).run(shutdown).await;
             Ok(())
         }
         Command::Serve(args) => serve(&url?, args).await,
@@ -87,6 +87,7 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
     config.dev = args.dev;
     config.run_relay = !args.no_relay;
     config.static_dir = args.static_dir;
+    config.relay = args.relay.config();
     let shutdown = shutdown_on_signal();
     let server = Server::start(pool, config, secret, shutdown).await?;
     let addr = server.local_addr()?;

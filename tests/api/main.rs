@@ -3,6 +3,7 @@
 
 mod app;
 mod cli;
+mod foreign_writer;
 mod helpers;
 mod http;
 mod ops;
