@@ -11,12 +11,12 @@ BIN := target/debug/smartscheduler
 RUN_DB ?= smartscheduler
 ADDR ?= 127.0.0.1:8080
 
-.PHONY: help run test test-rust test-frontend test-e2e lint bench frontend frontend-deps chromium pg-stop clean
+.PHONY: help run test test-rust test-frontend test-e2e lint bench nchan frontend frontend-deps chromium pg-stop clean
 
 help:
 	@echo "make run     build everything and serve the console with demo data on http://$(ADDR)"
 	@echo "make test    every test suite: Rust unit + integration (real PostgreSQL), frontend unit, browser end-to-end"
-	@echo "make bench   benchmarks; figures go to docs/performance.md"
+	@echo "make bench   benchmarks; figures go to docs/performance.md (one section alone: make bench, then target/release/smartscheduler-bench --only 9)"
 	@echo "make lint    cargo fmt --check and clippy -D warnings"
 
 run: frontend
@@ -60,11 +60,22 @@ test-e2e: chromium frontend
 	trap '$(CURDIR)/scripts/create-db.sh --drop "$$server" "$$db"' EXIT; \
 	cd frontend && SMARTSCHEDULER_BIN="$(CURDIR)/$(BIN)" DATABASE_URL="$$server/$$db" npm run test:e2e
 
-bench:
+# The bench's peer (section 9): Debian's nginx with the nchan module, run by the bench on a loopback port
+# with its own configuration. Installed only here; `make test` never needs it. (Debian's packages do not
+# start a service where there is no init system or policy-rc.d forbids it, as in containers; elsewhere the
+# stock nginx service starts too, and the bench does not use it.)
+NCHAN_MODULE := /usr/lib/nginx/modules/ngx_nchan_module.so
+nchan:
+	@if [ ! -x /usr/sbin/nginx ] || [ ! -f $(NCHAN_MODULE) ]; then \
+	  echo "installing Debian's nginx and libnginx-mod-nchan for the bench's peer (section 9)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      nginx libnginx-mod-nchan >/dev/null; } || echo "could not install nchan: section 9 will say so"; fi
+
+bench: nchan
 	$(CARGO) build --release --bin smartscheduler-bench --bin smartscheduler
 	@server=$$(scripts/postgres.sh url); \
 	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
-	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/release/smartscheduler-bench --out docs/performance.md
+	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/release/smartscheduler-bench --out docs/performance.md $(BENCH_ARGS)
 
 pg-stop:
 	scripts/postgres.sh stop
