@@ -179,3 +179,20 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub dry_run: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_poll_flags_parse_durations_and_refuse_a_zero_interval() {
+        let cli = Cli::try_parse_from(["smartscheduler", "relay", "--relay-poll", "50ms", "--relay-busy-for", "0s"])
+            .expect("valid flags");
+        let Command::Relay(relay) = cli.command else { panic!("not the relay command") };
+        let config = relay.config();
+        assert_eq!(config.poll_interval, std::time::Duration::from_millis(50));
+        assert_eq!(config.busy_for, std::time::Duration::ZERO);
+        assert_eq!(config.busy_poll_interval, crate::relay::RelayConfig::default().busy_poll_interval);
+        assert!(Cli::try_parse_from(["smartscheduler", "serve", "--relay-busy-poll", "0ms"]).is_err());
+    }
+}
