@@ -17,12 +17,13 @@ RUNS ?= 20
 FAULTS ?= all
 SEED ?=
 
-.PHONY: help run port-free test test-rust test-chaos test-frontend test-e2e test-topology test-fuzz-api lint bench chaos frontend frontend-deps chromium nginx pg-stop clean
+.PHONY: help run port-free test test-rust test-chaos test-frontend test-e2e test-topology test-fuzz-api lint bench nchan chaos frontend frontend-deps chromium nginx pg-stop clean
 
 help:
 	@echo "make run     build everything and serve the console with demo data on http://$(ADDR) (ADDR=host:port to change)"
-	@echo "make test    every test suite: Rust unit + integration (real PostgreSQL), frontend unit, browser end-to-end"
-	@echo "make bench   benchmarks; figures go to docs/performance.md"
+	@echo "make test    every test suite: lint, Rust unit + integration (real PostgreSQL), a short fault run, frontend unit,"
+	@echo "             browser end-to-end, the nginx topology, the API fuzzer"
+	@echo "make bench   benchmarks; figures go to docs/performance.md (BENCH_ARGS='--only 9' runs one section)"
 	@echo "make chaos   fault-injection soak: SECONDS=45 RUNS=20 FAULTS=all|kill|conn|<list> [SEED=n] (docs/chaos.md)"
 	@echo "make lint    cargo fmt --check and clippy -D warnings"
 
@@ -108,11 +109,22 @@ test-fuzz-api:
 	$(CARGO) build --bin smartscheduler --locked
 	scripts/fuzz-api.sh $(BIN)
 
-bench:
+# The bench's peer (section 9): Debian's nginx with the nchan module, run by the bench on a loopback port
+# with its own configuration. Installed only here; `make test` never needs it. (Debian's packages do not
+# start a service where there is no init system or policy-rc.d forbids it, as in containers; elsewhere the
+# stock nginx service starts too, and the bench does not use it.)
+NCHAN_MODULE := /usr/lib/nginx/modules/ngx_nchan_module.so
+nchan:
+	@if [ ! -x /usr/sbin/nginx ] || [ ! -f $(NCHAN_MODULE) ]; then \
+	  echo "installing Debian's nginx and libnginx-mod-nchan for the bench's peer (section 9)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      nginx libnginx-mod-nchan >/dev/null; } || echo "could not install nchan: section 9 will say so"; fi
+
+bench: nchan
 	$(CARGO) build --release --bin smartscheduler-bench --bin smartscheduler
 	@server=$$(scripts/postgres.sh url); \
 	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
-	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/release/smartscheduler-bench --out docs/performance.md
+	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/release/smartscheduler-bench --out docs/performance.md $(BENCH_ARGS)
 
 chaos:
 	$(CARGO) build --release --locked --bin smartscheduler --bin smartscheduler-chaos

@@ -26,7 +26,7 @@ pub enum Command {
     /// HTTP API, event stream, relay and retention in one process.
     Serve(ServeArgs),
     /// Run only the relay (outbox → event_log), for deployments that split roles.
-    Relay,
+    Relay(RelayArgs),
     /// Apply the database migrations (serve and relay also do this at start-up).
     Migrate,
     /// Load demo data (regions, contractors, jobs, dispatchers alice, bob, carol, dana). Idempotent.
@@ -75,6 +75,43 @@ pub struct ServeArgs {
     /// time (for frontend development: `npm run build` output shows without rebuilding the binary).
     #[arg(long)]
     pub static_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+}
+
+/// How often the relay looks for events from writers that do not wake it (a plain SQL `INSERT INTO outbox`).
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Poll interval of an idle relay: the most the first event after a quiet spell waits.
+    #[arg(long, env = "SMARTSCHEDULER_RELAY_POLL", default_value = "20ms", value_parser = poll_interval)]
+    pub relay_poll: std::time::Duration,
+    /// Poll interval while events keep arriving (see --relay-busy-for).
+    #[arg(long, env = "SMARTSCHEDULER_RELAY_BUSY_POLL", default_value = "2ms", value_parser = poll_interval)]
+    pub relay_busy_poll: std::time::Duration,
+    /// How long after its last published batch the relay keeps to the busy poll interval (0s: never).
+    #[arg(long, env = "SMARTSCHEDULER_RELAY_BUSY_FOR", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub relay_busy_for: std::time::Duration,
+}
+
+/// A poll interval: a duration of at least 1 ms (zero would make the relay query without pause).
+fn poll_interval(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
+    }
+    Ok(d)
+}
+
+impl RelayArgs {
+    /// The relay configuration these flags describe (other settings at their defaults).
+    pub fn config(&self) -> crate::relay::RelayConfig {
+        crate::relay::RelayConfig {
+            poll_interval: self.relay_poll,
+            busy_poll_interval: self.relay_busy_poll,
+            busy_for: self.relay_busy_for,
+            ..crate::relay::RelayConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,4 +179,21 @@ pub struct ReplayArgs {
     /// Print what would be replayed and publish nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_poll_flags_parse_durations_and_refuse_a_zero_interval() {
+        let cli = Cli::try_parse_from(["smartscheduler", "relay", "--relay-poll", "50ms", "--relay-busy-for", "0s"])
+            .expect("valid flags");
+        let Command::Relay(relay) = cli.command else { panic!("not the relay command") };
+        let config = relay.config();
+        assert_eq!(config.poll_interval, std::time::Duration::from_millis(50));
+        assert_eq!(config.busy_for, std::time::Duration::ZERO);
+        assert_eq!(config.busy_poll_interval, crate::relay::RelayConfig::default().busy_poll_interval);
+        assert!(Cli::try_parse_from(["smartscheduler", "serve", "--relay-busy-poll", "0ms"]).is_err());
+    }
 }

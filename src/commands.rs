@@ -3,7 +3,7 @@
 use crate::auth::{self, AuthSecret};
 use crate::cli::{Cli, Command, DispatcherCommand, OutboxCommand, ServeArgs};
 use crate::outbox::RelayWaker;
-use crate::relay::{Relay, RelayConfig};
+use crate::relay::Relay;
 use crate::server::{Server, ServerConfig};
 use anyhow::Context;
 use sqlx::PgPool;
@@ -26,11 +26,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Relay => {
+        Command::Relay(relay) => {
             let pool = connect_and_migrate(&url?).await?;
             let shutdown = shutdown_on_signal();
             let supervisor = crate::supervisor::Supervisor::new();
-            let relay = Relay::new(pool, RelayConfig::default(), RelayWaker::new(), uuid::Uuid::new_v4());
+            let relay = Relay::new(pool, relay.config(), RelayWaker::new(), uuid::Uuid::new_v4());
             let _ = relay.spawn_supervised(&supervisor, shutdown).await;
             Ok(())
         }
@@ -100,6 +100,7 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
     config.run_relay = !args.no_relay;
     let has_console = args.static_dir.is_some() || crate::console::is_embedded();
     config.static_dir = args.static_dir;
+    config.relay = args.relay.config();
     let shutdown = shutdown_on_signal();
     let server = Server::start(pool, config, secret, shutdown).await?;
     let addr = server.local_addr()?;

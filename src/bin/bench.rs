@@ -8,6 +8,8 @@
 mod common;
 #[path = "bench/memory.rs"]
 mod memory;
+#[path = "bench/peer.rs"]
+mod peer;
 #[path = "bench/relay_drain.rs"]
 mod relay_drain;
 #[path = "bench/sse_client.rs"]
@@ -33,7 +35,7 @@ struct Args {
     /// A smaller, faster run (shorter phases, fewer rows and connections).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (comma-separated numbers 1-8).
+    /// Run only these sections (comma-separated numbers 1-9; 9 is the plain SQL writer and the nchan peer).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Server on which the benchmark creates (and drops) its databases.
@@ -82,6 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     section!(6, "Catch-up of one client 100,000 events behind", stream::catch_up(&ctx, &mut report));
     section!(7, "Naive fan-out (LISTEN + query per client)", stream::naive_comparison(&ctx, &mut report));
     section!(8, "Recommendation generation", generation(&ctx, &mut report));
+    section!(9, "Writers that do not ring, and a peer: nchan", peer::run(&ctx, &mut report));
 
     ctx.drop_all().await;
     let text = report.render(&header, args.quick, started.elapsed());

@@ -57,7 +57,6 @@ impl TestApp {
         let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
         config.dev = true;
         config.hub = test_hub_config();
-        config.relay.poll_interval = Duration::from_millis(50);
         configure(&mut config);
         let shutdown = CancellationToken::new();
         let server = Server::start(pool, config, secret(), shutdown.clone()).await.expect("server starts");

@@ -5,6 +5,7 @@ mod app;
 mod cli;
 mod deploy;
 mod faults;
+mod foreign_writer;
 mod helpers;
 mod http;
 mod input;

@@ -115,7 +115,7 @@ pub fn fmt_int(n: f64) -> String {
 }
 
 const NOTES: &str = "## How to read these figures\n\n\
-- Everything runs on one machine: PostgreSQL, the server and (sections 3, 4, 6, 7) the SSE clients share the \
+- Everything runs on one machine: PostgreSQL, the server and (sections 3, 4, 6, 7, 9) the SSE clients share the \
   same CPUs, so the clients' own parsing is part of every stream figure. Other work on the machine (see the load \
   average above) shows up directly; compare runs only at similar load.\n\
 - Every commit is durable (`synchronous_commit = on` unless the server says otherwise): each writer \
@@ -164,7 +164,31 @@ const NOTES: &str = "## How to read these figures\n\n\
   measured 23 KiB, so it was not adopted.\n\
 - **Catch-up (6).** The database read is not the limit (8-17 ms per 1,000-event page, under 10 us per \
   event; payloads are spliced as jsonb text, not re-encoded). The limit was the client's parser; with the \
-  lean client the server sends 74-104k events/s.\n";
+  lean client the server sends 74-104k events/s.\n\
+- **Writers that do not ring (9).** A plain SQL writer's event waited for the relay's 200 ms poll: p50 \
+  114-146 ms, p99 220-370 ms. Choices measured on 2026-11-30 (idle cost of a `serve` with nothing to do, \
+  transactions/s and % of one core for the server plus its PostgreSQL backends): a constant 2 ms probe \
+  finds rows as fast as anything but costs 266-298 probes/s and 5.3-9.3% CPU when idle; the 200 ms poll \
+  cost 7-9 probes/s and 0.1-0.2%. The relay now probes every 2 ms while events keep arriving (for 1 s after \
+  its last batch) and every 20 ms when idle: 51-54 transactions/s and 1.4-1.9% CPU idle (the server process \
+  0.9-1.2%, PostgreSQL 0.5-0.7%; a `serve` without a relay: 2-3 transactions/s, 0-0.1%), and one event after \
+  a quiet spell arrives in 18-21 ms p50, at most 27-30 ms. A probe is `SELECT EXISTS (SELECT 1 FROM outbox)` \
+  outside any transaction: it takes no lock and writes nothing (the publish call takes the fence, so it \
+  runs only when the probe found rows). Three runs at 400 clients, 16:28-16:42 UTC, load average 1.3-7 from \
+  other work on the machine: plain SQL p50 5.6-7.8 ms and p99 10.3-35.4 ms at 100-200 events/s, against \
+  2.4-3.0 ms and 6.4-32 ms for the server's own writer in the same runs (its doorbell skips the wait and the \
+  probe: the difference is half a busy poll period plus one round trip); the p99 follows the machine's \
+  stalls, which the own writer and nchan show in the same runs (nchan p99 at 200 events/s 28.5-29.7 ms). A \
+  WAL-driven wake-up was not taken: sqlx speaks no replication protocol, and polling \
+  `pg_current_wal_insert_lsn()` still costs a round trip per look (the cost measured above is the round \
+  trip, not the probe), and on a shared server every other database's writes move it. A writer that wants \
+  its event out sooner still may send `NOTIFY ss_wake` after its COMMIT as a statement of its own: p50 \
+  2.9-7.5 ms, and 4.8-8.2 ms instead of 18-21 ms after a quiet spell, for one more round trip in the writer \
+  (its call p50 0-2.6 ms longer in these runs). Inside the transaction a NOTIFY would serialise the writers' commits, so \
+  it never belongs there. nchan delivers more per second (its ramp passed 3,200 events/s, 300k+ deliveries/s, \
+  where our own writer passed it in two runs of three and the plain SQL writer stopped at 800-1,600: every one of our events is a durable PostgreSQL commit and \
+  publish, nchan keeps them in memory) and its first event after a quiet spell is faster (1.1 ms p50: no \
+  poll); per idle connection ours holds 6.3-6.7 KiB, nchan's workers 10.0 KiB.\n";
 
 #[derive(Default)]
 pub struct Report {

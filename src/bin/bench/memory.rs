@@ -11,17 +11,16 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
 }
 
-/// Opens one stream by hand and returns it once the opening block (`retry:` + `id:`) has arrived.
-async fn open_idle(addr: String, token: String) -> anyhow::Result<TcpStream> {
+/// Opens one stream by hand and returns it once the opening block (ours: `retry:` + `id:`) has arrived.
+async fn open_idle(addr: String, path: String, token: Option<String>) -> anyhow::Result<TcpStream> {
     let mut s = TcpStream::connect(&addr).await?;
-    let request = format!(
-        "GET /api/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
-    );
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Accept: text/event-stream\r\n\r\n");
     s.write_all(request.as_bytes()).await?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
@@ -162,21 +161,39 @@ async fn measure(
     ready.map_err(|_| anyhow::anyhow!("the server did not listen within 30 s"))??;
     // Keep draining stdout so that the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let targets: Vec<(String, Option<String>)> =
+        tokens.iter().map(|t| ("/api/events".to_owned(), Some(t.clone()))).collect();
+    idle_growth(&[pid], addr, &targets, n).await
+}
 
+/// The summed VmRSS (KiB) of `pids`.
+fn rss_kib(pids: &[u32]) -> anyhow::Result<u64> {
+    pids.iter().map(|&pid| status_kib(pid, "VmRSS:").ok_or_else(|| anyhow::anyhow!("cannot read VmRSS of {pid}"))).sum()
+}
+
+/// Resident memory of the server processes `pids` before and after `n` idle streams to `addr`, the `i`-th
+/// opening `targets[i % len]` (path, bearer token): (before KiB, after KiB, seconds to open, opened).
+pub async fn idle_growth(
+    pids: &[u32],
+    addr: &str,
+    targets: &[(String, Option<String>)],
+    n: usize,
+) -> anyhow::Result<(u64, u64, f64, usize)> {
     // Warm-up: the first streams allocate lazily initialised state.
     for i in 0..50 {
-        let s = open_idle(addr.to_owned(), tokens[i % tokens.len()].clone()).await?;
+        let (path, token) = targets[i % targets.len()].clone();
+        let s = open_idle(addr.to_owned(), path, token).await?;
         drop(s);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = status_kib(pid, "VmRSS:").ok_or_else(|| anyhow::anyhow!("cannot read VmRSS of {pid}"))?;
+    let before = rss_kib(pids)?;
 
     let started = Instant::now();
     let opened: Vec<anyhow::Result<TcpStream>> = futures::stream::iter(0..n)
         .map(|i| {
-            let (addr, token) = (addr.to_owned(), tokens[i % tokens.len()].clone());
+            let (addr, (path, token)) = (addr.to_owned(), targets[i % targets.len()].clone());
             async move {
-                tokio::time::timeout(Duration::from_secs(30), open_idle(addr, token))
+                tokio::time::timeout(Duration::from_secs(30), open_idle(addr, path, token))
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
             }
@@ -199,8 +216,56 @@ async fn measure(
         anyhow::bail!("{} of {n} connections failed; first: {e:#}", n - streams.len());
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = status_kib(pid, "VmRSS:").ok_or_else(|| anyhow::anyhow!("cannot read VmRSS of {pid}"))?;
+    let after = rss_kib(pids)?;
     let count = streams.len();
     drop(streams);
     Ok((before, after, open_secs, count))
+}
+
+/// A `smartscheduler serve` child process on a free loopback port, listening; killed when dropped.
+pub struct ServeChild {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    pub addr: String,
+}
+
+impl ServeChild {
+    /// Starts the release binary next to this one on `db_url` with `extra` arguments after `serve`.
+    pub async fn start(db_url: &str, extra: &[&str]) -> anyhow::Result<ServeChild> {
+        let exe = std::env::current_exe()?.with_file_name("smartscheduler");
+        anyhow::ensure!(exe.is_file(), "{} not found: build it with `cargo build --release`", exe.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(&exe)
+            .args(["serve", "--addr", &addr])
+            .args(extra)
+            .env("DATABASE_URL", db_url)
+            .env("SMARTSCHEDULER_AUTH_SECRET", std::str::from_utf8(SECRET)?)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("listening on") {
+                    return anyhow::Ok(());
+                }
+            }
+            anyhow::bail!("the server exited before listening")
+        })
+        .await;
+        ready.map_err(|_| anyhow::anyhow!("the server did not listen within 30 s"))??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(ServeChild { child, pid, addr })
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
 }

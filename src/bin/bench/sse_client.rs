@@ -47,6 +47,8 @@ enum Chunk {
     Trailer(usize),
     /// The zero-size chunk arrived: the body ended.
     Done,
+    /// Not chunked: the body is every byte until the connection closes.
+    Identity,
 }
 
 pub struct SseClient {
@@ -65,18 +67,22 @@ pub struct SseClient {
 impl SseClient {
     /// Opens `GET /api/events` with a bearer token (and a resume position) and reads the response head.
     pub async fn connect(addr: &str, token: &str, last_event_id: Option<&str>) -> anyhow::Result<Self> {
-        Self::connect_to(addr, "/api/events", token, last_event_id).await
+        Self::connect_to(addr, "/api/events", Some(token), last_event_id).await
     }
 
-    /// Like [`SseClient::connect`], for a path with a query (`/api/events?groups=...`).
-    pub async fn connect_to(addr: &str, path: &str, token: &str, last_event_id: Option<&str>) -> anyhow::Result<Self> {
+    /// Opens `GET path` (with a bearer token if given). The body may be chunked, or (as a peer hub sends it)
+    /// plain bytes until the connection closes.
+    pub async fn connect_to(
+        addr: &str,
+        path: &str,
+        token: Option<&str>,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-             Accept: text/event-stream\r\n{resume}\r\n"
-        );
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Accept: text/event-stream\r\n{resume}\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::with_capacity(16 * 1024);
         let head_end = loop {
@@ -88,10 +94,15 @@ impl SseClient {
         };
         let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
         anyhow::ensure!(head.starts_with("http/1.1 200"), "{}", head.lines().next().unwrap_or(""));
-        anyhow::ensure!(head.contains("transfer-encoding: chunked"), "expected a chunked body: {head}");
+        let chunk = if head.contains("transfer-encoding: chunked") {
+            Chunk::Size(0)
+        } else {
+            anyhow::ensure!(!head.contains("content-length:"), "expected a streamed body: {head}");
+            Chunk::Identity
+        };
         raw.drain(..head_end);
         let unread = !raw.is_empty();
-        Ok(Self { stream, raw, body: Vec::with_capacity(16 * 1024), chunk: Chunk::Size(0), size_digits: 0, unread })
+        Ok(Self { stream, raw, body: Vec::with_capacity(16 * 1024), chunk, size_digits: 0, unread })
     }
 
     /// Reads once from the socket and calls `on_frame` for every complete event. Returns false when the
@@ -178,6 +189,10 @@ impl SseClient {
                     self.chunk = if left == 1 { Chunk::Size(0) } else { Chunk::Trailer(left - 1) };
                 }
                 Chunk::Done => break,
+                Chunk::Identity => {
+                    self.body.extend_from_slice(&raw[i..]);
+                    i = raw.len();
+                }
             }
         }
         self.raw.drain(..i);

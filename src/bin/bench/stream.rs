@@ -9,6 +9,7 @@ use memchr::memmem;
 use serde_json::{Value, json};
 use smartscheduler::auth::{AuthSecret, add_dispatcher};
 use smartscheduler::outbox::{self, GroupKey, NewEvent, RelayWaker};
+use smartscheduler::relay::RelayConfig;
 use smartscheduler::server::{Server, ServerConfig};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -25,11 +26,11 @@ use uuid::Uuid;
 const WRITERS: u32 = 24;
 pub const REGIONS: [&str; 4] = ["north", "south", "east", "west"];
 pub const SECRET: &[u8] = b"smartscheduler-bench-secret-0123456789abcdef";
-const EVENT_TYPE: &str = "BenchEvent";
+pub const EVENT_TYPE: &str = "BenchEvent";
 const MAX_PHASES: usize = 10;
 const SHARDS: usize = 8;
 /// Most events one phase may write (bounds the commit-time table).
-const MAX_EVENTS_PER_PHASE: usize = 20_000;
+pub const MAX_EVENTS_PER_PHASE: usize = 20_000;
 
 /// Adds one dispatcher per region (`bench-north` in `region:north`, ...) and returns their tokens.
 pub async fn region_dispatchers(pool: &PgPool) -> anyhow::Result<Vec<String>> {
@@ -56,9 +57,15 @@ pub struct Rig {
 
 impl Rig {
     pub async fn start(ctx: &Ctx, db: BenchDb) -> anyhow::Result<Rig> {
+        Self::start_with(ctx, db, RelayConfig::default()).await
+    }
+
+    /// The same with these relay settings.
+    pub async fn start_with(ctx: &Ctx, db: BenchDb, relay: RelayConfig) -> anyhow::Result<Rig> {
         let tokens = region_dispatchers(&db.pool).await?;
         let mut config = ServerConfig::new("127.0.0.1:0".parse()?);
         config.dev = false;
+        config.relay = relay;
         let shutdown = CancellationToken::new();
         let server = Server::start(db.pool.clone(), config, AuthSecret::new(SECRET)?, shutdown.clone()).await?;
         let addr = server.local_addr()?;
@@ -79,6 +86,9 @@ impl Rig {
 /// Deliveries per phase: count, last receipt time and a sharded latency histogram (µs).
 pub struct Stats {
     phases: Vec<PhaseStats>,
+    /// Latency from the start of the publisher's call (`sentNs`) instead of from its commit: for comparing
+    /// publishers that have no commit (an HTTP publish) with those that do.
+    from_call_start: bool,
 }
 
 struct PhaseStats {
@@ -93,7 +103,17 @@ struct PhaseStats {
 
 impl Stats {
     pub fn new() -> Arc<Self> {
+        Self::build(false)
+    }
+
+    /// Stats whose latencies run from the start of the publisher's call (`sentNs`).
+    pub fn from_call_start() -> Arc<Self> {
+        Self::build(true)
+    }
+
+    fn build(from_call_start: bool) -> Arc<Self> {
         Arc::new(Self {
+            from_call_start,
             phases: (0..MAX_PHASES)
                 .map(|_| PhaseStats {
                     commit_ns: (0..MAX_EVENTS_PER_PHASE).map(|_| AtomicU64::new(0)).collect(),
@@ -112,13 +132,14 @@ impl Stats {
         let Some(p) = self.phases.get(phase) else { return };
         let now = now_ns();
         let committed = p.commit_ns.get(n).map(|c| c.load(Ordering::Acquire)).unwrap_or(0);
-        let sent_ns = if committed > 0 { committed } else { sent_ns };
+        let sent_ns = if committed > 0 && !self.from_call_start { committed } else { sent_ns };
         p.shards[shard % SHARDS].lock().unwrap().saturating_record(now.saturating_sub(sent_ns) / 1000);
         p.delivered.fetch_add(1, Ordering::Relaxed);
         p.last_ns.fetch_max(now, Ordering::Relaxed);
     }
 
-    fn committed(&self, phase: usize, n: usize, began_ns: u64) {
+    /// The writer's call for event `n` of `phase` returned (it began at `began_ns`).
+    pub fn committed(&self, phase: usize, n: usize, began_ns: u64) {
         let p = &self.phases[phase];
         let now = now_ns();
         if let Some(c) = p.commit_ns.get(n) {
@@ -156,7 +177,7 @@ fn payload_keys() -> &'static PayloadKeys {
     })
 }
 
-fn record_payload(stats: &Stats, shard: usize, data: &[u8]) {
+pub fn record_payload(stats: &Stats, shard: usize, data: &[u8]) {
     let keys = payload_keys();
     if let (Some(sent), Some(phase), Some(n)) =
         (json_u64(data, &keys.sent_ns), json_u64(data, &keys.phase), json_u64(data, &keys.n))
@@ -183,6 +204,18 @@ impl Clients {
 
 /// Opens `per_region` SSE streams for each region's dispatcher and waits until every one got its headers.
 pub async fn open_sse_clients(rig: &Rig, per_region: usize, stats: &Arc<Stats>) -> anyhow::Result<Clients> {
+    let targets = rig.tokens.iter().map(|t| ("/api/events".to_owned(), Some(t.clone()))).collect();
+    open_stream_clients(&rig.addr.to_string(), targets, per_region, stats).await
+}
+
+/// Opens `per_region` SSE streams for each of the four regions' `(path, bearer token)` at `addr` and waits
+/// until every one got its headers.
+pub async fn open_stream_clients(
+    addr: &str,
+    targets: Vec<(String, Option<String>)>,
+    per_region: usize,
+    stats: &Arc<Stats>,
+) -> anyhow::Result<Clients> {
     let stop = CancellationToken::new();
     let total = per_region * REGIONS.len();
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), String>>(total);
@@ -190,11 +223,11 @@ pub async fn open_sse_clients(rig: &Rig, per_region: usize, stats: &Arc<Stats>) 
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
         let (stats, stop, ready, gate) = (stats.clone(), stop.clone(), ready_tx.clone(), gate.clone());
-        let addr = rig.addr.to_string();
-        let token = rig.tokens[i % REGIONS.len()].clone();
+        let addr = addr.to_owned();
+        let (path, token) = targets[i % REGIONS.len()].clone();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            let client = SseClient::connect(&addr, &token, None).await;
+            let client = SseClient::connect_to(&addr, &path, token.as_deref(), None).await;
             drop(permit);
             let mut client = match client {
                 Ok(c) => c,
@@ -203,7 +236,8 @@ pub async fn open_sse_clients(rig: &Rig, per_region: usize, stats: &Arc<Stats>) 
             let _ = ready.send(Ok(())).await;
             loop {
                 let read = client.read_frames(|f| {
-                    if f.event == EVENT_TYPE.as_bytes() {
+                    // Unnamed events ("message") come from a peer hub that does not name its events.
+                    if f.event == EVENT_TYPE.as_bytes() || f.event == b"message" {
                         record_payload(&stats, i, f.data)
                     }
                 });
@@ -290,7 +324,7 @@ pub async fn open_naive_clients(url: &str, per_region: usize, stats: &Arc<Stats>
     Ok(Clients { stop, tasks, per_region: per_region as u64 })
 }
 
-fn summary_template() -> &'static Value {
+pub fn summary_template() -> &'static Value {
     static T: OnceLock<Value> = OnceLock::new();
     T.get_or_init(|| {
         let top: Vec<Value> = (0..3)
@@ -376,7 +410,7 @@ pub struct PhaseResult {
 }
 
 impl PhaseResult {
-    fn p(&self, q: f64) -> u64 {
+    pub fn p(&self, q: f64) -> u64 {
         self.hist.value_at_quantile(q)
     }
 }
@@ -392,6 +426,20 @@ async fn run_phase(
 ) -> anyhow::Result<PhaseResult> {
     let t0 = now_ns();
     let (written, took) = write_phase(rig, stats, rate, duration, phase).await?;
+    collect_phase(stats, per_region, rate, phase, t0, written, took).await
+}
+
+/// After a phase's writers finished: waits (bounded) for every expected delivery and sums the phase up.
+/// `t0` is when the phase started (`now_ns`).
+pub async fn collect_phase(
+    stats: &Arc<Stats>,
+    per_region: u64,
+    rate: u32,
+    phase: usize,
+    t0: u64,
+    written: u64,
+    took: Duration,
+) -> anyhow::Result<PhaseResult> {
     let expected = written * per_region;
     let deadline = Instant::now() + Duration::from_secs(20);
     while stats.delivered(phase) < expected && Instant::now() < deadline {
@@ -413,7 +461,7 @@ async fn run_phase(
     })
 }
 
-fn phase_row(label: &str, clients: u64, r: &PhaseResult) -> String {
+pub fn phase_row(label: &str, clients: u64, r: &PhaseResult) -> String {
     format!(
         "| {label} | {clients} | {} ev/s | {} | {} / {} | {} | {} | {} | {} | {} | {} / {} |\n",
         r.rate,
@@ -430,7 +478,7 @@ fn phase_row(label: &str, clients: u64, r: &PhaseResult) -> String {
     )
 }
 
-const PHASE_HEADER: &str = "| run | clients | offered rate | written ev/s | deliveries (got / expected) | deliveries/s | p50 | p99 | p99.9 | max | writer tx p50 / p99 (not included) |\n\
+pub const PHASE_HEADER: &str = "| run | clients | offered rate | written ev/s | deliveries (got / expected) | deliveries/s | p50 | p99 | p99.9 | max | writer tx p50 / p99 (not included) |\n\
                             |---|---|---|---|---|---|---|---|---|---|---|\n";
 
 /// Sections 3 and 4.

@@ -151,7 +151,7 @@ pub async fn run(
             continue;
         }
         let (instance, addr) = up[rng.random_range(0..up.len())].clone();
-        let connect = SseClient::connect_to(&addr, &path, &spec.token, position.as_deref());
+        let connect = SseClient::connect_to(&addr, &path, Some(&spec.token), position.as_deref());
         let mut sse = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(Ok(sse)) => sse,
             failed => {
