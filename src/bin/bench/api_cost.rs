@@ -153,7 +153,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
 
 async fn measure(ctx: &Ctx, with: &Api, without: &Api, token: &str, report: &mut Report) -> anyhow::Result<()> {
     // Alternating slices so that background load on the shared machine hits both alike.
-    let (slice, rounds) = if ctx.quick { (Duration::from_millis(1000), 2) } else { (Duration::from_secs(3), 4) };
+    let (slice, rounds) = if ctx.quick { (Duration::from_millis(1000), 2) } else { (Duration::from_secs(2), 6) };
     // Warm-up: connections, prepared statements, caches.
     drive(with, token, Duration::from_millis(500)).await?;
     drive(without, token, Duration::from_millis(500)).await?;

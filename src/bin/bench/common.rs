@@ -124,12 +124,18 @@ const NOTES: &str = "## How to read these figures\n\n\
   absolute numbers.\n\
 - `--quick` shortens phases and shrinks row and connection counts; its figures are indicative only.\n\n\
 ## What limits each figure (measured while tuning, 2026-11-25)\n\n\
-- **Writer cost (1).** The outbox row is one more statement in the transaction. pgbench on the same machine, \
-  plain SQL, same shape: +23% at 1 client, but only +8% with one vCPU kept busy (each round trip pays a vCPU \
-  wake-up on this VM; the reference notes saw the same), and +32% at 16 clients (CPU-bound on 2 cores). So the \
-  cost is the statement, not this code. In the real generation (section 8) the outbox insert is about 10% of \
-  the transaction. Next step: let a writer fold the outbox insert into its own statement (a CTE) to save the \
-  round trip.\n\
+- **Writer cost (1), generation (8) and the API (9), 2026-11-30.** The outbox row used to be one more \
+  statement; it now rides in the statement that writes the set and its rows (a data-modifying CTE, \
+  `outbox::insert_sql`), so it costs no round trip of its own. That was not most of its cost: in section 1 \
+  the folded row still costs +31-47% (without / with 1.31-1.47×, against 1.44-1.63× as a separate \
+  statement, in the same runs), so the row's own work inside PostgreSQL decides. pgbench, one single-row \
+  `INSERT INTO outbox` per transaction: 0.31 ms without the groups `CHECK`, 0.38 ms with it: \
+  `ss_valid_groups` (a SQL function with a subquery, so not inlined and planned at every call) is about \
+  70 us of it; a pure-expression version (one regular expression over the joined keys, inlinable) measured \
+  0.36 ms, not adopted yet. The rest is the row (identity, uuid, jsonb, the heap and primary-key inserts and \
+  their WAL). Through the API (section 9, 16 concurrent requests, relay running) the event costs 1.05-1.09× \
+  in throughput, in runs at a load average of 4-6 on the two cores (other builds). Next steps: the groups \
+  check as an inlinable expression (a new migration), and the relay's publish work off the API's cores.\n\
 - **Relay drain (2).** A batch used to scan the whole outbox (`IN (subquery)` planned as a hash join), which \
   made draining quadratic; primary-key probes fixed it (40k to 47-49k events/s), one statement and then one \
   call per batch took it further. The rest is per row: the heap move plus three index inserts and their \
@@ -151,8 +157,7 @@ const NOTES: &str = "## How to read these figures\n\n\
   2.00-2.45 → 1.79-2.01 ms. Returning the rows costs the drain (2) 3-10% (110k → 106k events/s at batch \
   1000). The VM's speed drifts: runs of the earlier code at 21:15-22:05 UTC measured 6-8 ms p50 while the \
   writers' own commit p50 under load was 2-3 ms instead of 0.5-0.9 ms, so compare the two rows of section \
-  3 with each other, and runs only at similar writer commit times. Next steps: the writer's outbox insert \
-  folded into its own statement, and the clients on another host.\n\
+  3 with each other, and runs only at similar writer commit times. Next step: the clients on another host.\n\
 - **Memory per idle connection (5).** hyper's HTTP/1 connection keeps an 8 KiB read buffer and an 8 KiB \
   write buffer for its whole life (massif: 24 KB of heap per idle stream, 17 KiB resident). A connection \
   whose first request is `GET /api/events` is now served by a lean transport \
