@@ -283,6 +283,13 @@ async fn the_outbox_table_refuses_bad_events_from_plain_sql() {
 #[tokio::test]
 async fn the_group_check_gives_the_verdicts_of_its_reference_definition() {
     let db = TestDb::new().await;
+    let language: String = sqlx::query_scalar(
+        "SELECT l.lanname::text FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.proname = 'ss_valid_groups'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(language, "plpgsql", "migration 0010 is applied");
     let many = |n: usize| format!("'{{{}}}'", (0..n).map(|i| format!("g{i}")).collect::<Vec<_>>().join(","));
     let long = |n: usize| format!("'{{a{}}}'", "b".repeat(n - 1));
     let mut cases: Vec<String> = [
