@@ -329,7 +329,7 @@ pub struct Generation {
     /// Active contractors of the region that were considered (stored as
     /// `recommendation_sets.candidates`).
     pub candidates: usize,
-    /// The outbox `event_id` of the `RecommendationReady` event.
+    /// The outbox `event_id` of the `RecommendationReady` event (nil when the benchmark's baseline skipped it).
     pub event_id: Uuid,
     pub timings: PhaseTimings,
 }
