@@ -30,7 +30,7 @@ pub struct ServerConfig {
     pub retention_interval: Duration,
     /// How often the number of open event streams is checked; it is logged when it changed.
     pub stream_count_interval: Duration,
-    /// BENCHMARK ONLY (`smartscheduler-bench --only 9`, its baseline): `EventWrite::BenchOnlySkip` makes
+    /// BENCHMARK ONLY (`smartscheduler-bench --only 10`, its baseline): `EventWrite::BenchOnlySkip` makes
     /// `POST /api/jobs/{id}/recommendations` store sets without their event. `serve` never sets it.
     #[doc(hidden)]
     pub bench_only_event_write: crate::recommendations::EventWrite,

@@ -35,7 +35,7 @@ struct Args {
     /// A smaller, faster run (shorter phases, fewer rows and connections).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (comma-separated numbers 1-9).
+    /// Run only these sections (comma-separated numbers 1-10).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Server on which the benchmark creates (and drops) its databases.
@@ -84,7 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     section!(6, "Catch-up of one client 100,000 events behind", stream::catch_up(&ctx, &mut report));
     section!(7, "Naive fan-out (LISTEN + query per client)", stream::naive_comparison(&ctx, &mut report));
     section!(8, "Recommendation generation", generation(&ctx, &mut report));
-    section!(9, "API cost of the event", api_cost::run(&ctx, &mut report));
+    section!(10, "API cost of the event", api_cost::run(&ctx, &mut report));
 
     ctx.drop_all().await;
     let text = report.render(&header, args.quick, started.elapsed());

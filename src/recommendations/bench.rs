@@ -133,7 +133,7 @@ fn percentile_ms(mut xs: Vec<StdDuration>, pct: f64) -> f64 {
 
 /// Creates `region` with `contractors` active contractors near one centre (a third of them with a
 /// morning booking on the jobs' day) and `jobs` hvac jobs tomorrow 13:00-16:00 UTC; returns the job ids.
-/// Shared with the API benchmark (`smartscheduler-bench`, section 9).
+/// Shared with the API benchmark (`smartscheduler-bench`, section 10).
 #[doc(hidden)]
 pub async fn populate(pool: &PgPool, region: &str, contractors: usize, jobs: usize) -> anyhow::Result<Vec<Uuid>> {
     let centre = Location { lat: 47.6, lon: -122.3 };

@@ -1,4 +1,4 @@
-//! Section 9: what the `RecommendationReady` event costs the API. `POST /api/jobs/{id}/recommendations`
+//! Section 10: what the `RecommendationReady` event costs the API. `POST /api/jobs/{id}/recommendations`
 //! through the real HTTP server at 16 concurrent requests, against the same server whose generations skip
 //! the outbox row (`ServerConfig::bench_only_event_write`, a switch that exists for this baseline only).
 
@@ -207,9 +207,9 @@ async fn measure(ctx: &Ctx, with: &Api, without: &Api, token: &str, report: &mut
         per_round.join(", "),
         pass_word(pass)
     ));
-    report.section("9. API cost of the event (issue 14)", &body);
+    report.section("10. API cost of the event (issue 14)", &body);
     report.summary_row(
-        "9. POST recommendations at 16 concurrent: without / with the event",
+        "10. POST recommendations at 16 concurrent: without / with the event",
         "≤ 1.05×",
         &format!("{ratio:.3}× ({} vs {} requests/s)", fmt_int(rate_without), fmt_int(rate_with)),
         Some(pass),
