@@ -12,6 +12,10 @@ fn main() {
     let dist = root.join("frontend").join("dist");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("console.rs");
 
+    // sqlx::migrate! embeds migrations/ at compile time, but on stable Rust it cannot tell cargo to watch
+    // the directory: without this line a new migration is left out of an incremental build.
+    println!("cargo::rerun-if-changed={}", root.join("migrations").display());
+
     let mut files = Vec::new();
     if dist.join("index.html").is_file() {
         // A directory is scanned whole by cargo: any file added, changed or removed there rebuilds.

@@ -30,6 +30,10 @@ pub struct ServerConfig {
     pub retention_interval: Duration,
     /// How often the number of open event streams is checked; it is logged when it changed.
     pub stream_count_interval: Duration,
+    /// BENCHMARK ONLY (`smartscheduler-bench --only 10`, its baseline): `EventWrite::BenchOnlySkip` makes
+    /// `POST /api/jobs/{id}/recommendations` store sets without their event. `serve` never sets it.
+    #[doc(hidden)]
+    pub bench_only_event_write: crate::recommendations::EventWrite,
 }
 
 impl ServerConfig {
@@ -44,6 +48,7 @@ impl ServerConfig {
             dev_token_ttl: Duration::from_secs(8 * 3600),
             retention_interval: Duration::from_secs(3600),
             stream_count_interval: Duration::from_secs(10),
+            bench_only_event_write: crate::recommendations::EventWrite::Write,
         }
     }
 }
@@ -103,6 +108,7 @@ impl Server {
             metrics: crate::metrics::install(),
             dev_token_ttl: config.dev_token_ttl,
             supervisor,
+            event_write: config.bench_only_event_write,
         });
         let app = router(state, config.static_dir.clone());
         let listener = TcpListener::bind(config.addr).await.map_err(|e| {

@@ -91,7 +91,7 @@ async fn generate(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<RecommendationSet>), ApiError> {
     let job = visible_job(&state, &current, &id).await?;
-    let set = recs::generate(&state.pool, job.id, &current.dispatcher.dispatcher_id).await?;
+    let set = recs::generate_as(&state.pool, job.id, &current.dispatcher.dispatcher_id, state.event_write).await?;
     state.waker.wake();
     Ok((StatusCode::CREATED, Json(set)))
 }

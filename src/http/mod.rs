@@ -46,6 +46,9 @@ pub struct AppStateInner {
     pub dev_token_ttl: Duration,
     /// The process's background tasks, for `/readyz`.
     pub supervisor: crate::supervisor::Supervisor,
+    /// Whether `POST /api/jobs/{id}/recommendations` writes its event: always, except in the benchmark's
+    /// baseline (see [`ServerConfig::bench_only_event_write`](crate::server::ServerConfig)).
+    pub event_write: crate::recommendations::EventWrite,
 }
 
 impl AppState {

@@ -9,26 +9,51 @@ mod event;
 
 pub use event::{EventType, GroupKey, MAX_PAYLOAD_BYTES, NewEvent, OutboxError};
 
-use std::sync::Arc;
+use sqlx::Postgres;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use std::sync::{Arc, LazyLock};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// Adds `event` to the outbox in the caller's open transaction. Returns the event id.
+///
+/// This is one more round trip in the writer's transaction; a writer that already sends a statement
+/// can fold the row into it instead (see [`insert_sql`]).
 pub async fn enqueue(conn: &mut sqlx::PgConnection, event: &NewEvent) -> Result<Uuid, OutboxError> {
-    let groups: Vec<&str> = event.groups().iter().map(GroupKey::as_str).collect();
-    let event_id: Uuid = sqlx::query_scalar(
-        "INSERT INTO outbox (event_type, aggregate_id, groups, payload, replay_of)
-         VALUES ($1, $2, $3, $4, $5)
-         RETURNING event_id",
-    )
-    .bind(event.event_type().as_str())
-    .bind(event.aggregate_id())
-    .bind(&groups)
-    .bind(sqlx::types::Json(event.payload()))
-    .bind(event.replay_of().map(|p| p.to_string()))
-    .fetch_one(conn)
-    .await?;
+    static SQL: LazyLock<String> = LazyLock::new(|| insert_sql(1));
+    let (event_id,): (Uuid,) = bind_event(sqlx::query_as(SQL.as_str()), event).fetch_one(conn).await?;
     Ok(event_id)
+}
+
+/// The outbox row's `INSERT INTO outbox (...) VALUES (...) RETURNING event_id`, with its five parameters
+/// numbered from `$first`; bind them with [`bind_event`].
+///
+/// For a writer that puts the outbox row in the statement that writes its own data (a data-modifying
+/// CTE, `WITH data AS (INSERT ...), event AS (<this>) SELECT ...`): the row then costs no round trip of
+/// its own, and commits or rolls back with the rest of the statement. It is still a plain INSERT into
+/// `outbox`, so the relay publishes it like any other.
+pub fn insert_sql(first: usize) -> String {
+    let [a, b, c, d, e] = [first, first + 1, first + 2, first + 3, first + 4];
+    format!(
+        "INSERT INTO outbox (event_type, aggregate_id, groups, payload, replay_of) \
+         VALUES (${a}, ${b}, ${c}::text[], ${d}, ${e}) RETURNING event_id"
+    )
+}
+
+/// Binds `event`'s five values in the order [`insert_sql`] numbers them, after the parameters already
+/// bound to `query`.
+pub fn bind_event<'q, O>(
+    query: QueryAs<'q, Postgres, O, PgArguments>,
+    event: &'q NewEvent,
+) -> QueryAs<'q, Postgres, O, PgArguments> {
+    let groups: Vec<&str> = event.groups().iter().map(GroupKey::as_str).collect();
+    query
+        .bind(event.event_type().as_str())
+        .bind(event.aggregate_id())
+        .bind(groups)
+        .bind(sqlx::types::Json(event.payload()))
+        .bind(event.replay_of().map(|p| p.to_string()))
 }
 
 /// An in-process doorbell from writers to the relay: "something committed, publish now".

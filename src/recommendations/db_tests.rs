@@ -126,6 +126,32 @@ async fn a_failure_after_the_set_insert_rolls_back_set_and_event() {
     db.drop_db().await;
 }
 
+#[tokio::test]
+async fn the_set_its_rows_and_its_event_are_one_statement_so_a_refused_event_leaves_nothing() {
+    let db = test_db().await;
+    let pool = &db.pool;
+    let job = fixture(pool).await;
+    // The outbox row is refused by the database's own CHECK, inside the statement that also writes the
+    // set and its rows: the whole statement fails, not just its outbox part.
+    let err = generate_with(pool, job.id, "alice", FailPoint::AfterSetInsert).await.unwrap_err();
+    let RecommendationError::Database(sqlx::Error::Database(e)) = &err else { panic!("{err:?}") };
+    assert_eq!(e.table(), Some("outbox"), "{e}");
+    assert_eq!(e.constraint(), Some("outbox_groups_check"), "{e}");
+    assert_eq!(count(pool, "SELECT count(*) FROM recommendation_sets").await, 0);
+    assert_eq!(count(pool, "SELECT count(*) FROM recommendations").await, 0);
+    assert_eq!(count(pool, "SELECT count(*) FROM outbox").await, 0);
+
+    // The benchmark's baseline writes the set alone; everything else writes both.
+    let g = generate_writing(pool, job.id, "alice", FailPoint::Never, EventWrite::BenchOnlySkip).await.unwrap();
+    assert_eq!(g.event_id, Uuid::nil());
+    assert_eq!(count(pool, "SELECT count(*) FROM outbox").await, 0);
+    let g = generate_with(pool, job.id, "alice", FailPoint::Never).await.unwrap();
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM outbox").fetch_all(pool).await.unwrap();
+    assert_eq!(ids, vec![g.event_id]);
+    assert_eq!(count(pool, "SELECT count(*) FROM recommendation_sets").await, 2);
+    db.drop_db().await;
+}
+
 /// (outbox id, generated_at of the set it announces) for every outbox row, by outbox id.
 async fn outbox_order(pool: &PgPool) -> Vec<(i64, DateTime<Utc>, Uuid)> {
     sqlx::query_as(

@@ -18,6 +18,7 @@ use chrono::{DateTime, Duration, NaiveTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
+use std::sync::LazyLock;
 use std::time::{Duration as StdDuration, Instant};
 use uuid::Uuid;
 
@@ -282,10 +283,23 @@ pub enum FailPoint {
     /// Run normally.
     #[default]
     Never,
-    /// Fail after the set and its recommendations are inserted, before the outbox event.
+    /// Fail in the outbox part of the statement that writes the set, its recommendations and its event
+    /// (the database refuses the outbox row after the set's rows).
     AfterSetInsert,
     /// Fail after the set and the outbox event are written, just before COMMIT.
     BeforeCommit,
+}
+
+/// Whether a generation writes its outbox row. Only the benchmark's baseline (what a generation would
+/// cost without its event) skips it; the API always writes it.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventWrite {
+    /// The set and its `RecommendationReady` event, as always.
+    #[default]
+    Write,
+    /// BENCHMARK ONLY: the set without its event (no client would ever hear of it).
+    BenchOnlySkip,
 }
 
 /// How long each phase of one [`generate_with`] call took.
@@ -297,10 +311,11 @@ pub struct PhaseTimings {
     pub load_candidates: StdDuration,
     /// Pure ranking in memory.
     pub score: StdDuration,
-    /// The one INSERT of the set and its recommendations.
-    pub insert_set: StdDuration,
-    /// [`crate::outbox::enqueue`] of the `RecommendationReady` event.
+    /// Building and validating the `RecommendationReady` event (in memory: its row is written by the
+    /// `insert_set` statement).
     pub enqueue: StdDuration,
+    /// The one statement that inserts the set, its recommendations and its outbox row.
+    pub insert_set: StdDuration,
     /// COMMIT.
     pub commit: StdDuration,
     /// The whole call.
@@ -314,7 +329,7 @@ pub struct Generation {
     /// Active contractors of the region that were considered (stored as
     /// `recommendation_sets.candidates`).
     pub candidates: usize,
-    /// The outbox `event_id` of the `RecommendationReady` event.
+    /// The outbox `event_id` of the `RecommendationReady` event (nil when the benchmark's baseline skipped it).
     pub event_id: Uuid,
     pub timings: PhaseTimings,
 }
@@ -323,7 +338,18 @@ pub struct Generation {
 /// event (one transaction). `generated_by` is recorded when it names a known dispatcher.
 /// Logs one info line per generation (an operator's record of who generated what and how long it took).
 pub async fn generate(pool: &PgPool, job_id: Uuid, generated_by: &str) -> Result<RecommendationSet> {
-    let generation = generate_with(pool, job_id, generated_by, FailPoint::Never).await?;
+    generate_as(pool, job_id, generated_by, EventWrite::Write).await
+}
+
+/// [`generate`], with the benchmark's switch that skips the outbox row (see [`EventWrite`]).
+#[doc(hidden)]
+pub async fn generate_as(
+    pool: &PgPool,
+    job_id: Uuid,
+    generated_by: &str,
+    event_write: EventWrite,
+) -> Result<RecommendationSet> {
+    let generation = generate_writing(pool, job_id, generated_by, FailPoint::Never, event_write).await?;
     tracing::info!(
         job = %job_id,
         by = %generated_by,
@@ -338,9 +364,22 @@ pub async fn generate(pool: &PgPool, job_id: Uuid, generated_by: &str) -> Result
 /// [`generate`], with a failure injection point and per-phase timings (for tests and the
 /// benchmark).
 ///
-/// Round trips: BEGIN, lock the job, load candidates, insert set + recommendations (one
-/// statement), insert the outbox row, COMMIT.
+/// Round trips: BEGIN, lock the job, load candidates, insert the set, its recommendations and its
+/// outbox row (one statement), COMMIT. The event costs no round trip of its own.
 pub async fn generate_with(pool: &PgPool, job_id: Uuid, generated_by: &str, fail: FailPoint) -> Result<Generation> {
+    generate_writing(pool, job_id, generated_by, fail, EventWrite::Write).await
+}
+
+/// [`generate_with`], with the benchmark's switch that skips the outbox row. Never skip it outside
+/// the benchmark's baseline: the set would exist without its event.
+#[doc(hidden)]
+pub async fn generate_writing(
+    pool: &PgPool,
+    job_id: Uuid,
+    generated_by: &str,
+    fail: FailPoint,
+    event_write: EventWrite,
+) -> Result<Generation> {
     let started = Instant::now();
     let mut timings = PhaseTimings::default();
     let mut phase = Instant::now();
@@ -400,42 +439,6 @@ pub async fn generate_with(pool: &PgPool, job_id: Uuid, generated_by: &str, fail
         // Skills never contain a comma (see is_key), so a joined string round-trips.
         skills.push(s.matched_skills.join(","));
     }
-    // One statement for the set and all its rows. matched_skills travels as comma-joined text
-    // because UNNEST would flatten a two-dimensional array.
-    let generated_at: DateTime<Utc> = sqlx::query_scalar(
-        "WITH s AS (
-             INSERT INTO recommendation_sets (id, job_id, generated_by, algorithm, candidates)
-             VALUES ($1, $2, (SELECT d.id FROM dispatchers d WHERE d.id = $3), $4, $5)
-             RETURNING generated_at
-         ), r AS (
-             INSERT INTO recommendations
-                 (set_id, rank, contractor_id, score, distance_km, eta_minutes, matched_skills)
-             SELECT $1, t.rank, t.contractor_id, t.score, t.distance_km, t.eta_minutes,
-                    string_to_array(t.skills, ',')
-             FROM UNNEST($6::int4[], $7::uuid[], $8::float8[], $9::float8[], $10::int4[], $11::text[])
-                  AS t (rank, contractor_id, score, distance_km, eta_minutes, skills)
-         )
-         SELECT generated_at FROM s",
-    )
-    .bind(set_id)
-    .bind(job.id)
-    .bind(generated_by)
-    .bind(scoring::ALGORITHM)
-    .bind(i32::try_from(considered).unwrap_or(i32::MAX))
-    .bind(&ranks)
-    .bind(&contractor_ids)
-    .bind(&scores)
-    .bind(&distances)
-    .bind(&etas)
-    .bind(&skills)
-    .fetch_one(&mut *tx)
-    .await?;
-    lap(&mut timings.insert_set);
-
-    if fail == FailPoint::AfterSetInsert {
-        inject_failure(&mut tx).await?;
-    }
-
     let recommendations: Vec<Recommendation> = ranked
         .into_iter()
         .zip(1..)
@@ -449,12 +452,43 @@ pub async fn generate_with(pool: &PgPool, job_id: Uuid, generated_by: &str, fail
             matched_skills: s.matched_skills,
         })
         .collect();
-    let set = RecommendationSet { recommendation_set_id: set_id, job_id: job.id, generated_at, recommendations };
-
-    let event =
-        NewEvent::new(RECOMMENDATION_READY, job.id, vec![GroupKey::for_region(&job.region)?], event_payload(&set))?;
-    let event_id = outbox::enqueue(&mut tx, &event).await?;
+    // The payload does not depend on generated_at, so the event is ready before the statement that
+    // writes it together with the set.
+    let payload = payload_of(job.id, set_id, &recommendations);
+    let mut event = NewEvent::new(RECOMMENDATION_READY, job.id, vec![GroupKey::for_region(&job.region)?], payload)?;
+    if fail == FailPoint::AfterSetInsert {
+        // The statement then fails in its outbox part, after the set's rows.
+        event = event.refused_by_the_database();
+    }
     lap(&mut timings.enqueue);
+
+    // One statement for the set, all its rows and (unless skipped) its outbox row: the event costs no
+    // round trip of its own, and the three commit or fail together. matched_skills travels as
+    // comma-joined text because UNNEST would flatten a two-dimensional array.
+    let sql = match event_write {
+        EventWrite::Write => GENERATE_SQL.as_str(),
+        EventWrite::BenchOnlySkip => GENERATE_SQL_WITHOUT_EVENT.as_str(),
+    };
+    let query = sqlx::query_as(sql)
+        .bind(set_id)
+        .bind(job.id)
+        .bind(generated_by)
+        .bind(scoring::ALGORITHM)
+        .bind(i32::try_from(considered).unwrap_or(i32::MAX))
+        .bind(&ranks)
+        .bind(&contractor_ids)
+        .bind(&scores)
+        .bind(&distances)
+        .bind(&etas)
+        .bind(&skills);
+    let query = match event_write {
+        EventWrite::Write => outbox::bind_event(query, &event),
+        EventWrite::BenchOnlySkip => query,
+    };
+    let (generated_at, event_id): (DateTime<Utc>, Option<Uuid>) = query.fetch_one(&mut *tx).await?;
+    lap(&mut timings.insert_set);
+
+    let set = RecommendationSet { recommendation_set_id: set_id, job_id: job.id, generated_at, recommendations };
 
     if fail == FailPoint::BeforeCommit {
         inject_failure(&mut tx).await?;
@@ -464,7 +498,7 @@ pub async fn generate_with(pool: &PgPool, job_id: Uuid, generated_by: &str, fail
     lap(&mut timings.commit);
     timings.total = started.elapsed();
 
-    Ok(Generation { set, candidates: candidates.len(), event_id, timings })
+    Ok(Generation { set, candidates: candidates.len(), event_id: event_id.unwrap_or_default(), timings })
 }
 
 /// Makes the transaction fail the way a real error would: a statement that PostgreSQL rejects.
@@ -475,8 +509,12 @@ async fn inject_failure(conn: &mut PgConnection) -> Result<()> {
 
 /// The `RecommendationReady` payload: `{"jobId", "summary": {"recommendationSetId", "count", "top"}}`.
 pub fn event_payload(set: &RecommendationSet) -> serde_json::Value {
-    let top: Vec<_> = set
-        .recommendations
+    payload_of(set.job_id, set.recommendation_set_id, &set.recommendations)
+}
+
+/// [`event_payload`] from the set's parts (before its `generated_at` is known).
+fn payload_of(job_id: Uuid, set_id: Uuid, recommendations: &[Recommendation]) -> serde_json::Value {
+    let top: Vec<_> = recommendations
         .iter()
         .take(SUMMARY_TOP)
         .map(|r| {
@@ -489,14 +527,42 @@ pub fn event_payload(set: &RecommendationSet) -> serde_json::Value {
         })
         .collect();
     json!({
-        "jobId": set.job_id,
+        "jobId": job_id,
         "summary": {
-            "recommendationSetId": set.recommendation_set_id,
-            "count": set.recommendations.len(),
+            "recommendationSetId": set_id,
+            "count": recommendations.len(),
             "top": top,
         },
     })
 }
+
+/// The set and its rows ($1-$11); [`GENERATE_SQL`] adds the outbox row to it.
+const SET_AND_ROWS_CTE: &str = "WITH s AS (
+         INSERT INTO recommendation_sets (id, job_id, generated_by, algorithm, candidates)
+         VALUES ($1, $2, (SELECT d.id FROM dispatchers d WHERE d.id = $3), $4, $5)
+         RETURNING generated_at
+     ), r AS (
+         INSERT INTO recommendations
+             (set_id, rank, contractor_id, score, distance_km, eta_minutes, matched_skills)
+         SELECT $1, t.rank, t.contractor_id, t.score, t.distance_km, t.eta_minutes,
+                string_to_array(t.skills, ',')
+         FROM UNNEST($6::int4[], $7::uuid[], $8::float8[], $9::float8[], $10::int4[], $11::text[])
+              AS t (rank, contractor_id, score, distance_km, eta_minutes, skills)
+     )";
+
+/// A generation's one write: the set, its rows and its `RecommendationReady` outbox row ($12-$16, a plain
+/// INSERT INTO outbox that the relay publishes like any other).
+static GENERATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{SET_AND_ROWS_CTE}, o AS ({})
+         SELECT s.generated_at, o.event_id FROM s, o",
+        outbox::insert_sql(12)
+    )
+});
+
+/// The benchmark's baseline: [`GENERATE_SQL`] without the outbox row.
+static GENERATE_SQL_WITHOUT_EVENT: LazyLock<String> =
+    LazyLock::new(|| format!("{SET_AND_ROWS_CTE} SELECT s.generated_at, NULL::uuid FROM s"));
 
 #[derive(sqlx::FromRow)]
 struct LockedJob {

@@ -278,6 +278,60 @@ async fn the_outbox_table_refuses_bad_events_from_plain_sql() {
     assert_eq!(relay::publish_batch(&db.pool, 10).await.unwrap(), BatchOutcome::Empty);
 }
 
+/// Migration 0010 rewrote the group check for speed; it must accept exactly what the SQL version of 0005
+/// accepted (restated here as the reference).
+#[tokio::test]
+async fn the_group_check_gives_the_verdicts_of_its_reference_definition() {
+    let db = TestDb::new().await;
+    let language: String = sqlx::query_scalar(
+        "SELECT l.lanname::text FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.proname = 'ss_valid_groups'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(language, "plpgsql", "migration 0010 is applied");
+    let many = |n: usize| format!("'{{{}}}'", (0..n).map(|i| format!("g{i}")).collect::<Vec<_>>().join(","));
+    let long = |n: usize| format!("'{{a{}}}'", "b".repeat(n - 1));
+    let mut cases: Vec<String> = [
+        "'{region:north}'",
+        "'{region:north,team:hvac}'",
+        "'{a,b,a}'",
+        "'{a,NULL}'",
+        "'{NULL}'",
+        "'{}'",
+        "NULL",
+        "'{Region:north}'",
+        "'{-a}'",
+        "'{a b}'",
+        "'{\"a,b\"}'",
+        "'{{a,b},{c,d}}'",
+        "'[2:3]={a,b}'",
+        "'[0:1]={a,a}'",
+        "'{\"\"}'",
+        "'{0,9,a:b_c-d}'",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    cases.extend([many(32), many(33), long(64), long(65)]);
+    for case in cases {
+        let sql = format!(
+            "SELECT ss_valid_groups(g::text[]),
+                    coalesce(g::text[] IS NOT NULL
+                       AND array_ndims(g::text[]) = 1
+                       AND cardinality(g::text[]) BETWEEN 1 AND 32
+                       AND (SELECT count(x) = cardinality(g::text[])
+                               AND count(DISTINCT x) = cardinality(g::text[])
+                               AND coalesce(bool_and(x ~ '^[a-z0-9][a-z0-9:_-]{{0,63}}$'), false)
+                            FROM unnest(g::text[]) AS x), false)
+             FROM (SELECT {case}::text[] AS g) t"
+        );
+        let (got, reference): (Option<bool>, bool) =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(&db.pool).await.unwrap();
+        assert_eq!(got.unwrap_or(false), reference, "{case}");
+    }
+}
+
 /// A relay that queued at the fence stamps its batch once it holds the lock, not when its statement began:
 /// otherwise its events could carry an earlier `published_at` than the batch published while it waited, and
 /// retention, which drops whole time ranges, could cut a hole in the log.

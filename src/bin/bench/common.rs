@@ -124,12 +124,25 @@ const NOTES: &str = "## How to read these figures\n\n\
   absolute numbers.\n\
 - `--quick` shortens phases and shrinks row and connection counts; its figures are indicative only.\n\n\
 ## What limits each figure (measured while tuning, 2026-11-25)\n\n\
-- **Writer cost (1).** The outbox row is one more statement in the transaction. pgbench on the same machine, \
-  plain SQL, same shape: +23% at 1 client, but only +8% with one vCPU kept busy (each round trip pays a vCPU \
-  wake-up on this VM; the reference notes saw the same), and +32% at 16 clients (CPU-bound on 2 cores). So the \
-  cost is the statement, not this code. In the real generation (section 8) the outbox insert is about 10% of \
-  the transaction. Next step: let a writer fold the outbox insert into its own statement (a CTE) to save the \
-  round trip.\n\
+- **Writer cost (1), generation (8) and the API (10), 2026-11-30.** Two changes, each measured in the same \
+  runs against the same write without the outbox row (load average 2-6 on the two cores from other builds). \
+  (a) The outbox row rides in the statement that writes the set and its rows (a data-modifying CTE, \
+  `outbox::insert_sql`) instead of a statement of its own: section 1 without / with went from 1.40-1.44× (1 \
+  writer) and 1.48-1.66× (16) as a separate statement to 1.31-1.40× and 1.37-1.47× folded, and section 10 \
+  measured 1.05-1.12× in three runs. So the round trip was not most of the cost; the row's own work inside \
+  PostgreSQL was. (b) pgbench, one statement per call: `SELECT ss_valid_groups(...)` took 0.18-0.20 ms \
+  against 0.07 ms for `SELECT 1`: the groups `CHECK` of migration 0005 is a SQL function with a subquery, \
+  which PostgreSQL cannot inline and plans again in every statement, about 0.1 ms per event. Migration 0010 \
+  rewrote it in PL/pgSQL (same verdicts, plans kept per session): 0.08 ms. After both, two runs: section 1 \
+  1.18× (1 writer) and 1.22-1.30× (16), section 8 +4.6 to +7.1% (the separate statement was about +11%), \
+  section 10 1.06-1.11× (per-round ratios 0.93-1.51: the figure moves with the machine's other load). What is \
+  left per event: the row itself (identity, `gen_random_uuid`, jsonb input and its `CHECK`s, heap and \
+  primary-key inserts and their WAL), and in section 10 the relay's publish work (a second transaction per \
+  batch that moves the rows to `event_log`) on the same two cores as the API. Section 1's transaction is the \
+  cheapest possible writer (two inserts, about 0.8 ms), so a fixed 0.1-0.2 ms per event weighs most there; \
+  at 16 writers the two cores are saturated and every microsecond of PostgreSQL CPU shows 1:1. So the 1.05× \
+  (10) and 1.10× (1) targets are not met on this machine. Next steps: publish from a relay on other cores \
+  (`serve --no-relay` plus `smartscheduler relay` elsewhere), and measure on a quiet machine.\n\
 - **Relay drain (2).** A batch used to scan the whole outbox (`IN (subquery)` planned as a hash join), which \
   made draining quadratic; primary-key probes fixed it (40k to 47-49k events/s), one statement and then one \
   call per batch took it further. The rest is per row: the heap move plus three index inserts and their \
@@ -151,8 +164,7 @@ const NOTES: &str = "## How to read these figures\n\n\
   2.00-2.45 → 1.79-2.01 ms. Returning the rows costs the drain (2) 3-10% (110k → 106k events/s at batch \
   1000). The VM's speed drifts: runs of the earlier code at 21:15-22:05 UTC measured 6-8 ms p50 while the \
   writers' own commit p50 under load was 2-3 ms instead of 0.5-0.9 ms, so compare the two rows of section \
-  3 with each other, and runs only at similar writer commit times. Next steps: the writer's outbox insert \
-  folded into its own statement, and the clients on another host.\n\
+  3 with each other, and runs only at similar writer commit times. Next step: the clients on another host.\n\
 - **Memory per idle connection (5).** hyper's HTTP/1 connection keeps an 8 KiB read buffer and an 8 KiB \
   write buffer for its whole life (massif: 24 KB of heap per idle stream, 17 KiB resident). A connection \
   whose first request is `GET /api/events` is now served by a lean transport \
