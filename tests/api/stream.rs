@@ -319,11 +319,24 @@ async fn a_new_client_starts_at_the_committed_position_even_before_the_hub_has_c
     let db = TestDb::new().await;
     let app = server_without_safety_poll(&db).await;
     let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
-    write_events(&db.pool, 3, &["region:north"]).await;
+    // Written and published in one transaction, so that the server's relay (which polls every few ms)
+    // cannot publish them first.
+    let mut tx = db.pool.begin().await.unwrap();
+    for n in 0..3 {
+        let event = smartscheduler::outbox::NewEvent::new(
+            "TestEvent",
+            uuid::Uuid::new_v4(),
+            vec![group("region:north")],
+            json!({ "n": n }),
+        )
+        .unwrap();
+        smartscheduler::outbox::enqueue(&mut tx, &event).await.unwrap();
+    }
     let published: i64 = sqlx::query_scalar("SELECT count(*) FROM ss_publish_batch(10, 'nobody_listens')")
-        .fetch_one(&db.pool)
+        .fetch_one(&mut *tx)
         .await
         .unwrap();
+    tx.commit().await.unwrap();
     assert_eq!(published, 3);
     let e = epoch(&db).await;
 
