@@ -15,5 +15,6 @@ mod private_cluster;
 mod recommendations;
 mod relay;
 mod schema;
+mod storm;
 mod stream;
 mod transport;
