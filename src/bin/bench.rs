@@ -12,6 +12,8 @@ mod memory;
 mod relay_drain;
 #[path = "bench/sse_client.rs"]
 mod sse_client;
+#[path = "bench/storm.rs"]
+mod storm;
 #[path = "bench/stream.rs"]
 mod stream;
 #[path = "bench/writer.rs"]
@@ -33,7 +35,7 @@ struct Args {
     /// A smaller, faster run (shorter phases, fewer rows and connections).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (comma-separated numbers 1-8).
+    /// Run only these sections (comma-separated numbers 1-10).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Server on which the benchmark creates (and drops) its databases.
@@ -82,6 +84,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     section!(6, "Catch-up of one client 100,000 events behind", stream::catch_up(&ctx, &mut report));
     section!(7, "Naive fan-out (LISTEN + query per client)", stream::naive_comparison(&ctx, &mut report));
     section!(8, "Recommendation generation", generation(&ctx, &mut report));
+    section!(9, "Reconnect storm", storm::run(&ctx, &mut report, false));
+    section!(10, "Deep reconnect storm", storm::run(&ctx, &mut report, true));
 
     ctx.drop_all().await;
     let text = report.render(&header, args.quick, started.elapsed());
