@@ -47,7 +47,10 @@ fn describe() {
     metrics::describe_gauge!(SSE_CONNECTIONS, "Open event streams.");
     metrics::describe_counter!(SSE_EVENTS_SENT, "Events written to event streams.");
     metrics::describe_counter!(SSE_CATCHUP, "Streams that fell behind the live fan-out and read from the database.");
-    metrics::describe_gauge!(SSE_CATCHUP_WAITING, "Catch-up reads of the database waiting for their turn in the queue.");
+    metrics::describe_gauge!(
+        SSE_CATCHUP_WAITING,
+        "Catch-up reads of the database waiting for their turn in the queue."
+    );
     metrics::describe_counter!(
         SSE_BACKLOG_READS,
         "Catch-up reads of event_log by streams (resumes inside the memory window read none)."
@@ -69,7 +72,9 @@ fn describe() {
 /// Touches every contract metric so that `/metrics` lists it from the start (the exporter renders only
 /// metrics it has seen): a scrape before the first event must still find the names.
 fn register_at_zero() {
-    for counter in [EVENTS_PUBLISHED, SSE_EVENTS_SENT, SSE_CATCHUP, SSE_BACKLOG_READS, LISTENER_RECONNECTS, OUTBOX_PARKED] {
+    for counter in
+        [EVENTS_PUBLISHED, SSE_EVENTS_SENT, SSE_CATCHUP, SSE_BACKLOG_READS, LISTENER_RECONNECTS, OUTBOX_PARKED]
+    {
         metrics::counter!(counter).absolute(0);
     }
     metrics::gauge!(SSE_CONNECTIONS).set(0.0);

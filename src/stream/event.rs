@@ -81,7 +81,11 @@ impl EventRow {
             data.push_str(members);
         }
         data.push('}');
-        let size = data.len() + position.len() + self.event_type.len() + self.groups.iter().map(|g| g.len() + 24).sum::<usize>() + 128;
+        let size = data.len()
+            + position.len()
+            + self.event_type.len()
+            + self.groups.iter().map(|g| g.len() + 24).sum::<usize>()
+            + 128;
         let sse = Event::default().id(position).event(self.event_type).data(data);
         StreamEvent { seq: self.seq, published_at: self.published_at, groups: self.groups, sse, size }
     }

@@ -471,7 +471,13 @@ impl Hub {
     }
 
     /// The events of `groups` in `(after, through]` from the resume window, if it holds all of that range.
-    pub(crate) fn from_window(&self, epoch: Epoch, groups: &[String], after: i64, through: i64) -> Option<Vec<Delivery>> {
+    pub(crate) fn read_window(
+        &self,
+        epoch: Epoch,
+        groups: &[String],
+        after: i64,
+        through: i64,
+    ) -> Option<Vec<Delivery>> {
         if self.0.config.window_events == 0 {
             return None;
         }

@@ -147,7 +147,7 @@ pub fn open_stream(
             // Backlog (at start, and after falling behind): from the hub's window of recent events when it
             // holds the whole range (no query), else read our groups from the database, page by page.
             if let Some(through) = backlog_through {
-                if let Some(events) = hub.from_window(epoch, &shared.groups(), sent_through, through) {
+                if let Some(events) = hub.read_window(epoch, &shared.groups(), sent_through, through) {
                     for event in events {
                         events_sent.increment(1);
                         yield Ok(event.sse.clone());

@@ -33,7 +33,10 @@ impl LogLock {
     async fn take(db: &TestDb) -> Self {
         let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("lock connection");
         sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
-        sqlx::query("LOCK TABLE event_log, event_log_groups IN ACCESS EXCLUSIVE MODE").execute(&mut conn).await.unwrap();
+        sqlx::query("LOCK TABLE event_log, event_log_groups IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
         Self(conn)
     }
 

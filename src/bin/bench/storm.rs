@@ -43,7 +43,10 @@ async fn transactions(pool: &PgPool) -> anyhow::Result<i64> {
 }
 
 /// Starts a server over `url` with a pool as `serve` makes it (32 connections, 5 s acquire timeout).
-async fn start_server(url: &str, hub: HubConfig) -> anyhow::Result<(String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+async fn start_server(
+    url: &str,
+    hub: HubConfig,
+) -> anyhow::Result<(String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let pool = smartscheduler::db::connect(url, 32).await?;
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?);
     config.hub = hub;
@@ -245,7 +248,10 @@ async fn run_on(db: &BenchDb, report: &mut Report, clients: usize, deep: bool) -
     if deep {
         let pass = all;
         body.push_str(&format!("\nTarget: 0 errors, time and queries reported → **{}**.\n", pass_word(pass)));
-        report.section(&format!("{n}. {title}: {} clients 5,000–10,000 events behind (issue 14)", fmt_int(clients as f64)), &body);
+        report.section(
+            &format!("{n}. {title}: {} clients 5,000–10,000 events behind (issue 14)", fmt_int(clients as f64)),
+            &body,
+        );
         report.summary_row(
             &format!("{n}. Deep storm, {} clients 5,000–10,000 behind", fmt_int(clients as f64)),
             "0 errors",
@@ -266,7 +272,10 @@ async fn run_on(db: &BenchDb, report: &mut Report, clients: usize, deep: bool) -
             "\nTarget: 10,000 clients all caught up ≤ 2 s, 0 errors, ≤ 100 PostgreSQL queries → **{}**.\n",
             pass_word(pass)
         ));
-        report.section(&format!("{n}. {title}: {} clients 0–1,000 events behind (issue 14)", fmt_int(clients as f64)), &body);
+        report.section(
+            &format!("{n}. {title}: {} clients 0–1,000 events behind (issue 14)", fmt_int(clients as f64)),
+            &body,
+        );
         report.summary_row(
             &format!("{n}. Storm, {} clients 0–1,000 behind", fmt_int(clients as f64)),
             "≤ 2 s, 0 errors, ≤ 100 queries",
