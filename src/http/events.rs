@@ -77,12 +77,7 @@ async fn events(
     if groups.is_empty() {
         return Err(ApiError::forbidden("you belong to no group: there is nothing to stream".to_owned()));
     }
-    // A resume inside the hub's window of recent events needs no query at all (a reconnect storm is
-    // thousands of these at once); anything else reads the log's state.
-    let meta = match resume_from.and_then(|position| state.hub.meta_from_window(position)) {
-        Some(meta) => meta,
-        None => StreamMeta::read(&state.pool).await?,
-    };
+    let meta = StreamMeta::read(&state.pool).await?;
     let request = StreamRequest {
         dispatcher_id: current.dispatcher.dispatcher_id.clone(),
         requested_groups: requested,

@@ -457,19 +457,6 @@ impl Hub {
         }
     }
 
-    /// What a resume from `position` needs to know of the log, without a query, when the window covers it:
-    /// the position is of this epoch and no older than the window, so it is neither foreign nor expired.
-    pub fn meta_from_window(&self, position: Position) -> Option<StreamMeta> {
-        if self.0.config.window_events == 0 {
-            return None;
-        }
-        let head = lock(&self.0.registry).head;
-        let window = self.0.window.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let first = window.events.front()?.seq;
-        let covered = window.epoch == position.epoch && first - 1 <= position.seq && position.seq <= head;
-        covered.then_some(StreamMeta { epoch: window.epoch, last_seq: head, expired_through_seq: first - 1 })
-    }
-
     /// The events of `groups` in `(after, through]` from the resume window, if it holds all of that range.
     pub(crate) fn read_window(
         &self,
