@@ -722,3 +722,41 @@ pub(crate) fn effective_groups(requested: Option<&[String]>, held: &[String]) ->
     groups.dedup();
     groups
 }
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    fn event(seq: i64, group: &str) -> Delivery {
+        let sse = axum::response::sse::Event::default().data("x");
+        Arc::new(StreamEvent { seq, published_at: chrono::Utc::now(), groups: vec![group.to_owned()], sse, size: 100 })
+    }
+
+    fn seqs(events: Option<Vec<Delivery>>) -> Option<Vec<i64>> {
+        events.map(|e| e.iter().map(|e| e.seq).collect())
+    }
+
+    #[test]
+    fn the_window_serves_only_ranges_it_holds_whole_and_restarts_after_a_hole() {
+        let (epoch, north) = (Epoch(1), vec!["north".to_owned()]);
+        let mut window = Window::new(epoch);
+        for seq in 1..=6 {
+            window.push(epoch, event(seq, if seq % 2 == 0 { "south" } else { "north" }), 4, 1 << 20);
+        }
+        // Holds 3..=6: a resume after 2 (its first seq - 1) is inside, after 1 is not.
+        assert_eq!(seqs(window.read(epoch, &north, 2, 6)), Some(vec![3, 5]));
+        assert_eq!(seqs(window.read(epoch, &north, 1, 6)), None);
+        assert_eq!(seqs(window.read(epoch, &north, 2, 7)), None, "past its last seq");
+        assert_eq!(seqs(window.read(Epoch(2), &north, 2, 6)), None, "another epoch");
+        // A hole (7 never came): the window starts again at 8 and never serves across the hole.
+        window.push(epoch, event(8, "north"), 4, 1 << 20);
+        assert_eq!(seqs(window.read(epoch, &north, 6, 8)), None);
+        assert_eq!(seqs(window.read(epoch, &north, 7, 8)), Some(vec![8]));
+        // The byte bound drops the oldest first.
+        for seq in 9..=11 {
+            window.push(epoch, event(seq, "north"), 100, 250);
+        }
+        assert_eq!(seqs(window.read(epoch, &north, 9, 11)), Some(vec![10, 11]));
+        assert_eq!(seqs(window.read(epoch, &north, 8, 11)), None);
+    }
+}
