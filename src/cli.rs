@@ -77,6 +77,13 @@ pub struct ServeArgs {
     pub static_dir: Option<PathBuf>,
     #[command(flatten)]
     pub relay: RelayArgs,
+    /// Connections to PostgreSQL this process may open.
+    #[arg(long, env = "SMARTSCHEDULER_DB_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(4..))]
+    pub db_pool_size: u32,
+    /// Catch-up reads of the event log (resuming streams) running at once; the others wait their turn. Must
+    /// be below --db-pool-size, so that API requests always find a connection.
+    #[arg(long, env = "SMARTSCHEDULER_CATCHUP_READS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub catchup_reads: u32,
 }
 
 /// How often the relay looks for events from writers that do not wake it (a plain SQL `INSERT INTO outbox`).

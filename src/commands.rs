@@ -93,9 +93,17 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.static_dir {
         anyhow::ensure!(dir.join("index.html").is_file(), "--static-dir {}: no index.html there", dir.display());
     }
-    let pool = connect_with_patience(url).await?;
+    if args.catchup_reads >= args.db_pool_size {
+        return Err(UsageError(format!(
+            "--catchup-reads ({}) must be below --db-pool-size ({}): API requests need connections too",
+            args.catchup_reads, args.db_pool_size
+        ))
+        .into());
+    }
+    let pool = connect_with_patience(url, args.db_pool_size).await?;
     crate::db::migrate(&pool).await?;
     let mut config = ServerConfig::new(args.addr);
+    config.hub.catchup_reads = args.catchup_reads as usize;
     config.dev = args.dev;
     config.run_relay = !args.no_relay;
     let has_console = args.static_dir.is_some() || crate::console::is_embedded();
@@ -178,11 +186,11 @@ const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 /// serve may start together with its database: retry what may pass (refused, starting up, no free slot) for
 /// a few seconds, each retry saying why; fail at once on what waiting cannot fix (no such database or role,
 /// wrong password, refused certificate, malformed URL).
-async fn connect_with_patience(url: &str) -> anyhow::Result<PgPool> {
+async fn connect_with_patience(url: &str, pool_size: u32) -> anyhow::Result<PgPool> {
     let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
     let pause = Duration::from_millis(500);
     loop {
-        match crate::db::connect(url, 32).await {
+        match crate::db::connect(url, pool_size).await {
             Ok(pool) => return Ok(pool),
             Err(e) if !e.is_transient() || tokio::time::Instant::now() + pause >= deadline => return Err(e.into()),
             Err(e) => {

@@ -9,6 +9,8 @@ pub const PUBLISH_LAG: &str = "smartscheduler_publish_lag_seconds";
 pub const SSE_CONNECTIONS: &str = "smartscheduler_sse_connections";
 pub const SSE_EVENTS_SENT: &str = "smartscheduler_sse_events_sent_total";
 pub const SSE_CATCHUP: &str = "smartscheduler_sse_catchup_total";
+pub const SSE_CATCHUP_WAITING: &str = "smartscheduler_sse_catchup_reads_waiting";
+pub const SSE_BACKLOG_READS: &str = "smartscheduler_sse_backlog_db_reads_total";
 pub const SSE_RESETS: &str = "smartscheduler_sse_resets_total";
 pub const HTTP_DURATION: &str = "smartscheduler_http_request_duration_seconds";
 pub const LISTENER_RECONNECTS: &str = "smartscheduler_listener_reconnects_total";
@@ -45,6 +47,14 @@ fn describe() {
     metrics::describe_gauge!(SSE_CONNECTIONS, "Open event streams.");
     metrics::describe_counter!(SSE_EVENTS_SENT, "Events written to event streams.");
     metrics::describe_counter!(SSE_CATCHUP, "Streams that fell behind the live fan-out and read from the database.");
+    metrics::describe_gauge!(
+        SSE_CATCHUP_WAITING,
+        "Catch-up reads of the database waiting for their turn in the queue."
+    );
+    metrics::describe_counter!(
+        SSE_BACKLOG_READS,
+        "Catch-up reads of event_log by streams (resumes inside the memory window read none)."
+    );
     metrics::describe_counter!(SSE_RESETS, "event: reset sent to resuming clients.");
     metrics::describe_histogram!(HTTP_DURATION, "HTTP request duration by route and status.");
     metrics::describe_counter!(LISTENER_RECONNECTS, "Times the LISTEN connection was lost and re-established.");
@@ -62,10 +72,13 @@ fn describe() {
 /// Touches every contract metric so that `/metrics` lists it from the start (the exporter renders only
 /// metrics it has seen): a scrape before the first event must still find the names.
 fn register_at_zero() {
-    for counter in [EVENTS_PUBLISHED, SSE_EVENTS_SENT, SSE_CATCHUP, LISTENER_RECONNECTS, OUTBOX_PARKED] {
+    for counter in
+        [EVENTS_PUBLISHED, SSE_EVENTS_SENT, SSE_CATCHUP, SSE_BACKLOG_READS, LISTENER_RECONNECTS, OUTBOX_PARKED]
+    {
         metrics::counter!(counter).absolute(0);
     }
     metrics::gauge!(SSE_CONNECTIONS).set(0.0);
+    metrics::gauge!(SSE_CATCHUP_WAITING).set(0.0);
     metrics::gauge!(OUTBOX_PENDING).set(0.0);
     metrics::gauge!(OUTBOX_DEAD_LETTERS).set(0.0);
     let _ = metrics::histogram!(PUBLISH_LAG);

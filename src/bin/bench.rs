@@ -16,6 +16,8 @@ mod peer;
 mod relay_drain;
 #[path = "bench/sse_client.rs"]
 mod sse_client;
+#[path = "bench/storm.rs"]
+mod storm;
 #[path = "bench/stream.rs"]
 mod stream;
 #[path = "bench/writer.rs"]
@@ -37,7 +39,8 @@ struct Args {
     /// A smaller, faster run (shorter phases, fewer rows and connections).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (comma-separated numbers 1-10; 9 is the plain SQL writer and the nchan peer, 10 the API cost of the event).
+    /// Run only these sections (comma-separated numbers 1-12; 9 is the plain SQL writer and the nchan peer,
+    /// 10 the API cost of the event, 11 and 12 the reconnect storms).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Server on which the benchmark creates (and drops) its databases.
@@ -88,6 +91,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     section!(8, "Recommendation generation", generation(&ctx, &mut report));
     section!(9, "Writers that do not ring, and a peer: nchan", peer::run(&ctx, &mut report));
     section!(10, "API cost of the event", api_cost::run(&ctx, &mut report));
+    section!(11, "Reconnect storm", storm::run(&ctx, &mut report, false));
+    section!(12, "Deep reconnect storm", storm::run(&ctx, &mut report, true));
 
     ctx.drop_all().await;
     let text = report.render(&header, args.quick, started.elapsed());

@@ -14,6 +14,9 @@ pub struct StreamEvent {
     pub published_at: DateTime<Utc>,
     pub groups: Vec<String>,
     pub sse: Event,
+    /// Approximate bytes this event holds in memory (its encoded data and groups): what the hub's resume
+    /// window counts against its byte bound.
+    pub size: usize,
 }
 
 /// The state of the log that decides how a client may resume.
@@ -78,8 +81,13 @@ impl EventRow {
             data.push_str(members);
         }
         data.push('}');
+        let size = data.len()
+            + position.len()
+            + self.event_type.len()
+            + self.groups.iter().map(|g| g.len() + 24).sum::<usize>()
+            + 128;
         let sse = Event::default().id(position).event(self.event_type).data(data);
-        StreamEvent { seq: self.seq, published_at: self.published_at, groups: self.groups, sse }
+        StreamEvent { seq: self.seq, published_at: self.published_at, groups: self.groups, sse, size }
     }
 }
 

@@ -6,7 +6,7 @@
 //! from `event_log` from its own position and re-attaches when caught up. Nobody waits for a slow client,
 //! and a slow client never silently misses an event.
 
-use super::event::{EventRow, StreamEvent, StreamMeta, fetch_after};
+use super::event::{EventRow, StreamEvent, StreamMeta, fetch_after, fetch_for_groups};
 use crate::metrics as m;
 use crate::position::{Epoch, Position};
 use crate::relay::EVENTS_CHANNEL;
@@ -14,11 +14,11 @@ use crate::supervisor::{Progress, Supervisor};
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -38,6 +38,25 @@ pub struct HubConfig {
     /// Where membership refreshes read the current groups of dispatchers. `None`: the database
     /// ([`crate::auth::current_groups`]). A seam for wrapping the read, for example to hold it at a chosen moment.
     pub membership_source: Option<MembershipSource>,
+    /// Most events the resume window keeps (the latest fanned out); 0 turns the window off and every
+    /// resume reads the database.
+    pub window_events: usize,
+    /// Most bytes (encoded events) the resume window keeps; the oldest go first.
+    pub window_bytes: usize,
+    /// Catch-up reads of the database running at once; the others wait their turn. Keep it below the
+    /// pool's size so that API requests always find a connection. 0: no queue (every stream reads at once).
+    pub catchup_reads: usize,
+    /// Whether a catch-up read that fails for a reason that passes (pool busy, connection lost) is retried
+    /// with backoff. Off only to measure the old design: the stream then ends and its client reconnects.
+    pub retry_catchup: bool,
+}
+
+impl HubConfig {
+    /// The design before the resume window and the catch-up queue (every resume reads the database at
+    /// once, a failed read ends the stream): for the benchmark's comparison only.
+    pub fn without_storm_protection(self) -> Self {
+        Self { window_events: 0, catchup_reads: 0, retry_catchup: false, ..self }
+    }
 }
 
 /// The current groups of some dispatchers, by id. An id absent from the answer is unknown (left as it
@@ -65,6 +84,10 @@ impl Default for HubConfig {
             membership_poll: Duration::from_secs(2),
             heartbeat: Duration::from_secs(10),
             membership_source: None,
+            window_events: 10_000,
+            window_bytes: 32 << 20,
+            catchup_reads: 8,
+            retry_catchup: true,
         }
     }
 }
@@ -184,10 +207,66 @@ impl Registry {
     }
 }
 
+/// The latest events fanned out, contiguous in seq: a resume inside it is served without reading the
+/// database. Written under the registry lock (in seq order, with the head), read under its own lock only.
+struct Window {
+    epoch: Epoch,
+    events: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+impl Window {
+    fn new(epoch: Epoch) -> Self {
+        Self { epoch, events: VecDeque::new(), bytes: 0 }
+    }
+
+    /// Appends the event fanned out after the last one. Anything that breaks the run (another epoch, a seq
+    /// that does not follow) starts the window afresh: it never holds a gap, so it can tell exactly what it
+    /// covers.
+    fn push(&mut self, epoch: Epoch, event: Delivery, max_events: usize, max_bytes: usize) {
+        if max_events == 0 {
+            return;
+        }
+        let follows = self.events.back().is_none_or(|last| last.seq + 1 == event.seq);
+        if self.epoch != epoch || !follows {
+            *self = Window::new(epoch);
+        }
+        self.bytes += event.size;
+        self.events.push_back(event);
+        while self.events.len() > max_events || (self.bytes > max_bytes && self.events.len() > 1) {
+            if let Some(old) = self.events.pop_front() {
+                self.bytes -= old.size;
+            }
+        }
+    }
+
+    /// The events of `groups` in `(after, through]`, if the window holds every seq of that range; `None`
+    /// sends the reader to the database.
+    fn read(&self, epoch: Epoch, groups: &[String], after: i64, through: i64) -> Option<Vec<Delivery>> {
+        if through <= after {
+            return Some(Vec::new());
+        }
+        let (first, last) = (self.events.front()?.seq, self.events.back()?.seq);
+        if self.epoch != epoch || after + 1 < first || through > last {
+            return None;
+        }
+        // Contiguous: the event of seq s sits at s - first.
+        let (start, end) = ((after + 1 - first) as usize, (through - first + 1) as usize);
+        Some(self.events.range(start..end).filter(|e| e.groups.iter().any(|g| groups.contains(g))).cloned().collect())
+    }
+
+    fn clear(&mut self, epoch: Epoch) {
+        *self = Window::new(epoch);
+    }
+}
+
 struct HubInner {
     pool: PgPool,
     config: HubConfig,
     registry: Mutex<Registry>,
+    window: RwLock<Window>,
+    /// Permits for catch-up reads of the database (`None`: unbounded).
+    catchup: Option<Arc<Semaphore>>,
     listening: AtomicBool,
     next_client: AtomicU64,
     shutdown: CancellationToken,
@@ -234,9 +313,12 @@ impl Hub {
             by_group: HashMap::new(),
             membership_reads: 0,
         };
+        let catchup = (config.catchup_reads > 0).then(|| Arc::new(Semaphore::new(config.catchup_reads)));
         let hub = Hub(Arc::new(HubInner {
             pool,
             config,
+            window: RwLock::new(Window::new(meta.epoch)),
+            catchup,
             registry: Mutex::new(registry),
             listening: AtomicBool::new(false),
             next_client: AtomicU64::new(1),
@@ -280,7 +362,7 @@ impl Hub {
         let events: Vec<Delivery> = rows.into_iter().map(|row| Arc::new(row.encode(epoch))).collect();
         let mut reg = lock(&self.0.registry);
         if reg.epoch == epoch && first_seq <= reg.head + 1 {
-            dispatch_locked(&mut reg, events);
+            self.dispatch_locked(&mut reg, events);
         } else {
             drop(reg);
             self.0.resync.notify_one();
@@ -358,7 +440,60 @@ impl Hub {
 
     /// Fans events out in seq order. Runs under the registry lock and never waits on a client.
     fn dispatch(&self, events: Vec<Delivery>) {
-        dispatch_locked(&mut lock(&self.0.registry), events);
+        self.dispatch_locked(&mut lock(&self.0.registry), events);
+    }
+
+    /// Fans events out and appends what moved the head to the resume window, both under the registry lock,
+    /// so the window always ends at the head a stream sees when it attaches.
+    fn dispatch_locked(&self, reg: &mut Registry, events: Vec<Delivery>) {
+        let head = reg.head;
+        let fresh: Vec<Delivery> = events.iter().filter(|e| e.seq > head).cloned().collect();
+        dispatch_locked(reg, events);
+        if self.0.config.window_events > 0 && !fresh.is_empty() {
+            let mut window = self.0.window.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for event in fresh {
+                window.push(reg.epoch, event, self.0.config.window_events, self.0.config.window_bytes);
+            }
+        }
+    }
+
+    /// The events of `groups` in `(after, through]` from the resume window, if it holds all of that range.
+    pub(crate) fn read_window(
+        &self,
+        epoch: Epoch,
+        groups: &[String],
+        after: i64,
+        through: i64,
+    ) -> Option<Vec<Delivery>> {
+        if self.0.config.window_events == 0 {
+            return None;
+        }
+        let window = self.0.window.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        window.read(epoch, groups, after, through)
+    }
+
+    /// One catch-up read of the database, after waiting for its turn in the queue (a stream's headers are
+    /// sent already: its client simply waits). The gauge shows the reads waiting.
+    pub(crate) async fn read_backlog(
+        &self,
+        epoch: Epoch,
+        groups: &[String],
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<StreamEvent>, sqlx::Error> {
+        let _permit = match &self.0.catchup {
+            Some(queue) => {
+                let waiting = metrics::gauge!(m::SSE_CATCHUP_WAITING);
+                waiting.increment(1.0);
+                let permit = queue.clone().acquire_owned().await;
+                waiting.decrement(1.0);
+                // The semaphore is never closed; without a permit, read anyway rather than never.
+                permit.ok()
+            }
+            None => None,
+        };
+        metrics::counter!(m::SSE_BACKLOG_READS).increment(1);
+        fetch_for_groups(&self.0.pool, epoch, groups, after, through, self.0.config.page_size).await
     }
 
     /// Reads and fans out everything published after the head. Reads by `seq` alone: no wall-clock bound,
@@ -390,6 +525,7 @@ impl Hub {
                 tracing::warn!(old = %reg.epoch, new = %meta.epoch, "event log epoch changed; ending all streams");
                 reg.epoch = meta.epoch;
                 reg.head = meta.last_seq;
+                self.0.window.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear(meta.epoch);
                 reg.by_group.clear();
                 // Closing every queue ends the streams; clients reconnect and get event: reset.
                 reg.clients.values_mut().for_each(|c| c.tx = None);
@@ -585,4 +721,42 @@ pub(crate) fn effective_groups(requested: Option<&[String]>, held: &[String]) ->
     groups.sort();
     groups.dedup();
     groups
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    fn event(seq: i64, group: &str) -> Delivery {
+        let sse = axum::response::sse::Event::default().data("x");
+        Arc::new(StreamEvent { seq, published_at: chrono::Utc::now(), groups: vec![group.to_owned()], sse, size: 100 })
+    }
+
+    fn seqs(events: Option<Vec<Delivery>>) -> Option<Vec<i64>> {
+        events.map(|e| e.iter().map(|e| e.seq).collect())
+    }
+
+    #[test]
+    fn the_window_serves_only_ranges_it_holds_whole_and_restarts_after_a_hole() {
+        let (epoch, north) = (Epoch(1), vec!["north".to_owned()]);
+        let mut window = Window::new(epoch);
+        for seq in 1..=6 {
+            window.push(epoch, event(seq, if seq % 2 == 0 { "south" } else { "north" }), 4, 1 << 20);
+        }
+        // Holds 3..=6: a resume after 2 (its first seq - 1) is inside, after 1 is not.
+        assert_eq!(seqs(window.read(epoch, &north, 2, 6)), Some(vec![3, 5]));
+        assert_eq!(seqs(window.read(epoch, &north, 1, 6)), None);
+        assert_eq!(seqs(window.read(epoch, &north, 2, 7)), None, "past its last seq");
+        assert_eq!(seqs(window.read(Epoch(2), &north, 2, 6)), None, "another epoch");
+        // A hole (7 never came): the window starts again at 8 and never serves across the hole.
+        window.push(epoch, event(8, "north"), 4, 1 << 20);
+        assert_eq!(seqs(window.read(epoch, &north, 6, 8)), None);
+        assert_eq!(seqs(window.read(epoch, &north, 7, 8)), Some(vec![8]));
+        // The byte bound drops the oldest first.
+        for seq in 9..=11 {
+            window.push(epoch, event(seq, "north"), 100, 250);
+        }
+        assert_eq!(seqs(window.read(epoch, &north, 9, 11)), Some(vec![10, 11]));
+        assert_eq!(seqs(window.read(epoch, &north, 8, 11)), None);
+    }
 }

@@ -1,7 +1,7 @@
 //! One client's stream: opening lines, optional reset, backlog from the database, then live events, with
 //! heartbeats, membership changes, token expiry and the switch to database catch-up when it lags.
 
-use super::event::{StreamMeta, fetch_for_groups};
+use super::event::StreamMeta;
 use super::hub::{Delivery, Hub};
 use crate::metrics as m;
 use crate::position::Position;
@@ -69,6 +69,9 @@ fn access_revoked(position: Position) -> Event {
     Event::default().event("access-revoked").data(data)
 }
 
+/// The longest pause between two tries of a failed catch-up read.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
 /// Removes the client from the hub when the response body is dropped (client gone or stream ended).
 struct ClientGuard {
     hub: Hub,
@@ -133,17 +136,29 @@ pub fn open_stream(
         let expiry = tokio::time::sleep(expires_in);
         tokio::pin!(expiry);
 
-        loop {
+        let mut retry = None;
+        'stream: loop {
             // The position only moves over events checked against the stream's real groups: a stream whose
             // dispatcher lost them ends here, and its client learns why.
             if shared.is_revoked() {
                 yield Ok(access_revoked(Position::new(epoch, sent_through)));
                 break;
             }
-            // Backlog (at start, and after falling behind): read our groups from the database, page by page.
+            // Backlog (at start, and after falling behind): from the hub's window of recent events when it
+            // holds the whole range (no query), else read our groups from the database, page by page.
             if let Some(through) = backlog_through {
-                match fetch_for_groups(hub.pool(), epoch, &shared.groups(), sent_through, through, page).await {
+                if let Some(events) = hub.read_window(epoch, &shared.groups(), sent_through, through) {
+                    for event in events {
+                        events_sent.increment(1);
+                        yield Ok(event.sse.clone());
+                    }
+                    sent_through = through; // nothing else of ours up to `through`
+                    backlog_through = None;
+                    continue;
+                }
+                match hub.read_backlog(epoch, &shared.groups(), sent_through, through).await {
                     Ok(events) => {
+                        retry = None;
                         let complete = (events.len() as i64) < page;
                         for event in events {
                             sent_through = event.seq;
@@ -153,6 +168,32 @@ pub fn open_stream(
                         if complete {
                             sent_through = through; // nothing else of ours up to `through`
                             backlog_through = None;
+                        }
+                        continue;
+                    }
+                    Err(error) if hub.config().retry_catchup && crate::db::is_transient(&error) => {
+                        // A busy pool or a lost connection passes: the stream stays open (its client would
+                        // only come back, with everyone else, and ask again) and reads again later, still
+                        // sending heartbeats meanwhile.
+                        let delay = retry
+                            .get_or_insert_with(crate::relay::reconnect_backoff)
+                            .next()
+                            .unwrap_or(MAX_RETRY_DELAY)
+                            .min(MAX_RETRY_DELAY);
+                        tracing::debug!(%error, retry_in_ms = delay.as_millis() as u64, "backlog read failed; retrying");
+                        let pause = tokio::time::sleep(delay);
+                        tokio::pin!(pause);
+                        loop {
+                            tokio::select! {
+                                biased;
+                                _ = &mut shutdown => break 'stream,
+                                _ = &mut pause => break,
+                                _ = heartbeat.tick() => {
+                                    let position = Position::new(epoch, sent_through).to_string();
+                                    let data = json!({ "position": position }).to_string();
+                                    yield Ok(Event::default().event("heartbeat").data(data));
+                                }
+                            }
                         }
                         continue;
                     }

@@ -53,6 +53,11 @@ impl TestApp {
         Self::start(smartscheduler::db::connect_lazy(url, 16).unwrap(), configure).await
     }
 
+    /// A server over a pool the test built (its size and acquire timeout are the test's).
+    pub async fn spawn_pool(pool: sqlx::PgPool, configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start(pool, configure).await
+    }
+
     async fn start(pool: sqlx::PgPool, configure: impl FnOnce(&mut ServerConfig)) -> Self {
         let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
         config.dev = true;

@@ -16,5 +16,6 @@ mod private_cluster;
 mod recommendations;
 mod relay;
 mod schema;
+mod storm;
 mod stream;
 mod transport;
