@@ -147,20 +147,7 @@ async fn measure(
     tokens: &[String],
     n: usize,
 ) -> anyhow::Result<(u64, u64, f64, usize)> {
-    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if line.contains("listening on") {
-                return anyhow::Ok(());
-            }
-        }
-        anyhow::bail!("the server exited before listening")
-    })
-    .await;
-    ready.map_err(|_| anyhow::anyhow!("the server did not listen within 30 s"))??;
-    // Keep draining stdout so that the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    until_listening(child).await?;
     let targets: Vec<(String, Option<String>)> =
         tokens.iter().map(|t| ("/api/events".to_owned(), Some(t.clone()))).collect();
     idle_growth(&[pid], addr, &targets, n).await
@@ -222,6 +209,25 @@ pub async fn idle_growth(
     Ok((before, after, open_secs, count))
 }
 
+/// Waits (at most 30 s) until a `serve` child prints that it listens, then keeps draining its stdout so
+/// that it never blocks on a full pipe.
+async fn until_listening(child: &mut tokio::process::Child) -> anyhow::Result<()> {
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains("listening on") {
+                return anyhow::Ok(());
+            }
+        }
+        anyhow::bail!("the server exited before listening")
+    })
+    .await;
+    ready.map_err(|_| anyhow::anyhow!("the server did not listen within 30 s"))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(())
+}
+
 /// A `smartscheduler serve` child process on a free loopback port, listening; killed when dropped.
 pub struct ServeChild {
     pub child: tokio::process::Child,
@@ -248,19 +254,7 @@ impl ServeChild {
             .kill_on_drop(true)
             .spawn()?;
         let pid = child.id().unwrap_or(0);
-        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if line.contains("listening on") {
-                    return anyhow::Ok(());
-                }
-            }
-            anyhow::bail!("the server exited before listening")
-        })
-        .await;
-        ready.map_err(|_| anyhow::anyhow!("the server did not listen within 30 s"))??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        until_listening(&mut child).await?;
         Ok(ServeChild { child, pid, addr })
     }
 
