@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod coalesce;
 pub mod commands;
 pub mod console;
 pub mod db;

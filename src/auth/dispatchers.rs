@@ -1,10 +1,12 @@
 //! Dispatchers and their groups (`dispatchers`, `dispatcher_groups`).
 
+use crate::coalesce::Coalescer;
 use crate::outbox::{GroupKey, OutboxError};
 use crate::validate;
 use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -55,6 +57,38 @@ pub async fn dispatcher(pool: &PgPool, id: &str) -> Result<Option<Dispatcher>, s
     .fetch_optional(pool)
     .await
     .map(|row| row.map(|(dispatcher_id, name, groups)| Dispatcher { dispatcher_id, name, groups }))
+}
+
+/// The dispatchers among `ids` that exist, with their current groups, by id (one query for all of them).
+/// Ids outside the column's pattern are left out without asking the database.
+pub async fn dispatchers_by_id(pool: &PgPool, ids: &[String]) -> Result<HashMap<String, Dispatcher>, sqlx::Error> {
+    let ids: Vec<&String> = ids.iter().filter(|id| valid_id(id)).collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query_as::<_, (String, String, Vec<String>)>(
+        "SELECT d.id, d.name,
+                coalesce(array_agg(g.group_key ORDER BY g.group_key) FILTER (WHERE g.group_key IS NOT NULL), '{}')
+         FROM dispatchers d LEFT JOIN dispatcher_groups g ON g.dispatcher_id = d.id
+         WHERE d.id = ANY($1) GROUP BY d.id",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, groups)| (id.clone(), Dispatcher { dispatcher_id: id, name, groups }))
+        .collect())
+}
+
+/// Looks dispatchers up for requests, sharing one query among the requests that arrive together (a reconnect
+/// storm, many tabs); each request is still answered by a read that began after it arrived, so a change of
+/// membership counts from the next request on, as with a query of its own.
+pub fn dispatcher_lookup(pool: PgPool) -> Coalescer<String, Dispatcher> {
+    Coalescer::new(Duration::ZERO, move |ids: Vec<String>| {
+        let pool = pool.clone();
+        Box::pin(async move { dispatchers_by_id(&pool, &ids).await })
+    })
 }
 
 pub async fn list_dispatchers(pool: &PgPool) -> Result<Vec<Dispatcher>, sqlx::Error> {

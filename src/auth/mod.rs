@@ -5,6 +5,7 @@ mod dispatchers;
 mod token;
 
 pub use dispatchers::{
-    Dispatcher, DispatcherError, add_dispatcher, current_groups, dispatcher, list_dispatchers, set_groups,
+    Dispatcher, DispatcherError, add_dispatcher, current_groups, dispatcher, dispatcher_lookup, dispatchers_by_id,
+    list_dispatchers, set_groups,
 };
 pub use token::{AuthError, AuthSecret, Claims, MIN_SECRET_BYTES};

@@ -4,11 +4,12 @@ use super::extract::{CurrentDispatcher, Query};
 use super::{ApiError, AppState};
 use crate::outbox::GroupKey;
 use crate::position::Position;
-use crate::stream::{StreamMeta, StreamRequest, open_stream};
+use crate::stream::{StreamRequest, open_stream};
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::{IntoResponse, Response, Sse};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{TimeZone, Utc};
 use serde::Deserialize;
@@ -77,7 +78,7 @@ async fn events(
     if groups.is_empty() {
         return Err(ApiError::forbidden("you belong to no group: there is nothing to stream".to_owned()));
     }
-    let meta = StreamMeta::read(&state.pool).await?;
+    let meta = state.hub.current_meta().await?;
     let request = StreamRequest {
         dispatcher_id: current.dispatcher.dispatcher_id.clone(),
         requested_groups: requested,
@@ -85,10 +86,14 @@ async fn events(
         resume_from,
         token_expires_at: Utc.timestamp_opt(current.claims.exp, 0).single().unwrap_or_else(Utc::now),
     };
-    let mut response = Sse::new(open_stream(state.hub.clone(), request, meta)).into_response();
-    // Proxies (nginx) must not buffer the stream.
-    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    let body = Body::from_stream(open_stream(state.hub.clone(), request, meta));
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        // Proxies (nginx) must not buffer the stream.
+        (HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+    ];
+    Ok((headers, body).into_response())
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! rejections come in the contract's error shape (axum's own answer in `text/plain`).
 
 use super::{ApiError, AppState};
-use crate::auth::{self, AuthError, Claims, Dispatcher};
+use crate::auth::{AuthError, Claims, Dispatcher};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -45,7 +45,9 @@ impl FromRequestParts<AppState> for CurrentDispatcher {
             .or_else(|| CookieJar::from_headers(&parts.headers).get(SESSION_COOKIE).map(|c| c.value().to_owned()))
             .ok_or(AuthError::MissingToken)?;
         let claims = state.secret.verify(&token)?;
-        let dispatcher = auth::dispatcher(&state.pool, &claims.sub)
+        let dispatcher = state
+            .dispatchers
+            .get(claims.sub.clone())
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown_dispatcher", "the token's dispatcher does not exist"))?;
         Ok(Self { dispatcher, claims })

@@ -38,6 +38,8 @@ pub struct AppStateInner {
     pub pool: PgPool,
     pub hub: Hub,
     pub secret: AuthSecret,
+    /// Dispatchers and their groups, read fresh for each request (concurrent requests share the query).
+    pub dispatchers: crate::coalesce::Coalescer<String, crate::auth::Dispatcher>,
     pub waker: RelayWaker,
     /// Enables `/api/dev/*` (demo login).
     pub dev: bool,

@@ -7,6 +7,7 @@
 //! and a slow client never silently misses an event.
 
 use super::event::{EventRow, StreamEvent, StreamMeta, fetch_after, fetch_for_groups};
+use crate::coalesce::Coalescer;
 use crate::metrics as m;
 use crate::position::{Epoch, Position};
 use crate::relay::EVENTS_CHANNEL;
@@ -262,6 +263,8 @@ impl Window {
 
 struct HubInner {
     pool: PgPool,
+    /// `stream_meta` reads for connecting streams: one query for the streams that connect together.
+    meta: Coalescer<(), StreamMeta>,
     config: HubConfig,
     registry: Mutex<Registry>,
     window: RwLock<Window>,
@@ -314,7 +317,13 @@ impl Hub {
             membership_reads: 0,
         };
         let catchup = (config.catchup_reads > 0).then(|| Arc::new(Semaphore::new(config.catchup_reads)));
+        let meta_pool = pool.clone();
+        let meta_reads = Coalescer::new(Duration::ZERO, move |_: Vec<()>| {
+            let pool = meta_pool.clone();
+            Box::pin(async move { Ok(HashMap::from([((), StreamMeta::read(&pool).await?)])) })
+        });
         let hub = Hub(Arc::new(HubInner {
+            meta: meta_reads,
             pool,
             config,
             window: RwLock::new(Window::new(meta.epoch)),
@@ -367,6 +376,11 @@ impl Hub {
             drop(reg);
             self.0.resync.notify_one();
         }
+    }
+
+    /// The log's state as of a read that began after this call (streams that connect together share it).
+    pub async fn current_meta(&self) -> Result<StreamMeta, sqlx::Error> {
+        self.0.meta.get(()).await?.ok_or(sqlx::Error::RowNotFound)
     }
 
     /// Event streams open on this process now (for the operator's log line).
@@ -728,8 +742,14 @@ mod window_tests {
     use super::*;
 
     fn event(seq: i64, group: &str) -> Delivery {
-        let sse = axum::response::sse::Event::default().data("x");
-        Arc::new(StreamEvent { seq, published_at: chrono::Utc::now(), groups: vec![group.to_owned()], sse, size: 100 })
+        let frame = bytes::Bytes::from_static(b"data: x\n\n");
+        Arc::new(StreamEvent {
+            seq,
+            published_at: chrono::Utc::now(),
+            groups: vec![group.to_owned()],
+            frame,
+            size: 100,
+        })
     }
 
     fn seqs(events: Option<Vec<Delivery>>) -> Option<Vec<i64>> {

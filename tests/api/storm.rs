@@ -114,12 +114,12 @@ async fn a_storm_of_resumes_through_a_tiny_pool_ends_no_stream_and_every_client_
     let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
     write_alternating(&db, LOG as usize).await;
     smartscheduler::relay::publish_all_pending(&db.pool, 1000).await.unwrap();
-    // Three connections (one of them the hub's LISTEN) that give up after 2 s: the old design ended every
-    // stream whose backlog read found no connection in time. (Long enough that the 60 connects themselves,
-    // which are not queued, find a connection even on a loaded machine.)
+    // Four connections (one of them the hub's LISTEN, one a blocked catch-up read) that give up after 2 s:
+    // the old design ended every stream whose backlog read found no connection in time. (Two are left for
+    // the 60 connects' own reads, which are not queued, so that they find one even on a loaded machine.)
     let options = smartscheduler::db::connect_options(&db.url).unwrap().application_name("server-app");
     let pool = PgPoolOptions::new()
-        .max_connections(3)
+        .max_connections(4)
         .acquire_timeout(Duration::from_secs(2))
         .connect_with(options)
         .await

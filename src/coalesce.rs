@@ -1,0 +1,251 @@
+//! Coalesced reads: concurrent lookups of the same kind share one query.
+//!
+//! A reconnect storm opens thousands of streams within a second (an instance died and its browsers came back
+//! here), and each needs its dispatcher's groups and the log's state. Asked one by one, that is a query per
+//! stream and the pool becomes the bottleneck (issue 14: 9,600 transactions for 9,500 resumes). Here a
+//! lookup that arrives while a read is running waits for the next read, which asks for every waiting key at
+//! once. So the number of queries follows the database's pace, not the number of callers.
+//!
+//! Freshness is kept exactly: every caller is answered by a read that *started after it asked*, never by one
+//! already running (which may have missed a commit the caller knows of: a browser resuming from a position
+//! another instance gave it, or a dispatcher whose groups were changed a moment ago). A caller waits at most
+//! for the read in flight, the pause below and its own read.
+
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// Reads the values of some keys. A key absent from the answer has no value (`None` to its caller).
+type ReadFn<K, V> = dyn Fn(Vec<K>) -> BoxFuture<'static, Result<HashMap<K, V>, sqlx::Error>> + Send + Sync;
+
+type Answer<V> = Result<Option<V>, sqlx::Error>;
+
+/// Shares reads among concurrent callers (see the module). Cheap to clone.
+pub struct Coalescer<K, V>(Arc<Inner<K, V>>);
+
+impl<K, V> Clone for Coalescer<K, V> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+struct Inner<K, V> {
+    read: Box<ReadFn<K, V>>,
+    /// Least time between the starts of two reads in a busy run: callers arriving meanwhile join the next
+    /// read. A caller after a quiet spell is read at once.
+    spacing: Duration,
+    state: Mutex<State<K, V>>,
+}
+
+struct State<K, V> {
+    waiting: Vec<(K, oneshot::Sender<Answer<V>>)>,
+    /// Whether a reader task runs (it takes the waiting callers until there are none).
+    reading: bool,
+}
+
+impl<K, V> Coalescer<K, V>
+where
+    K: Eq + Hash + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    /// `read` answers a batch of distinct keys with one query; `spacing` paces reads under load (zero: the
+    /// next read starts as soon as the previous one ends).
+    pub fn new<F>(spacing: Duration, read: F) -> Self
+    where
+        F: Fn(Vec<K>) -> BoxFuture<'static, Result<HashMap<K, V>, sqlx::Error>> + Send + Sync + 'static,
+    {
+        let state = Mutex::new(State { waiting: Vec::new(), reading: false });
+        Self(Arc::new(Inner { read: Box::new(read), spacing, state }))
+    }
+
+    /// The value of `key` from a read that started after this call, or `None` if it has none.
+    ///
+    /// # Errors
+    /// The read's error: the first caller of a failed read gets it as it was, the others a copy that keeps
+    /// its kind (see [`copy_error`]); [`sqlx::Error::WorkerCrashed`] if the read panicked.
+    pub async fn get(&self, key: K) -> Answer<V> {
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut state = lock(&self.0.state);
+            state.waiting.push((key, tx));
+            !std::mem::replace(&mut state.reading, true)
+        };
+        if lead {
+            // A task of its own, not this caller's future: a caller that goes away (its client hung up) must
+            // not take the others' read with it.
+            tokio::spawn(self.clone().read_while_waited_for());
+        }
+        rx.await.unwrap_or(Err(sqlx::Error::WorkerCrashed))
+    }
+
+    async fn read_while_waited_for(self) {
+        let _reset = ResetOnExit(&self.0.state);
+        let mut last_start: Option<Instant> = None;
+        loop {
+            if let Some(started) = last_start {
+                tokio::time::sleep_until(started + self.0.spacing).await;
+            }
+            let batch = {
+                let mut state = lock(&self.0.state);
+                if state.waiting.is_empty() {
+                    state.reading = false;
+                    return;
+                }
+                std::mem::take(&mut state.waiting)
+            };
+            last_start = Some(Instant::now());
+            let mut keys: Vec<K> = batch.iter().map(|(key, _)| key.clone()).collect();
+            let mut seen = std::collections::HashSet::with_capacity(keys.len());
+            keys.retain(|key| seen.insert(key.clone()));
+            match (self.0.read)(keys).await {
+                Ok(values) => {
+                    for (key, tx) in batch {
+                        let _ = tx.send(Ok(values.get(&key).cloned()));
+                    }
+                }
+                Err(error) => {
+                    let mut batch = batch.into_iter();
+                    let first = batch.next();
+                    for (_, tx) in batch {
+                        let _ = tx.send(Err(copy_error(&error)));
+                    }
+                    if let Some((_, tx)) = first {
+                        let _ = tx.send(Err(error));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whatever ends the reader task (a panic in `read`, the runtime shutting down), the next caller must find
+/// `reading` off and start a new one; callers left waiting are answered with an error by dropping them.
+struct ResetOnExit<'a, K, V>(&'a Mutex<State<K, V>>);
+
+impl<K, V> Drop for ResetOnExit<'_, K, V> {
+    fn drop(&mut self) {
+        let mut state = lock(self.0);
+        if state.reading {
+            state.reading = false;
+            state.waiting.clear();
+        }
+    }
+}
+
+/// A copy of a read's error for the other callers of the same read (`sqlx::Error` is not `Clone`). Keeps
+/// what callers decide on: a busy pool stays `PoolTimedOut`, a lost connection or an unavailable server an
+/// I/O error (so still a 503, still retried), anything else a protocol error with the same message.
+pub fn copy_error(error: &sqlx::Error) -> sqlx::Error {
+    match error {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::Io(e) => sqlx::Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+        other if crate::db::is_transient(other) => {
+            sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, other.to_string()))
+        }
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Notify;
+
+    /// A read that counts its calls and holds each one until released, so that the test decides who
+    /// arrives while a read is in flight.
+    type Batches = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    fn gated() -> (Coalescer<u32, u32>, Arc<AtomicUsize>, Arc<Notify>, Batches) {
+        let batches: Batches = Arc::default();
+        let (calls, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+        let (c, g, b) = (calls.clone(), gate.clone(), Arc::clone(&batches));
+        let coalescer = Coalescer::new(Duration::ZERO, move |keys: Vec<u32>| {
+            let (c, g, b) = (c.clone(), g.clone(), Arc::clone(&b));
+            Box::pin(async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                lock(&b).push(keys.clone());
+                g.notified().await;
+                if keys.contains(&13) {
+                    return Err(sqlx::Error::PoolTimedOut);
+                }
+                Ok(keys.into_iter().filter(|k| *k != 0).map(|k| (k, k * 10)).collect())
+            }) as BoxFuture<'static, _>
+        });
+        (coalescer, calls, gate, batches)
+    }
+
+    async fn until(mut check: impl FnMut() -> bool) {
+        while !check() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_during_a_read_share_the_next_one_and_never_the_one_in_flight() {
+        let (coalescer, calls, gate, batches) = gated();
+        let first = tokio::spawn({
+            let c = coalescer.clone();
+            async move { c.get(1).await }
+        });
+        until(|| calls.load(Ordering::SeqCst) == 1).await;
+        // Three callers arrive while the first read runs: none of them may be answered by it.
+        let later: Vec<_> = [2, 2, 0]
+            .into_iter()
+            .map(|k| {
+                let c = coalescer.clone();
+                tokio::spawn(async move { c.get(k).await })
+            })
+            .collect();
+        until(|| lock(&coalescer.0.state).waiting.len() == 3).await;
+        gate.notify_one();
+        assert_eq!(first.await.unwrap().unwrap(), Some(10));
+        until(|| calls.load(Ordering::SeqCst) == 2).await;
+        gate.notify_one();
+        let answers: Vec<_> = futures::future::join_all(later).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+        assert_eq!(answers, vec![Some(20), Some(20), None], "a key without a value is None");
+        assert_eq!(*lock(&batches), vec![vec![1], vec![2, 0]], "one read for the three, keys once each");
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_fails_each_of_its_callers_with_the_same_kind_of_error_and_the_next_read_works() {
+        let (coalescer, calls, gate, _) = gated();
+        let spawn_get = |k: u32| {
+            let c = coalescer.clone();
+            tokio::spawn(async move { c.get(k).await })
+        };
+        let first = spawn_get(1);
+        until(|| calls.load(Ordering::SeqCst) == 1).await;
+        let failing = [spawn_get(13), spawn_get(13)];
+        until(|| lock(&coalescer.0.state).waiting.len() == 2).await;
+        gate.notify_one();
+        assert_eq!(first.await.unwrap().unwrap(), Some(10));
+        until(|| calls.load(Ordering::SeqCst) == 2).await;
+        gate.notify_one();
+        for caller in failing {
+            let answer = caller.await.unwrap();
+            assert!(matches!(answer, Err(sqlx::Error::PoolTimedOut)), "{answer:?}");
+        }
+        let after = spawn_get(5);
+        until(|| calls.load(Ordering::SeqCst) == 3).await;
+        gate.notify_one();
+        assert_eq!(after.await.unwrap().unwrap(), Some(50));
+    }
+
+    #[test]
+    fn copied_errors_keep_their_kind() {
+        assert!(matches!(copy_error(&sqlx::Error::PoolTimedOut), sqlx::Error::PoolTimedOut));
+        let io = sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert!(crate::db::is_transient(&copy_error(&io)));
+        assert!(matches!(copy_error(&sqlx::Error::RowNotFound), sqlx::Error::Protocol(_)));
+    }
+}
