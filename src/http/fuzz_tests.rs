@@ -2,7 +2,7 @@
 //! request head. No input may panic; every input is either accepted or refused in the contract's shape.
 
 use super::events::requested_groups;
-use super::stream_connection::{error_response, parse_head};
+use super::stream_connection::{encode_burst, error_response, parse_head};
 use axum::http::{Method, StatusCode};
 use proptest::prelude::*;
 
@@ -106,6 +106,15 @@ proptest! {
     }
 
     #[test]
+    fn a_burst_of_frames_decodes_to_the_same_frames_in_order(
+        frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..300), 1..40)
+    ) {
+        let burst: Vec<bytes::Bytes> = frames.iter().cloned().map(bytes::Bytes::from).collect();
+        prop_assert_eq!(decode_chunks(&encode_burst(&burst, true))?, frames.clone());
+        prop_assert_eq!(encode_burst(&burst, false), frames.concat());
+    }
+
+    #[test]
     fn plausible_request_heads_and_their_prefixes_are_a_get_or_a_refusal_in_the_contract_shape(
         bytes in head(), cut in any::<prop::sample::Index>()
     ) {
@@ -127,4 +136,19 @@ fn every_refusal_of_the_stream_transport_has_its_own_stable_code() {
     assert_eq!(code(StatusCode::BAD_REQUEST), "bad_request");
     assert_eq!(code(StatusCode::REQUEST_TIMEOUT), "request_timeout");
     assert_eq!(code(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE), "request_header_fields_too_large");
+}
+
+/// Splits an HTTP/1.1 chunked body (without the last chunk) into its chunks, as a client would.
+fn decode_chunks(mut body: &[u8]) -> Result<Vec<Vec<u8>>, TestCaseError> {
+    let mut chunks = Vec::new();
+    while !body.is_empty() {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").ok_or_else(|| TestCaseError::fail("no size line"))?;
+        let size = std::str::from_utf8(&body[..line_end]).ok().and_then(|s| usize::from_str_radix(s, 16).ok());
+        let size = size.ok_or_else(|| TestCaseError::fail("bad size line"))?;
+        let data = body.get(line_end + 2..line_end + 2 + size).ok_or_else(|| TestCaseError::fail("short chunk"))?;
+        prop_assert_eq!(body.get(line_end + 2 + size..line_end + 4 + size), Some(&b"\r\n"[..]));
+        chunks.push(data.to_vec());
+        body = &body[line_end + 4 + size..];
+    }
+    Ok(chunks)
 }

@@ -211,27 +211,90 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>, chunke
             // The client hung up (or sent something, which a streaming GET has no use for).
             _ = reader.read(&mut probe) => return Ok(()),
         };
-        match frame {
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else { continue }; // trailers: none are sent
-                if data.is_empty() {
-                    continue;
-                }
-                if chunked {
-                    write_chunk(&mut writer, data).await?;
-                } else {
-                    writer.write_all(&data).await?;
-                }
-            }
+        let first = match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue, // trailers (none are sent) or an empty frame
+            },
             // The handler's body failed: end without the last chunk, so the client sees a broken stream.
             Some(Err(_)) => return Ok(()),
             None => break,
+        };
+        // A resume yields its backlog all at once: take every frame that is ready with this one and write
+        // them with one system call instead of one per event (a reconnect storm is millions of events).
+        let (burst, end) = ready_frames(&mut body, first);
+        if let [only] = burst.as_slice() {
+            if chunked {
+                write_chunk(&mut writer, only.clone()).await?;
+            } else {
+                writer.write_all(only).await?;
+            }
+        } else {
+            writer.write_all(&encode_burst(&burst, chunked)).await?;
+        }
+        match end {
+            BurstEnd::More => {}
+            BurstEnd::Failed => return Ok(()),
+            BurstEnd::Finished => break,
         }
     }
     if chunked {
         writer.write_all(b"0\r\n\r\n").await?;
     }
     writer.shutdown().await
+}
+
+/// Most bytes gathered into one write.
+const MAX_BURST_BYTES: usize = 64 * 1024;
+
+/// How the body stood after a burst was gathered.
+#[derive(Debug, PartialEq)]
+enum BurstEnd {
+    /// It may have more later.
+    More,
+    /// It ended: the last chunk follows.
+    Finished,
+    /// It failed: the connection ends without the last chunk.
+    Failed,
+}
+
+/// `first` and the data frames the body has ready now, up to [`MAX_BURST_BYTES`]. Never waits.
+fn ready_frames(body: &mut Body, first: Bytes) -> (Vec<Bytes>, BurstEnd) {
+    use futures::FutureExt;
+    let mut bytes = first.len();
+    let mut burst = vec![first];
+    while bytes < MAX_BURST_BYTES {
+        match body.frame().now_or_never() {
+            None => break,
+            Some(None) => return (burst, BurstEnd::Finished),
+            Some(Some(Err(_))) => return (burst, BurstEnd::Failed),
+            Some(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data().map_err(drop)
+                    && !data.is_empty()
+                {
+                    bytes += data.len();
+                    burst.push(data);
+                }
+            }
+        }
+    }
+    (burst, BurstEnd::More)
+}
+
+/// The bytes of several frames, each its own HTTP/1.1 chunk when `chunked`.
+pub(super) fn encode_burst(burst: &[Bytes], chunked: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(burst.iter().map(|d| d.len() + 20).sum());
+    for data in burst {
+        if chunked {
+            let mut size_line = [0u8; 18];
+            out.extend_from_slice(chunk_size_line(data.len(), &mut size_line));
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(data);
+        }
+    }
+    out
 }
 
 /// One HTTP/1.1 chunk, written with one vectored write: size line, data, CRLF. Runs per delivery, so

@@ -1,8 +1,9 @@
 //! Events as the stream sends them, and the two queries that read them: the hub's read of everything
 //! after its head, and a resuming client's read of its groups only.
 
+use super::frame::Frame;
 use crate::position::{Epoch, Position};
-use axum::response::sse::Event;
+use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -13,7 +14,8 @@ pub struct StreamEvent {
     pub seq: i64,
     pub published_at: DateTime<Utc>,
     pub groups: Vec<String>,
-    pub sse: Event,
+    /// The SSE frame (`id:`, `event:`, `data:`), shared by every stream that sends it.
+    pub frame: Bytes,
     /// Approximate bytes this event holds in memory (its encoded data and groups): what the hub's resume
     /// window counts against its byte bound.
     pub size: usize,
@@ -86,8 +88,8 @@ impl EventRow {
             + self.event_type.len()
             + self.groups.iter().map(|g| g.len() + 24).sum::<usize>()
             + 128;
-        let sse = Event::default().id(position).event(self.event_type).data(data);
-        StreamEvent { seq: self.seq, published_at: self.published_at, groups: self.groups, sse, size }
+        let frame = Frame { id: Some(&position), event: Some(&self.event_type), data: Some(&data), ..Frame::default() };
+        StreamEvent { seq: self.seq, published_at: self.published_at, groups: self.groups, frame: frame.encode(), size }
     }
 }
 

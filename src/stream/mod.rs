@@ -4,9 +4,11 @@
 //! fan-out with no gap and no duplicate at the seam.
 
 mod event;
+mod frame;
 mod hub;
 mod session;
 
 pub use event::{BACKLOG_SQL, EventRow, StreamEvent, StreamMeta, fetch_for_groups};
+pub use frame::Frame;
 pub use hub::{Hub, HubConfig, MembershipSource, Memberships};
 pub use session::{ResetReason, StreamRequest, open_stream};

@@ -2,10 +2,11 @@
 //! heartbeats, membership changes, token expiry and the switch to database catch-up when it lags.
 
 use super::event::StreamMeta;
+use super::frame::Frame;
 use super::hub::{Delivery, Hub};
 use crate::metrics as m;
 use crate::position::Position;
-use axum::response::sse::Event;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde_json::json;
@@ -64,9 +65,14 @@ fn reconnect_delay() -> Duration {
 /// `event: access-revoked`: the dispatcher no longer holds any group this stream delivers, so it ends. The
 /// position is what the client has every event of its groups up to; a reconnect with the same groups is
 /// refused (403) until membership changes.
-fn access_revoked(position: Position) -> Event {
+fn access_revoked(position: Position) -> Bytes {
     let data = json!({ "reason": "no_groups", "position": position.to_string() }).to_string();
-    Event::default().event("access-revoked").data(data)
+    named("access-revoked", &data, None)
+}
+
+/// A named event of the stream itself (not from the log): `event:` and one line of `data:`, and `id:` when given.
+fn named(event: &str, data: &str, id: Option<&str>) -> Bytes {
+    Frame { id, event: Some(event), data: Some(data), ..Frame::default() }.encode()
 }
 
 /// The longest pause between two tries of a failed catch-up read.
@@ -97,7 +103,7 @@ pub fn open_stream(
     hub: Hub,
     request: StreamRequest,
     meta: StreamMeta,
-) -> impl Stream<Item = Result<Event, Infallible>> {
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
     async_stream::stream! {
         let epoch = meta.epoch;
         let (id, shared) = hub.add_client(&request.dispatcher_id, request.requested_groups.clone(), request.groups.clone());
@@ -119,7 +125,8 @@ pub fn open_stream(
         // committed, and the events up to it that still reach the queue are skipped below.
         let current = head.max(meta.last_seq);
         let opening = match start { Ok(Some(seq)) => seq, _ => current };
-        yield Ok(Event::default().retry(reconnect_delay()).id(Position::new(epoch, opening).to_string()));
+        let opening_position = Position::new(epoch, opening).to_string();
+        yield Ok(Frame { retry: Some(reconnect_delay()), id: Some(&opening_position), ..Frame::default() }.encode());
 
         let mut sent_through = opening;
         if let Err(reason) = start {
@@ -127,7 +134,7 @@ pub fn open_stream(
             // The client reloads over REST and then gets only what comes after the current position.
             let position = Position::new(epoch, sent_through).to_string();
             let data = json!({ "reason": reason.as_str(), "position": position }).to_string();
-            yield Ok(Event::default().id(position).event("reset").data(data));
+            yield Ok(named("reset", &data, Some(&position)));
         }
 
         let mut backlog_through = Some(head).filter(|h| *h > sent_through);
@@ -150,7 +157,7 @@ pub fn open_stream(
                 if let Some(events) = hub.read_window(epoch, &shared.groups(), sent_through, through) {
                     for event in events {
                         events_sent.increment(1);
-                        yield Ok(event.sse.clone());
+                        yield Ok(event.frame.clone());
                     }
                     sent_through = through; // nothing else of ours up to `through`
                     backlog_through = None;
@@ -163,7 +170,7 @@ pub fn open_stream(
                         for event in events {
                             sent_through = event.seq;
                             events_sent.increment(1);
-                            yield Ok(event.sse);
+                            yield Ok(event.frame);
                         }
                         if complete {
                             sent_through = through; // nothing else of ours up to `through`
@@ -191,7 +198,7 @@ pub fn open_stream(
                                 _ = heartbeat.tick() => {
                                     let position = Position::new(epoch, sent_through).to_string();
                                     let data = json!({ "position": position }).to_string();
-                                    yield Ok(Event::default().event("heartbeat").data(data));
+                                    yield Ok(named("heartbeat", &data, None));
                                 }
                             }
                         }
@@ -220,7 +227,7 @@ pub fn open_stream(
                     if event.seq > sent_through {
                         sent_through = event.seq;
                         events_sent.increment(1);
-                        yield Ok(event.sse.clone());
+                        yield Ok(event.frame.clone());
                     }
                 }
                 Step::QueueClosed => {
@@ -245,12 +252,12 @@ pub fn open_stream(
                         sent_through = seq;
                     }
                     let position = Position::new(epoch, sent_through).to_string();
-                    let beat = Event::default().event("heartbeat").data(json!({ "position": position }).to_string());
-                    yield Ok(if advanced.is_some() { beat.id(position) } else { beat });
+                    let data = json!({ "position": position }).to_string();
+                    yield Ok(named("heartbeat", &data, advanced.is_some().then_some(position.as_str())));
                 }
                 Step::TokenExpired => {
                     let data = json!({ "position": Position::new(epoch, sent_through).to_string() }).to_string();
-                    yield Ok(Event::default().event("auth-expired").data(data));
+                    yield Ok(named("auth-expired", &data, None));
                     break;
                 }
                 Step::Shutdown => break,
