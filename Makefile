@@ -123,13 +123,13 @@ nchan:
 bench: nchan
 	$(CARGO) build --release --bin smartscheduler-bench --bin smartscheduler
 	@server=$$(scripts/postgres.sh url); \
-	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
+	ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
 	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/release/smartscheduler-bench --out docs/performance.md $(BENCH_ARGS)
 
 chaos:
 	$(CARGO) build --release --locked --bin smartscheduler --bin smartscheduler-chaos
 	@server=$$(scripts/postgres.sh url); \
-	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
+	ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
 	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/release/smartscheduler-chaos \
 	  --seconds $(SECONDS) --runs $(RUNS) --faults $(FAULTS) $(if $(SEED),--seed $(SEED))
 

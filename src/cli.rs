@@ -84,6 +84,17 @@ pub struct ServeArgs {
     /// be below --db-pool-size, so that API requests always find a connection.
     #[arg(long, env = "SMARTSCHEDULER_CATCHUP_READS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub catchup_reads: u32,
+    /// Most recent events each process keeps in memory to serve resumes without a query (0: none; every
+    /// resume then reads the event log).
+    #[arg(long, env = "SMARTSCHEDULER_RESUME_WINDOW_EVENTS", default_value_t = 10_000)]
+    pub resume_window_events: usize,
+    /// Most memory the resume window may hold, in MiB (the oldest events go first).
+    #[arg(long, env = "SMARTSCHEDULER_RESUME_WINDOW_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub resume_window_mib: u32,
+    /// For the benchmark's comparison only: the stream design before issue 14 (no resume window, no
+    /// catch-up queue, a catch-up read that finds the pool busy ends the stream).
+    #[arg(long, hide = true)]
+    pub bench_only_without_storm_protection: bool,
 }
 
 /// How often the relay looks for events from writers that do not wake it (a plain SQL `INSERT INTO outbox`).

@@ -104,6 +104,11 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
     crate::db::migrate(&pool).await?;
     let mut config = ServerConfig::new(args.addr);
     config.hub.catchup_reads = args.catchup_reads as usize;
+    config.hub.window_events = args.resume_window_events;
+    config.hub.window_bytes = (args.resume_window_mib as usize) << 20;
+    if args.bench_only_without_storm_protection {
+        config.hub = config.hub.without_storm_protection();
+    }
     config.dev = args.dev;
     config.run_relay = !args.no_relay;
     let has_console = args.static_dir.is_some() || crate::console::is_embedded();

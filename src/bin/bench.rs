@@ -14,6 +14,8 @@ mod memory;
 mod peer;
 #[path = "bench/relay_drain.rs"]
 mod relay_drain;
+#[path = "bench/scale_out.rs"]
+mod scale_out;
 #[path = "bench/sse_client.rs"]
 mod sse_client;
 #[path = "bench/storm.rs"]
@@ -39,7 +41,7 @@ struct Args {
     /// A smaller, faster run (shorter phases, fewer rows and connections).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (comma-separated numbers 1-12; 9 is the plain SQL writer and the nchan peer,
+    /// Run only these sections (comma-separated numbers 1-13; 9 is the plain SQL writer and the nchan peer,
     /// 10 the API cost of the event, 11 and 12 the reconnect storms).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
@@ -93,6 +95,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     section!(10, "API cost of the event", api_cost::run(&ctx, &mut report));
     section!(11, "Reconnect storm", storm::run(&ctx, &mut report, false));
     section!(12, "Deep reconnect storm", storm::run(&ctx, &mut report, true));
+    section!(13, "Scale-out over 1, 2 and 4 instances", scale_out::run(&ctx, &mut report));
 
     ctx.drop_all().await;
     let text = report.render(&header, args.quick, started.elapsed());

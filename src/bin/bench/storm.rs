@@ -5,17 +5,15 @@
 //! that finds no connection in time ends the stream), in the same run, over the same log.
 
 use crate::common::{BenchDb, Ctx, Report, fmt_int, pass_word};
+use crate::memory::ServeChild;
 use crate::sse_client::{SseClient, json_u64};
-use crate::stream::{REGIONS, SECRET, region_dispatchers};
+use crate::stream::{REGIONS, region_dispatchers};
 use memchr::memmem;
-use smartscheduler::auth::AuthSecret;
-use smartscheduler::server::{Server, ServerConfig};
 use smartscheduler::stream::HubConfig;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// Events in the log (published while the server runs, so that its hub fans them out).
 const LOG: i64 = 20_000;
@@ -42,20 +40,14 @@ async fn transactions(pool: &PgPool) -> anyhow::Result<i64> {
     .await?)
 }
 
-/// Starts a server over `url` with a pool as `serve` makes it (32 connections, 5 s acquire timeout).
-async fn start_server(
-    url: &str,
-    hub: HubConfig,
-) -> anyhow::Result<(String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    let pool = smartscheduler::db::connect(url, 32).await?;
-    let mut config = ServerConfig::new("127.0.0.1:0".parse()?);
-    config.hub = hub;
-    // Another process publishes (the bench, below): this one only serves streams.
-    config.run_relay = false;
-    let shutdown = CancellationToken::new();
-    let server = Server::start(pool, config, AuthSecret::new(SECRET)?, shutdown.clone()).await?;
-    let addr = server.local_addr()?.to_string();
-    Ok((addr, shutdown, tokio::spawn(server.run())))
+/// Starts `serve` as a process of its own (so that the server and the 10,000 clients each have their own
+/// open-files limit), without a relay: the benchmark publishes.
+async fn start_server(url: &str, protected: bool) -> anyhow::Result<ServeChild> {
+    let mut args = vec!["--no-relay"];
+    if !protected {
+        args.push("--bench-only-without-storm-protection");
+    }
+    ServeChild::start(url, &args).await
 }
 
 /// The last seq of region index `r` at or below `through` (seq s belongs to region s % 4).
@@ -124,16 +116,18 @@ async fn storm(
     }
 }
 
-/// One storm against a fresh server with `hub`, the queries it cost counted on the database.
+/// One storm against a fresh server (`protected`: our design, else the one before), the queries it cost
+/// counted on the database.
 async fn storm_against(
     db: &BenchDb,
-    hub: HubConfig,
+    protected: bool,
     tokens: &[String],
     epoch: &str,
     clients: usize,
     behind: std::ops::RangeInclusive<i64>,
 ) -> anyhow::Result<Outcome> {
-    let (addr, shutdown, server) = start_server(&db.url, hub).await?;
+    let server = start_server(&db.url, protected).await?;
+    let addr = server.addr.clone();
     // The log is published after the server started, so that its hub fanned it out (and holds the latest
     // events in its window, when it has one): what a long-running instance has when the storm comes.
     publish_log(db).await?;
@@ -144,8 +138,7 @@ async fn storm_against(
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Our own two statistics reads are not the server's.
     outcome.transactions = transactions(&db.pool).await? - before - 2;
-    shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(20), server).await;
+    server.stop().await;
     Ok(outcome)
 }
 
@@ -194,8 +187,8 @@ async fn wait_for_head(addr: &str, tokens: &[String], epoch: &str) -> anyhow::Re
 pub async fn run(ctx: &Ctx, report: &mut Report, deep: bool) -> anyhow::Result<()> {
     let clients: usize = if ctx.quick { 2_000 } else { 10_000 };
     let limit = crate::common::open_files_limit();
-    // Each client is two descriptors in this process (its socket and the server's).
-    let clients = clients.min(((limit.saturating_sub(1_000)) / 2) as usize);
+    // Each client is one descriptor here and one in the server's process.
+    let clients = clients.min(limit.saturating_sub(1_000) as usize);
     let db = ctx.fresh_db(8).await?;
     let result = run_on(&db, report, clients, deep).await;
     ctx.drop_db(db).await;
@@ -206,9 +199,8 @@ async fn run_on(db: &BenchDb, report: &mut Report, clients: usize, deep: bool) -
     let tokens = region_dispatchers(&db.pool).await?;
     let epoch: String = sqlx::query_scalar("SELECT epoch FROM stream_meta").fetch_one(&db.pool).await?;
     let behind = if deep { 5_000..=10_000 } else { 0..=1_000 };
-    let ours = storm_against(db, HubConfig::default(), &tokens, &epoch, clients, behind.clone()).await?;
-    let old = HubConfig::default().without_storm_protection();
-    let before = storm_against(db, old, &tokens, &epoch, clients, behind.clone()).await?;
+    let ours = storm_against(db, true, &tokens, &epoch, clients, behind.clone()).await?;
+    let before = storm_against(db, false, &tokens, &epoch, clients, behind.clone()).await?;
     let row = |name: &str, o: &Outcome| {
         format!(
             "| {name} | {} | {} | {} | {:.2} s | {} |\n",
@@ -223,14 +215,14 @@ async fn run_on(db: &BenchDb, report: &mut Report, clients: usize, deep: bool) -
     let mut body = format!(
         "{} events in the log (groups `region:north|south|east|west` by seq % 4, ~400-byte payloads), \
          published while the server runs so that its hub fanned them out. Then {} clients (a quarter per \
-         region dispatcher, lean HTTP/1.1 clients in the same process) connect at the same instant with \
+         region dispatcher, lean HTTP/1.1 clients in the benchmark process) connect at the same instant with \
          `Last-Event-ID` {}–{} events behind the head (uniform), and read until the last event of their \
-         region; a stream that ends before counts as an error (no reconnect). Server: `Server::start` with a \
-         pool as `serve` makes it (32 connections, 5 s acquire timeout), no relay. Queries: the database's \
+         region; a stream that ends before counts as an error (no reconnect). Server: `smartscheduler serve --no-relay` \
+         in a process of its own (a pool of 32 connections, 5 s acquire timeout). Queries: the database's \
          transactions (`pg_stat_database` xact_commit + xact_rollback; every statement outside a transaction \
          block is one) from just before the storm to 1.5 s after it, which includes the hub's own polls.\n\n\
          Ours: `HubConfig::default()` (resume window of {} events / {} MiB, {} catch-up reads at once, retried). \
-         Before: `HubConfig::without_storm_protection()`, the design before issue 14 (no window, no queue, a \
+         Before: `serve --bench-only-without-storm-protection` (`HubConfig::without_storm_protection()`), the design before issue 14 (no window, no queue, a \
          failed read ends the stream).\n\n\
          | design | clients | caught up | streams ended with an error | time until all caught up | PostgreSQL transactions |\n\
          |---|---|---|---|---|---|\n",

@@ -359,8 +359,9 @@ async fn write_event(
 
 /// Writes `rate` events/s for `duration`, round-robin over the regions, with enough writers to keep up.
 /// Returns how many events were written and how long it took.
-async fn write_phase(
-    rig: &Rig,
+pub async fn write_phase(
+    writer_pool: &PgPool,
+    waker: &RelayWaker,
     stats: &Arc<Stats>,
     rate: u32,
     duration: Duration,
@@ -373,7 +374,7 @@ async fn write_phase(
     let hard_stop = start + duration * 3 + Duration::from_secs(5);
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (pool, waker, stats) = (rig.writer_pool.clone(), rig.waker.clone(), stats.clone());
+        let (pool, waker, stats) = (writer_pool.clone(), waker.clone(), stats.clone());
         tasks.push(tokio::spawn(async move {
             let mut written = 0u64;
             let mut i = w;
@@ -425,7 +426,7 @@ async fn run_phase(
     phase: usize,
 ) -> anyhow::Result<PhaseResult> {
     let t0 = now_ns();
-    let (written, took) = write_phase(rig, stats, rate, duration, phase).await?;
+    let (written, took) = write_phase(&rig.writer_pool, &rig.waker, stats, rate, duration, phase).await?;
     collect_phase(stats, per_region, rate, phase, t0, written, took).await
 }
 
