@@ -1,5 +1,6 @@
 //! Connecting to PostgreSQL and applying `migrations/`.
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use std::str::FromStr;
@@ -137,4 +138,15 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 /// `host:port/database` for messages (never the password).
 pub fn describe(options: &PgConnectOptions) -> String {
     format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or("postgres"))
+}
+
+/// How long to wait between tries to reach the database again: exponential with jitter, 100 ms doubling to
+/// 10 s, forever (`backon`).
+pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }

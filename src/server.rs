@@ -80,7 +80,9 @@ impl Server {
             .context("starting the stream hub")?;
         let mut tasks = Vec::new();
         if config.run_relay {
-            let relay = Relay::new(pool.clone(), config.relay.clone(), waker.clone(), node_id).feeding(hub.clone());
+            let local_hub = hub.clone();
+            let relay = Relay::new(pool.clone(), config.relay.clone(), waker.clone(), node_id)
+                .on_published(move |batch| local_hub.deliver_published(batch));
             tasks.push(relay.spawn_supervised(&supervisor, shutdown.clone()));
         }
         let (retention_pool, retention_every) = (pool.clone(), config.retention_interval);

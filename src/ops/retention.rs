@@ -60,7 +60,7 @@ pub async fn run_once(pool: &PgPool, dry_run: bool) -> Result<RetentionReport, s
     report.expired_through_seq = expired_through;
     if !dry_run {
         sqlx::query("UPDATE stream_meta SET expired_through_seq = $1").bind(expired_through).execute(&mut *tx).await?;
-        crate::relay::ensure_partitions(&mut tx).await?;
+        crate::event_log::ensure_partitions(&mut tx).await?;
         tx.commit().await?;
     }
     Ok(report)

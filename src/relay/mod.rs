@@ -12,13 +12,9 @@ mod publish;
 mod worker;
 
 pub use publish::{
-    BatchOutcome, ensure_partitions, publish_all_pending, publish_batch, publish_batch_now, publish_batch_parking,
+    BatchOutcome, publish_all_pending, publish_batch, publish_batch_now, publish_batch_parking,
     publish_batch_uncommitted,
 };
-pub use worker::{Relay, RelayConfig};
-pub(crate) use worker::{beat, reconnect_backoff};
-
-/// Channel the relay NOTIFYs after each batch, with the new last position (`<epoch>-<seq>`) as payload.
-pub const EVENTS_CHANNEL: &str = "ss_events";
+pub use worker::{PublishedSink, Relay, RelayConfig};
 /// Channel external writers may NOTIFY (no payload needed) to wake relays at once instead of at the next poll.
 pub const WAKE_CHANNEL: &str = "ss_wake";

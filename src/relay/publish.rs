@@ -3,8 +3,7 @@
 //! the relay pays one round trip per batch. The published rows come back so that this process's hub can
 //! fan them out without reading them again.
 
-use super::EVENTS_CHANNEL;
-use crate::stream::EventRow;
+use crate::event_log::{EVENTS_CHANNEL, EventRow};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 
 /// What one publish step did.
@@ -110,15 +109,4 @@ fn outcome_of(rows: Vec<PublishedRow>) -> BatchOutcome {
     let (epoch, first_seq, last_seq) = (first.epoch.clone(), first.event.seq, last.event.seq);
     let events = rows.into_iter().map(|row| row.event).collect();
     BatchOutcome::Published { epoch, first_seq, last_seq, events }
-}
-
-/// Makes sure daily partitions exist from yesterday to a week ahead (UTC): for retention, under its own
-/// fence. `ss_publish_batch` (migration 0006) keeps the same window ahead when it publishes.
-pub async fn ensure_partitions(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT ss_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 1, (now() AT TIME ZONE 'UTC')::date + 8)",
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }

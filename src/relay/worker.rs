@@ -11,11 +11,12 @@
 
 use super::WAKE_CHANNEL;
 use super::publish::{BatchOutcome, publish_batch, publish_batch_now, publish_batch_parking};
+use crate::db::reconnect_backoff;
+use crate::event_log::PublishedBatch;
 use crate::metrics as m;
+use crate::node::beat;
 use crate::outbox::RelayWaker;
-use crate::stream::Hub;
 use crate::supervisor::{Progress, Supervisor};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::time::{Duration, Instant};
@@ -73,19 +74,22 @@ pub struct Relay {
     config: RelayConfig,
     waker: RelayWaker,
     node_id: Uuid,
-    /// This process's stream hub, handed each committed batch to fan out at once, instead of waiting for
-    /// the NOTIFY to come back from PostgreSQL and reading the rows again.
-    local_hub: Option<Hub>,
+    /// Handed each committed batch in this process (`server.rs` gives the stream hub's), so that it is fanned
+    /// out at once instead of after the NOTIFY came back from PostgreSQL and the rows were read again.
+    on_published: Option<PublishedSink>,
 }
+
+/// Takes each batch this relay committed. Called on the relay's task: it must not wait.
+pub type PublishedSink = std::sync::Arc<dyn Fn(PublishedBatch) + Send + Sync>;
 
 impl Relay {
     pub fn new(pool: PgPool, config: RelayConfig, waker: RelayWaker, node_id: Uuid) -> Self {
-        Self { pool, config, waker, node_id, local_hub: None }
+        Self { pool, config, waker, node_id, on_published: None }
     }
 
-    /// Also hands each committed batch to `hub` (the same process's stream hub).
-    pub fn feeding(mut self, hub: Hub) -> Self {
-        self.local_hub = Some(hub);
+    /// Also hands each committed batch to `sink` (in `serve`: the same process's stream hub).
+    pub fn on_published(mut self, sink: impl Fn(PublishedBatch) + Send + Sync + 'static) -> Self {
+        self.on_published = Some(std::sync::Arc::new(sink));
         self
     }
 
@@ -156,8 +160,8 @@ impl Relay {
                     record(&outcome);
                     // A full batch means more may be waiting: go again at once.
                     rung = outcome.count() == self.config.batch_size;
-                    if let (Some(hub), BatchOutcome::Published { epoch, events, .. }) = (&self.local_hub, outcome) {
-                        hub.deliver_published(&epoch, events);
+                    if let (Some(sink), BatchOutcome::Published { epoch, events, .. }) = (&self.on_published, outcome) {
+                        sink(PublishedBatch { epoch, events });
                     }
                     if !rung {
                         self.idle(&shutdown, Duration::ZERO).await;
@@ -229,39 +233,6 @@ fn record(outcome: &BatchOutcome) {
         outcome.lags().for_each(|lag| histogram.record(lag));
         tracing::debug!(count = outcome.count(), last_seq, "published batch");
     }
-}
-
-/// Exponential backoff with jitter, 100 ms doubling to 10 s, forever.
-pub(crate) fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-/// Records that this process's `role` is alive.
-pub(crate) async fn beat(pool: &PgPool, node_id: Uuid, role: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO node_heartbeats (node_id, role, host, pid, started_at, beat_at)
-         VALUES ($1, $2, $3, $4, now(), now())
-         ON CONFLICT (node_id, role) DO UPDATE SET beat_at = now()",
-    )
-    .bind(node_id)
-    .bind(role)
-    .bind(hostname())
-    .bind(std::process::id() as i32)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// LISTENs on the wake channel and rings the doorbell for each notification. After a lost connection it

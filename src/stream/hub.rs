@@ -6,11 +6,12 @@
 //! from `event_log` from its own position and re-attaches when caught up. Nobody waits for a slow client,
 //! and a slow client never silently misses an event.
 
-use super::event::{EventRow, StreamEvent, StreamMeta, fetch_after, fetch_for_groups};
+use super::event::{StreamEvent, fetch_for_groups};
 use crate::coalesce::Coalescer;
+use crate::db::reconnect_backoff;
+use crate::event_log::{EVENTS_CHANNEL, PublishedBatch, StreamMeta, fetch_after};
 use crate::metrics as m;
 use crate::position::{Epoch, Position};
-use crate::relay::EVENTS_CHANNEL;
 use crate::supervisor::{Progress, Supervisor};
 use futures::future::BoxFuture;
 use sqlx::PgPool;
@@ -361,14 +362,15 @@ impl Hub {
     /// them back or waiting for the NOTIFY to come round through PostgreSQL (hubs of other processes still
     /// go by the NOTIFY, which then finds nothing new here). If the batch does not follow the head (another
     /// process published in between, or the epoch changed), the hub checks the log instead.
-    pub fn deliver_published(&self, epoch: &str, rows: Vec<EventRow>) {
+    pub fn deliver_published(&self, batch: PublishedBatch) {
+        let PublishedBatch { epoch, events: rows } = batch;
         let Some(first_seq) = rows.first().map(|row| row.seq) else { return };
         let Ok(epoch) = epoch.parse::<Epoch>() else {
             self.0.resync.notify_one();
             return;
         };
         // Encoded before taking the lock, which the streams share.
-        let events: Vec<Delivery> = rows.into_iter().map(|row| Arc::new(row.encode(epoch))).collect();
+        let events: Vec<Delivery> = rows.into_iter().map(|row| Arc::new(StreamEvent::encode(row, epoch))).collect();
         let mut reg = lock(&self.0.registry);
         if reg.epoch == epoch && first_seq <= reg.head + 1 {
             self.dispatch_locked(&mut reg, events);
@@ -523,7 +525,7 @@ impl Hub {
             if rows.is_empty() {
                 return Ok(());
             }
-            self.dispatch(rows.into_iter().map(|r| Arc::new(r.encode(epoch))).collect());
+            self.dispatch(rows.into_iter().map(|r| Arc::new(StreamEvent::encode(r, epoch))).collect());
             if !full_page {
                 return Ok(());
             }
@@ -554,7 +556,7 @@ impl Hub {
     /// LISTENs and fans out until shutdown. Ticks `progress` at every successful read of the log (the
     /// safety poll reads it at least every `safety_poll`), so a listener that cannot read is reported.
     async fn listen_loop(self, progress: Progress) {
-        let mut backoff = crate::relay::reconnect_backoff();
+        let mut backoff = reconnect_backoff();
         let mut safety = tokio::time::interval(self.0.config.safety_poll);
         safety.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A panic anywhere below (a restart by the supervisor follows) must not leave `listening` on.
@@ -572,7 +574,7 @@ impl Hub {
                     }
                 }
             };
-            backoff = crate::relay::reconnect_backoff();
+            backoff = reconnect_backoff();
             self.0.listening.store(true, Ordering::Release);
             // Notifications sent before LISTEN took effect are not coming: read from the head now.
             self.track(&progress, self.catch_up().await);
@@ -653,7 +655,7 @@ impl Hub {
             beats += 1;
             let reading = lock(&self.0.last_log_read).elapsed() <= hub_stall_after(&self.0.config);
             let due = beats % 3 == 1 && self.is_listening() && reading;
-            if due && let Err(error) = crate::relay::beat(&self.0.pool, self.0.node_id, "listener").await {
+            if due && let Err(error) = crate::node::beat(&self.0.pool, self.0.node_id, "listener").await {
                 tracing::warn!(%error, "listener heartbeat failed");
             }
         }

@@ -8,7 +8,7 @@ mod frame;
 mod hub;
 mod session;
 
-pub use event::{BACKLOG_SQL, EventRow, StreamEvent, StreamMeta, fetch_for_groups};
+pub use event::{StreamEvent, fetch_for_groups};
 pub use frame::Frame;
 pub use hub::{Hub, HubConfig, MembershipSource, Memberships};
 pub use session::{ResetReason, StreamRequest, open_stream};

@@ -1,9 +1,9 @@
 //! One client's stream: opening lines, optional reset, backlog from the database, then live events, with
 //! heartbeats, membership changes, token expiry and the switch to database catch-up when it lags.
 
-use super::event::StreamMeta;
 use super::frame::Frame;
 use super::hub::{Delivery, Hub};
+use crate::event_log::StreamMeta;
 use crate::metrics as m;
 use crate::position::Position;
 use bytes::Bytes;
@@ -183,7 +183,7 @@ pub fn open_stream(
                         // only come back, with everyone else, and ask again) and reads again later, still
                         // sending heartbeats meanwhile.
                         let delay = retry
-                            .get_or_insert_with(crate::relay::reconnect_backoff)
+                            .get_or_insert_with(crate::db::reconnect_backoff)
                             .next()
                             .unwrap_or(MAX_RETRY_DELAY)
                             .min(MAX_RETRY_DELAY);

@@ -134,7 +134,7 @@ pub struct PublishWatcher(PgListener);
 impl PublishWatcher {
     pub async fn new(db: &TestDb) -> Self {
         let mut listener = PgListener::connect(&db.url).await.expect("listener");
-        listener.listen(smartscheduler::relay::EVENTS_CHANNEL).await.expect("LISTEN");
+        listener.listen(smartscheduler::event_log::EVENTS_CHANNEL).await.expect("LISTEN");
         Self(listener)
     }
 

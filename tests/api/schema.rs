@@ -2,7 +2,7 @@
 
 use crate::helpers::*;
 use serde_json::Value;
-use smartscheduler::stream::BACKLOG_SQL;
+use smartscheduler::event_log::BACKLOG_SQL;
 
 #[tokio::test]
 async fn every_table_view_and_partition_has_a_comment() {

@@ -276,7 +276,7 @@ pub async fn open_naive_clients(url: &str, per_region: usize, stats: &Arc<Stats>
         tasks.push(tokio::spawn(async move {
             let setup = async {
                 let mut l = PgListener::connect(&url).await?;
-                l.listen(smartscheduler::relay::EVENTS_CHANNEL).await?;
+                l.listen(smartscheduler::event_log::EVENTS_CHANNEL).await?;
                 let last: i64 = sqlx::query_scalar("SELECT last_seq FROM stream_meta").fetch_one(&mut l).await?;
                 Ok::<_, sqlx::Error>((l, last))
             };

@@ -342,7 +342,7 @@ async fn publish_backdated(ctx: &FaultCtx, own: Vec<LedgerEvent>) -> sqlx::Resul
         .execute(&mut *tx)
         .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(smartscheduler::relay::EVENTS_CHANNEL)
+        .bind(smartscheduler::event_log::EVENTS_CHANNEL)
         .bind(format!("{epoch}-{new_last}"))
         .execute(&mut *tx)
         .await?;
