@@ -6,7 +6,8 @@
 //! from `event_log` from its own position and re-attaches when caught up. Nobody waits for a slow client,
 //! and a slow client never silently misses an event.
 
-use super::event::{StreamEvent, fetch_for_groups};
+use super::catchup::CatchUpReads;
+use super::event::StreamEvent;
 use crate::coalesce::Coalescer;
 use crate::db::reconnect_backoff;
 use crate::event_log::{EVENTS_CHANNEL, PublishedBatch, StreamMeta, fetch_after};
@@ -20,7 +21,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -48,6 +49,9 @@ pub struct HubConfig {
     /// Catch-up reads of the database running at once; the others wait their turn. Keep it below the
     /// pool's size so that API requests always find a connection. 0: no queue (every stream reads at once).
     pub catchup_reads: usize,
+    /// Most bytes of catch-up pages kept for the streams that resume after (0: none kept; reads running at
+    /// once are still shared).
+    pub catchup_cache_bytes: usize,
     /// Whether a catch-up read that fails for a reason that passes (pool busy, connection lost) is retried
     /// with backoff. Off only to measure the old design: the stream then ends and its client reconnects.
     pub retry_catchup: bool,
@@ -57,7 +61,7 @@ impl HubConfig {
     /// The design before the resume window and the catch-up queue (every resume reads the database at
     /// once, a failed read ends the stream): for the benchmark's comparison only.
     pub fn without_storm_protection(self) -> Self {
-        Self { window_events: 0, catchup_reads: 0, retry_catchup: false, ..self }
+        Self { window_events: 0, catchup_reads: 0, catchup_cache_bytes: 0, retry_catchup: false, ..self }
     }
 }
 
@@ -89,6 +93,7 @@ impl Default for HubConfig {
             window_events: 10_000,
             window_bytes: 32 << 20,
             catchup_reads: 8,
+            catchup_cache_bytes: 16 << 20,
             retry_catchup: true,
         }
     }
@@ -269,8 +274,8 @@ struct HubInner {
     config: HubConfig,
     registry: Mutex<Registry>,
     window: RwLock<Window>,
-    /// Permits for catch-up reads of the database (`None`: unbounded).
-    catchup: Option<Arc<Semaphore>>,
+    /// Catch-up reads of the database, queued and shared.
+    catchup: CatchUpReads,
     listening: AtomicBool,
     next_client: AtomicU64,
     shutdown: CancellationToken,
@@ -317,7 +322,8 @@ impl Hub {
             by_group: HashMap::new(),
             membership_reads: 0,
         };
-        let catchup = (config.catchup_reads > 0).then(|| Arc::new(Semaphore::new(config.catchup_reads)));
+        let catchup =
+            CatchUpReads::new(pool.clone(), config.page_size, config.catchup_reads, config.catchup_cache_bytes);
         let meta_pool = pool.clone();
         let meta_reads = Coalescer::new(Duration::ZERO, move |_: Vec<()>| {
             let pool = meta_pool.clone();
@@ -488,28 +494,17 @@ impl Hub {
         window.read(epoch, groups, after, through)
     }
 
-    /// One catch-up read of the database, after waiting for its turn in the queue (a stream's headers are
-    /// sent already: its client simply waits). The gauge shows the reads waiting.
+    /// The events of `groups` after `after`, up to `through` or the end of a page, from the database (one
+    /// read shared by every stream that needs the same page; see [`CatchUpReads`]), with how far they go.
+    /// A stream's headers are sent already: while the read waits its turn, its client simply waits.
     pub(crate) async fn read_backlog(
         &self,
         epoch: Epoch,
         groups: &[String],
         after: i64,
         through: i64,
-    ) -> Result<Vec<StreamEvent>, sqlx::Error> {
-        let _permit = match &self.0.catchup {
-            Some(queue) => {
-                let waiting = metrics::gauge!(m::SSE_CATCHUP_WAITING);
-                waiting.increment(1.0);
-                let permit = queue.clone().acquire_owned().await;
-                waiting.decrement(1.0);
-                // The semaphore is never closed; without a permit, read anyway rather than never.
-                permit.ok()
-            }
-            None => None,
-        };
-        metrics::counter!(m::SSE_BACKLOG_READS).increment(1);
-        fetch_for_groups(&self.0.pool, epoch, groups, after, through, self.0.config.page_size).await
+    ) -> Result<(Vec<Delivery>, i64), sqlx::Error> {
+        self.0.catchup.read(epoch, groups, after, through).await
     }
 
     /// Reads and fans out everything published after the head. Reads by `seq` alone: no wall-clock bound,

@@ -3,6 +3,7 @@
 //! Each stream resumes from a position by reading the backlog from the database, then joins the live
 //! fan-out with no gap and no duplicate at the seam.
 
+mod catchup;
 mod event;
 mod frame;
 mod hub;

@@ -112,7 +112,6 @@ pub fn open_stream(
         // waiter list, which every stream shares, on every delivery.
         let shutdown = hub.shutdown_token().clone().cancelled_owned();
         tokio::pin!(shutdown);
-        let page = hub.config().page_size;
         // Looked up once: the macro consults the metrics registry on every call, and this runs per delivery.
         let events_sent = metrics::counter!(m::SSE_EVENTS_SENT);
 
@@ -164,16 +163,14 @@ pub fn open_stream(
                     continue;
                 }
                 match hub.read_backlog(epoch, &shared.groups(), sent_through, through).await {
-                    Ok(events) => {
+                    Ok((events, covered)) => {
                         retry = None;
-                        let complete = (events.len() as i64) < page;
                         for event in events {
-                            sent_through = event.seq;
                             events_sent.increment(1);
-                            yield Ok(event.frame);
+                            yield Ok(event.frame.clone());
                         }
-                        if complete {
-                            sent_through = through; // nothing else of ours up to `through`
+                        sent_through = covered; // nothing else of ours up to `covered`
+                        if covered >= through {
                             backlog_through = None;
                         }
                         continue;

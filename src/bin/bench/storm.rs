@@ -42,12 +42,24 @@ async fn transactions(pool: &PgPool) -> anyhow::Result<i64> {
 
 /// Starts `serve` as a process of its own (so that the server and the 10,000 clients each have their own
 /// open-files limit), without a relay: the benchmark publishes.
-async fn start_server(url: &str, protected: bool) -> anyhow::Result<ServeChild> {
-    let mut args = vec!["--no-relay"];
-    if !protected {
-        args.push("--bench-only-without-storm-protection");
-    }
-    ServeChild::start(url, &args).await
+async fn start_server(url: &str, design: Design) -> anyhow::Result<ServeChild> {
+    let args: &[&str] = match design {
+        Design::Ours => &["--no-relay"],
+        Design::OursWithoutWindow => &["--no-relay", "--resume-window-events", "0"],
+        Design::Before => &["--no-relay", "--bench-only-without-storm-protection"],
+    };
+    ServeChild::start(url, args).await
+}
+
+/// The server designs a storm is run against.
+#[derive(Clone, Copy)]
+enum Design {
+    /// Resume window, queued and shared catch-up reads, retries.
+    Ours,
+    /// The same without the window: every resume reads the log (shared reads only).
+    OursWithoutWindow,
+    /// Before issue 14: no window, no queue, no sharing, a failed read ends the stream.
+    Before,
 }
 
 /// The last seq of region index `r` at or below `through` (seq s belongs to region s % 4).
@@ -116,17 +128,16 @@ async fn storm(
     }
 }
 
-/// One storm against a fresh server (`protected`: our design, else the one before), the queries it cost
-/// counted on the database.
+/// One storm against a fresh server of `design`, the queries it cost counted on the database.
 async fn storm_against(
     db: &BenchDb,
-    protected: bool,
+    design: Design,
     tokens: &[String],
     epoch: &str,
     clients: usize,
     behind: std::ops::RangeInclusive<i64>,
 ) -> anyhow::Result<Outcome> {
-    let server = start_server(&db.url, protected).await?;
+    let server = start_server(&db.url, design).await?;
     let addr = server.addr.clone();
     // The log is published after the server started, so that its hub fanned it out (and holds the latest
     // events in its window, when it has one): what a long-running instance has when the storm comes.
@@ -199,8 +210,13 @@ async fn run_on(db: &BenchDb, report: &mut Report, clients: usize, deep: bool) -
     let tokens = region_dispatchers(&db.pool).await?;
     let epoch: String = sqlx::query_scalar("SELECT epoch FROM stream_meta").fetch_one(&db.pool).await?;
     let behind = if deep { 5_000..=10_000 } else { 0..=1_000 };
-    let ours = storm_against(db, true, &tokens, &epoch, clients, behind.clone()).await?;
-    let before = storm_against(db, false, &tokens, &epoch, clients, behind.clone()).await?;
+    let ours = storm_against(db, Design::Ours, &tokens, &epoch, clients, behind.clone()).await?;
+    let without_window = if deep {
+        Some(storm_against(db, Design::OursWithoutWindow, &tokens, &epoch, clients, behind.clone()).await?)
+    } else {
+        None
+    };
+    let before = storm_against(db, Design::Before, &tokens, &epoch, clients, behind.clone()).await?;
     let row = |name: &str, o: &Outcome| {
         format!(
             "| {name} | {} | {} | {} | {:.2} s | {} |\n",
@@ -221,7 +237,7 @@ async fn run_on(db: &BenchDb, report: &mut Report, clients: usize, deep: bool) -
          in a process of its own (a pool of 32 connections, 5 s acquire timeout). Queries: the database's \
          transactions (`pg_stat_database` xact_commit + xact_rollback; every statement outside a transaction \
          block is one) from just before the storm to 1.5 s after it, which includes the hub's own polls.\n\n\
-         Ours: `HubConfig::default()` (resume window of {} events / {} MiB, {} catch-up reads at once, retried). \
+         Ours: `HubConfig::default()` (resume window of {} events / {} MiB, {} catch-up reads at once, each page of the log read once for all the streams that need it, retried). \
          Before: `serve --bench-only-without-storm-protection` (`HubConfig::without_storm_protection()`), the design before issue 14 (no window, no queue, a \
          failed read ends the stream).\n\n\
          | design | clients | caught up | streams ended with an error | time until all caught up | PostgreSQL transactions |\n\
@@ -235,6 +251,9 @@ async fn run_on(db: &BenchDb, report: &mut Report, clients: usize, deep: bool) -
         HubConfig::default().catchup_reads,
     );
     body.push_str(&row("ours", &ours));
+    if let Some(o) = &without_window {
+        body.push_str(&row("ours without the window (`--resume-window-events 0`: shared catch-up reads only)", o));
+    }
     body.push_str(&row("before (no window, no queue)", &before));
     let all = ours.caught_up == clients as u64 && ours.errors == 0;
     if deep {
