@@ -25,10 +25,11 @@ struct Instance {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
-/// Starts an instance as `serve` does: a pool of 32, hub, HTTP and relay.
-async fn start_instance(url: &str) -> anyhow::Result<Instance> {
+/// Starts an instance as `serve` does: a pool of 32, hub, HTTP and (`relay`) a relay.
+async fn start_instance(url: &str, relay: bool) -> anyhow::Result<Instance> {
     let pool = smartscheduler::db::connect(url, 32).await?;
-    let config = ServerConfig::new("127.0.0.1:0".parse()?);
+    let mut config = ServerConfig::new("127.0.0.1:0".parse()?);
+    config.run_relay = relay;
     let shutdown = CancellationToken::new();
     let server = Server::start(pool, config, AuthSecret::new(SECRET)?, shutdown.clone()).await?;
     let addr = server.local_addr()?.to_string();
@@ -49,6 +50,7 @@ async fn database_counters(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
 }
 
 struct Run {
+    label: String,
     instances: usize,
     row: String,
     queries_per_s: f64,
@@ -58,11 +60,18 @@ struct Run {
     complete: bool,
 }
 
-async fn run_with(ctx: &Ctx, db: &BenchDb, tokens: &[String], n: usize, phase: usize) -> anyhow::Result<Run> {
+/// One run over `n` instances, the first `relays` of which run a relay.
+async fn run_with(
+    ctx: &Ctx,
+    db: &BenchDb,
+    tokens: &[String],
+    (n, relays): (usize, usize),
+    phase: usize,
+) -> anyhow::Result<Run> {
     let per_region_total = if ctx.quick { 100 } else { 250 };
     let mut instances = Vec::new();
-    for _ in 0..n {
-        instances.push(start_instance(&db.url).await?);
+    for i in 0..n {
+        instances.push(start_instance(&db.url, i < relays).await?);
     }
     let stats = Stats::new();
     let mut clients = Vec::new();
@@ -98,9 +107,15 @@ async fn run_with(ctx: &Ctx, db: &BenchDb, tokens: &[String], n: usize, phase: u
     }
     let (result, queries_per_s, connections) = measured?;
     let clients_total = (per_region_total / n * n * REGIONS.len()) as u64;
+    let label = match (n, relays) {
+        (1, _) => "1 instance".to_owned(),
+        (n, r) if r == n => format!("{n} instances"),
+        (n, r) => format!("{n} instances, {r} with a relay"),
+    };
     Ok(Run {
+        row: phase_row(&label, clients_total, &result),
+        label,
         instances: n,
-        row: phase_row(&format!("{n} instance{}", if n > 1 { "s" } else { "" }), clients_total, &result),
         queries_per_s,
         connections,
         p99_us: result.p(0.99),
@@ -119,9 +134,9 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
 async fn run_on(ctx: &Ctx, db: &BenchDb, report: &mut Report) -> anyhow::Result<()> {
     let tokens = region_dispatchers(&db.pool).await?;
     let mut runs = Vec::new();
-    for (k, n) in [1usize, 2, 4].into_iter().enumerate() {
-        eprintln!("[bench]   {n} instance(s)");
-        runs.push(run_with(ctx, db, &tokens, n, 2 * k).await?);
+    for (k, shape) in [(1usize, 1usize), (2, 2), (4, 4), (4, 1)].into_iter().enumerate() {
+        eprintln!("[bench]   {} instance(s), {} relay(s)", shape.0, shape.1);
+        runs.push(run_with(ctx, db, &tokens, shape, 2 * k).await?);
     }
     let mut body = format!(
         "1, 2 and 4 instances started as `serve` starts them (`Server::start`: a pool of 32, hub with its LISTEN \
@@ -136,12 +151,12 @@ async fn run_on(ctx: &Ctx, db: &BenchDb, report: &mut Report) -> anyhow::Result<
         body.push_str(&r.row);
     }
     body.push_str(
-        "\n| instances | PostgreSQL queries/s (instances) | queries/s per instance | connections open | connections per instance |\n|---|---|---|---|---|\n",
+        "\n| run | PostgreSQL queries/s (instances) | queries/s per instance | connections open | connections per instance |\n|---|---|---|---|---|\n",
     );
     for r in &runs {
         body.push_str(&format!(
             "| {} | {} | {} | {} | {:.1} |\n",
-            r.instances,
+            r.label,
             fmt_int(r.queries_per_s),
             fmt_int(r.queries_per_s / r.instances as f64),
             r.connections,
@@ -149,7 +164,7 @@ async fn run_on(ctx: &Ctx, db: &BenchDb, report: &mut Report) -> anyhow::Result<
         ));
     }
     let one = &runs[0];
-    let four = &runs[runs.len() - 1];
+    let four = &runs[2];
     body.push_str(&format!(
         "\nFrom 1 to 4 instances: queries/s × {:.2}, deliveries/s × {:.2}, p99 {} → {}; every delivery arrived: {}.\n",
         four.queries_per_s / one.queries_per_s.max(1.0),
@@ -160,11 +175,11 @@ async fn run_on(ctx: &Ctx, db: &BenchDb, report: &mut Report) -> anyhow::Result<
     ));
     report.section("13. Scale-out: 1, 2 and 4 instances on one database (issue 14)", &body);
     report.summary_row(
-        "13. Scale-out, queries/s and p99 at 1 / 2 / 4 instances",
+        "13. Scale-out, queries/s and p99 at 1 / 2 / 4 instances / 4 with one relay",
         "info",
         &runs
             .iter()
-            .map(|r| format!("{} q/s, {}", fmt_int(r.queries_per_s), ms(r.p99_us)))
+            .map(|r| format!("{} q/s, p99 {}", fmt_int(r.queries_per_s), ms(r.p99_us)))
             .collect::<Vec<_>>()
             .join(" / "),
         None,
