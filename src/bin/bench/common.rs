@@ -177,6 +177,31 @@ const NOTES: &str = "## How to read these figures\n\n\
 - **Catch-up (6).** The database read is not the limit (8-17 ms per 1,000-event page, under 10 us per \
   event; payloads are spliced as jsonb text, not re-encoded). The limit was the client's parser; with the \
   lean client the server sends 74-104k events/s.\n\
+- **Reconnect storms (11, 12), 2026-11-30.** Profiled with `perf` and the kernel's counters (`nstat`): of the \
+  35 s that 9,500 resuming clients took, almost all was the listen backlog. tokio binds with a backlog of \
+  1,024; the burst overflowed it (70,398 `ListenOverflows`, 40,058 SYN retransmits) and each dropped client \
+  waited for its kernel to resend its SYN (1 s, 3 s, 7 s, ...). A backlog of 4,096 took it to 2.3-3.6 s. \
+  What was left was per-connect queries (two each: the dispatcher's groups and `stream_meta`) and copies: \
+  `malloc`/`memmove` led the profile, one copy of each event's frame per delivery (axum's `sse::Event` is a \
+  growable buffer that is cloned) and one write system call per event. Concurrent connects now share one \
+  read of each kind (`src/coalesce.rs`: each caller is answered by a read that began after it asked), \
+  frames are encoded once into shared `Bytes`, and the lean transport writes every frame that is ready in \
+  one call: 10,000 clients in 1.57 s with 31 transactions (section 11). The open-files limit here is 20,000 \
+  and cannot be raised, so the storm runs `serve` as a process of its own (one descriptor per client on \
+  each side). The deep storm (12) moves 10,000 × ~1,900 events (about 15 GB over loopback): its time is \
+  the machine's copy and parse rate; without the window every resume reads the log, and shared page reads \
+  keep that to about 150 transactions where the design before made 17,000 and ended 4,000 streams.
+- **Scale-out (13).** Every instance runs its hub (one LISTEN connection, one read of each batch another \
+  instance published) and, by default, a relay that probes the outbox every 2 ms while events arrive: those \
+  probes are most of an instance's queries. Four instances with one relay cost about half the queries of \
+  four relays for the same deliveries. Where one PostgreSQL stops being enough: each instance adds one \
+  read per published batch (the NOTIFY wake-up), its membership and safety polls (about 1.5 queries/s) and \
+  its relay's probes (up to 500/s while busy); run relays on two instances (`serve --no-relay` on the \
+  others: the fence serialises relays anyway, a second one is only for failover). Then per instance the \
+  cost is one read per batch, so at 200 batches/s 50 instances make 10,000 reads/s of the newest rows: \
+  the next step is a fan-out tier (instances that subscribe to a few relaying readers instead of \
+  PostgreSQL) or logical replication to a read replica for the hubs' reads. Connections per instance stay \
+  around 5-9 (the pool opens what it uses).
 - **Writers that do not ring (9).** A plain SQL writer's event waited for the relay's 200 ms poll: p50 \
   114-146 ms, p99 220-370 ms. Choices measured on 2026-11-30 (idle cost of a `serve` with nothing to do, \
   transactions/s and % of one core for the server plus its PostgreSQL backends): a constant 2 ms probe \
