@@ -38,7 +38,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(&url?, args).await,
         Command::Seed { demo: _ } => {
             let pool = connect_and_migrate(&url?).await?;
-            let report = crate::seed::seed_demo(&pool).await?;
+            let report = crate::recommendations::seed::seed_demo(&pool).await?;
             println!("{report}");
             Ok(())
         }

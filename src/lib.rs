@@ -22,7 +22,6 @@ pub mod outbox;
 pub mod position;
 pub mod recommendations;
 pub mod relay;
-pub mod seed;
 pub mod server;
 pub mod stream;
 pub mod supervisor;

@@ -2,7 +2,10 @@
 
 use super::test_support::test_db;
 use super::*;
+use chrono::{DateTime, Duration, Utc};
+use sqlx::PgPool;
 use sqlx::Row;
+use uuid::Uuid;
 
 /// Adds region `north` (and `south`) and five hvac contractors near the north centre; returns a
 /// job in north that needs hvac, tomorrow 09:00-12:00 UTC.

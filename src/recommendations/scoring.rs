@@ -33,7 +33,7 @@
 use chrono::{DateTime, Duration, NaiveTime, TimeDelta, Utc};
 use uuid::Uuid;
 
-use super::Location;
+use super::job::Location;
 
 /// Name and version of this algorithm, stored in `recommendation_sets.algorithm`.
 pub const ALGORITHM: &str = "weighted-v1";

@@ -465,7 +465,7 @@ fn sql_files() -> Vec<PathBuf> {
 #[tokio::test]
 async fn every_sql_runbook_file_runs_cleanly_on_a_seeded_database() {
     let db = TestDb::new().await;
-    smartscheduler::seed::seed_demo(&db.pool).await.unwrap();
+    smartscheduler::recommendations::seed::seed_demo(&db.pool).await.unwrap();
     publish(&db.pool, 30, &["region:north"]).await;
     publish(&db.pool, 10, &["region:south", "region:east"]).await;
     write_events(&db.pool, 3, &["region:west"]).await; // a backlog
