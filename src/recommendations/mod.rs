@@ -16,7 +16,6 @@
 //! | `seed.rs` | demo data (`smartscheduler seed --demo`) |
 //! | `error.rs` | [`RecommendationError`] |
 
-pub mod bench;
 mod error;
 mod event;
 mod generate;
@@ -24,11 +23,6 @@ mod job;
 pub mod scoring;
 pub mod seed;
 mod set;
-#[cfg(test)]
-pub(crate) mod test_support;
-
-#[cfg(test)]
-mod db_tests;
 
 pub use error::{RecommendationError, Result};
 pub use event::{RECOMMENDATION_READY, event_payload};
