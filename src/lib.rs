@@ -27,6 +27,3 @@ pub mod stream;
 pub mod supervisor;
 pub mod telemetry;
 pub mod validate;
-
-#[cfg(test)]
-pub(crate) mod fuzz_support;

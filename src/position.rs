@@ -126,7 +126,12 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(crate::fuzz_support::config(4096))]
+            // 4096 cases, or PROPTEST_CASES (proptest applies its environment variables over this
+            // configuration); a failure prints its shrunk input and is not saved to a file (docs/fuzzing.md).
+            #![proptest_config(proptest::test_runner::contextualize_config(ProptestConfig {
+                failure_persistence: None,
+                ..ProptestConfig::with_cases(4096)
+            }))]
 
             #[test]
             fn any_text_is_a_position_that_prints_back_or_refused(s in any::<String>()) {

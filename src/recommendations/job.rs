@@ -343,7 +343,12 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(crate::fuzz_support::config(1024))]
+        // 1024 cases, or PROPTEST_CASES (proptest applies its environment variables over this
+        // configuration); a failure prints its shrunk input and is not saved to a file (docs/fuzzing.md).
+        #![proptest_config(proptest::test_runner::contextualize_config(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::with_cases(1024)
+        }))]
 
         #[test]
         fn a_job_that_passes_validation_is_inside_every_column_domain(job in new_job()) {
