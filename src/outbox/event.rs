@@ -45,11 +45,6 @@ impl GroupKey {
         if is_group_key(s) { Ok(Self(s.to_owned())) } else { Err(OutboxError::GroupKey(s.to_owned())) }
     }
 
-    /// The group that receives events about jobs of `region`.
-    pub fn for_region(region: &str) -> Result<Self, OutboxError> {
-        Self::parse(&format!("region:{region}"))
-    }
-
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -10,9 +10,10 @@ use uuid::Uuid;
 use super::error::{RecommendationError, Result};
 use super::event::{RECOMMENDATION_READY, payload_of};
 use super::job::{Job, JobRow, Location};
+use super::region::region_group;
 use super::scoring::{self, Booking, Candidate, JobNeeds};
 use super::set::{Recommendation, RecommendationSet};
-use crate::outbox::{self, GroupKey, NewEvent};
+use crate::outbox::{self, NewEvent};
 
 /// Where [`generate_with`] should fail on purpose (tests of atomicity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -192,7 +193,7 @@ pub async fn generate_writing(
     // The payload does not depend on generated_at, so the event is ready before the statement that
     // writes it together with the set.
     let payload = payload_of(job.id, set_id, &recommendations);
-    let mut event = NewEvent::new(RECOMMENDATION_READY, job.id, vec![GroupKey::for_region(&job.region)?], payload)?;
+    let mut event = NewEvent::new(RECOMMENDATION_READY, job.id, vec![region_group(&job.region)?], payload)?;
     if fail == FailPoint::AfterSetInsert {
         // The statement then fails in its outbox part, after the set's rows.
         event = event.refused_by_the_database();

@@ -197,11 +197,6 @@ pub async fn list_jobs(pool: &PgPool, regions: &[String]) -> Result<Vec<Job>> {
     Ok(rows.into_iter().map(Job::from).collect())
 }
 
-/// Whether a region with this key exists (a job may be created only in one).
-pub async fn region_exists(pool: &PgPool, key: &str) -> Result<bool> {
-    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM regions WHERE key = $1)").bind(key).fetch_one(pool).await?)
-}
-
 /// One job, or `None`.
 pub async fn get_job(pool: &PgPool, id: Uuid) -> Result<Option<Job>> {
     let row: Option<JobRow> = sqlx::query_as(

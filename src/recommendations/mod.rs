@@ -12,6 +12,7 @@
 //! | `generate.rs` | the generation transaction ([`generate`] and its variants for tests and the benchmark) |
 //! | `set.rs` | [`RecommendationSet`] and reading the latest one |
 //! | `event.rs` | the `RecommendationReady` event: its payload |
+//! | `region.rs` | regions and their dispatcher groups (`region:<key>`) |
 //! | `scoring.rs` | pure ranking |
 //! | `seed.rs` | demo data (`smartscheduler seed --demo`) |
 //! | `error.rs` | [`RecommendationError`] |
@@ -20,6 +21,7 @@ mod error;
 mod event;
 mod generate;
 mod job;
+mod region;
 pub mod scoring;
 pub mod seed;
 mod set;
@@ -30,7 +32,7 @@ pub use generate::{
     EventWrite, FailPoint, Generation, PhaseTimings, generate, generate_as, generate_with, generate_writing,
 };
 pub use job::{
-    Job, LIST_LIMIT, Location, MAX_REQUIRED_SKILLS, MAX_TITLE_CHARS, MAX_WINDOW, NewJob, create_job, get_job,
-    list_jobs, region_exists,
+    Job, LIST_LIMIT, Location, MAX_REQUIRED_SKILLS, MAX_TITLE_CHARS, MAX_WINDOW, NewJob, create_job, get_job, list_jobs,
 };
+pub use region::{region_exists, region_group, region_of_group};
 pub use set::{Recommendation, RecommendationSet, latest_set};
