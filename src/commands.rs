@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// Runs the command `cli` names. Errors: a [`UsageError`] for a mistake in how it was called (the binary
+/// exits with 2), anything else for a failure (exit code 1).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let url = cli.database_url.clone().ok_or_else(|| {
         UsageError("DATABASE_URL is not set: set it or pass --database-url postgres://user@host:port/db".into())

@@ -28,31 +28,56 @@ pub const DEFAULT_BATCH_SIZE: i64 = 500;
 /// Advisory lock key held by each replay batch ("SSREPLAY").
 const REPLAY_LOCK: i64 = 0x5353_5245_504c_4159;
 
+/// Why a replay cannot be parsed, resolved or run. The `Bad*` variants are mistakes in the request
+/// ([`ReplayError::is_usage`]: exit code 2 from the command); the others are failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// `--from`/`--to` is not an `<epoch>-<seq>` position.
     #[error("{flag} {value:?} is not a position: {source}")]
     BadPosition {
+        /// The flag that carried it (`--from` or `--to`).
         flag: &'static str,
+        /// The text as given.
         value: String,
+        /// What is wrong with it.
         #[source]
         source: PositionError,
     },
+    /// `--since`/`--until` is not an RFC 3339 time.
     #[error("{flag} {value:?} is not an RFC 3339 time (for example 2026-11-25T08:00:00Z): {source}")]
     BadTime {
+        /// The flag that carried it (`--since` or `--until`).
         flag: &'static str,
+        /// The text as given.
         value: String,
+        /// What is wrong with it.
         #[source]
         source: chrono::ParseError,
     },
+    /// A `--group` that is not a group key.
     #[error("--group {0:?} is not a group key (^[a-z0-9][a-z0-9:_-]{{0,63}}$, for example region:north)")]
     BadGroup(String),
+    /// The range is empty, reversed, mixes positions and times, or a time is outside years 1 to 9999; the
+    /// message says which.
     #[error("{0}")]
     BadRange(String),
+    /// A position of another epoch than the log's: it names other events (the log was recreated or
+    /// restored).
     #[error(
         "{flag} {position} is of epoch {given}, but the log's epoch is {current}: the log was recreated or \
          restored and positions of another epoch name other events; select by time with --since/--until instead"
     )]
-    EpochMismatch { flag: &'static str, position: String, given: String, current: String },
+    EpochMismatch {
+        /// The flag that carried it (`--from` or `--to`).
+        flag: &'static str,
+        /// The position as given.
+        position: String,
+        /// Its epoch.
+        given: String,
+        /// The log's epoch now.
+        current: String,
+    },
+    /// Reading the log or writing the copies failed.
     #[error("database error during replay")]
     Database(#[from] sqlx::Error),
 }
@@ -68,9 +93,19 @@ impl ReplayError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplayRange {
     /// After `after` (exclusive) through `through` (inclusive; default: the current end of the log).
-    Positions { after: Position, through: Option<Position> },
+    Positions {
+        /// Originals after this position (exclusive, like `Last-Event-ID`).
+        after: Position,
+        /// The last position replayed (inclusive); `None`: the end of the log when resolved.
+        through: Option<Position>,
+    },
     /// Published at or after `since` and before `until` (default: now).
-    Times { since: DateTime<Utc>, until: Option<DateTime<Utc>> },
+    Times {
+        /// Originals published at or after this time.
+        since: DateTime<Utc>,
+        /// Originals published before this time; `None`: up to when resolved.
+        until: Option<DateTime<Utc>>,
+    },
 }
 
 /// Which originals to replay, as the operator wrote them: unvalidated text, as `replay`'s flags carry it
@@ -95,6 +130,7 @@ pub struct ReplayInput {
 /// A replay request: the range and the filters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplayRequest {
+    /// Which originals: a position range or a publish-time range.
     pub range: ReplayRange,
     /// Only events whose groups overlap these (empty: every group).
     pub groups: Vec<GroupKey>,
@@ -168,16 +204,23 @@ impl ReplayRequest {
 /// Time ranges map exactly to seq ranges because `published_at` never decreases along `seq`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedReplay {
+    /// The log's epoch (8 hex digits) the seqs belong to.
     pub epoch: String,
+    /// Originals after this seq (exclusive).
     pub after_seq: i64,
+    /// Originals up to this seq (inclusive); never beyond the end of the log when resolved, so copies
+    /// published during the run are never in range.
     pub through_seq: i64,
+    /// The group filter as text (empty: every group).
     pub groups: Vec<String>,
+    /// The aggregate (job) filter.
     pub job: Option<Uuid>,
     /// Highest seq dropped by retention when resolved (originals at or below it are gone).
     pub expired_through_seq: i64,
 }
 
 impl ResolvedReplay {
+    /// `seq` of this replay's epoch as a position, `<epoch>-<seq>`.
     pub fn position(&self, seq: i64) -> String {
         format!("{}-{seq}", self.epoch)
     }
@@ -191,7 +234,9 @@ impl ResolvedReplay {
     }
 }
 
-/// Checks epochs and pins the range to seqs of the log as it is now.
+/// Checks epochs and pins the range to seqs of the log as it is now (reads `stream_meta`, and `event_log`
+/// for a time range). Errors: [`ReplayError::EpochMismatch`] for a position of another epoch,
+/// [`ReplayError::Database`].
 pub async fn resolve(pool: &PgPool, request: &ReplayRequest) -> Result<ResolvedReplay, ReplayError> {
     let (epoch, last_seq, expired_through_seq): (String, i64, i64) =
         sqlx::query_as("SELECT epoch, last_seq, expired_through_seq FROM stream_meta WHERE stream = 'main'")
@@ -318,14 +363,15 @@ pub struct ReplayPlan {
     pub already_replayed: i64,
     /// Originals that would be copied now.
     pub to_replay: i64,
-    /// First and last seq that would be copied.
+    /// First seq that would be copied (`None`: nothing to copy).
     pub first_seq: Option<i64>,
+    /// Last seq that would be copied (`None`: nothing to copy).
     pub last_seq: Option<i64>,
     /// Per group: (group, matched, to replay). An event in several groups counts in each.
     pub per_group: Vec<(String, i64, i64)>,
 }
 
-/// Counts what [`execute`] would copy now, without writing anything.
+/// Counts what [`execute`] would copy now, without writing anything. Errors: the database's.
 pub async fn plan(pool: &PgPool, replay: &ResolvedReplay) -> Result<ReplayPlan, sqlx::Error> {
     let (matched, already_replayed, first_seq, last_seq): (i64, i64, Option<i64>, Option<i64>) =
         sqlx::query_as(PLAN_TOTALS.as_str())
@@ -377,7 +423,9 @@ pub struct ReplayProgress {
 }
 
 /// Copies the originals of `replay` into the outbox, batch after batch, in seq order.
-/// `on_batch` is called after each committed batch.
+/// `on_batch` is called after each committed batch. Returns the progress at the end (`complete` is false
+/// when `max_batches` stopped it). Errors: the database's; the batches committed before an error stay, and a
+/// re-run skips their originals.
 pub async fn execute(
     pool: &PgPool,
     replay: &ResolvedReplay,

@@ -88,6 +88,7 @@ pub fn bind_event<'q, O>(
 pub struct RelayWaker(Arc<Notify>);
 
 impl RelayWaker {
+    /// A doorbell with no wake pending; clones ring the same one.
     pub fn new() -> Self {
         Self::default()
     }

@@ -9,17 +9,28 @@ use uuid::Uuid;
 pub enum RecommendationError {
     /// Malformed input; `field` is the JSON name (for example `requiredSkills`).
     #[error("invalid {field}: {message}")]
-    Validation { field: &'static str, message: String },
+    Validation {
+        /// The JSON name of the field at fault.
+        field: &'static str,
+        /// What is wrong with it, for the caller.
+        message: String,
+    },
+    /// No region has this key (a job names its region).
     #[error("unknown region {0:?}")]
     UnknownRegion(String),
+    /// No job has this id.
     #[error("job {0} not found")]
     JobNotFound(Uuid),
+    /// The `RecommendationReady` event was refused before the database (a region key that makes no
+    /// group key, an oversized payload).
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// A query failed, or the database refused a write (the whole generation then rolled back).
     #[error("database error")]
     Database(#[from] sqlx::Error),
 }
 
+/// This module's result: errors are [`RecommendationError`].
 pub type Result<T, E = RecommendationError> = std::result::Result<T, E>;
 
 /// A [`RecommendationError::Validation`] of `field`.

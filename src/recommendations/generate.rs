@@ -63,18 +63,22 @@ pub struct PhaseTimings {
 /// The result of [`generate_with`].
 #[derive(Debug, Clone)]
 pub struct Generation {
+    /// The set as stored (and as [`super::latest_set`] reads it back).
     pub set: RecommendationSet,
     /// Active contractors of the region that were considered (stored as
     /// `recommendation_sets.candidates`).
     pub candidates: usize,
     /// The outbox `event_id` of the `RecommendationReady` event (nil when the benchmark's baseline skipped it).
     pub event_id: Uuid,
+    /// How long each phase took.
     pub timings: PhaseTimings,
 }
 
 /// Generates and stores a recommendation set for the job, together with its `RecommendationReady`
 /// event (one transaction). `generated_by` is recorded when it names a known dispatcher.
 /// Logs one info line per generation (an operator's record of who generated what and how long it took).
+/// Errors: [`RecommendationError::JobNotFound`], `Outbox` (the event was refused before the database),
+/// `Database`; on any error nothing is written.
 pub async fn generate(pool: &PgPool, job_id: Uuid, generated_by: &str) -> Result<RecommendationSet> {
     generate_as(pool, job_id, generated_by, EventWrite::Write).await
 }

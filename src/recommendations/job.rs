@@ -23,7 +23,9 @@ pub const LIST_LIMIT: i64 = 200;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Location {
+    /// Latitude in degrees, -90 to 90 (north positive).
     pub lat: f64,
+    /// Longitude in degrees, -180 to 180 (east positive).
     pub lon: f64,
 }
 
@@ -31,18 +33,26 @@ pub struct Location {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewJob {
+    /// What needs doing, 1 to [`MAX_TITLE_CHARS`] characters (stored trimmed).
     pub title: String,
+    /// The key of an existing region, for example `north`.
     pub region: String,
+    /// Skills a contractor must hold, at most [`MAX_REQUIRED_SKILLS`], each a key like `hvac`, no repeats
+    /// (default: none).
     #[serde(default)]
     pub required_skills: Vec<String>,
+    /// Where the job is.
     pub location: Location,
+    /// When the work may start.
     pub window_start: DateTime<Utc>,
+    /// When it must end: after the start, at most [`MAX_WINDOW`] later.
     pub window_end: DateTime<Utc>,
 }
 
 impl NewJob {
     /// Checks everything that can be checked without the database (the region's existence is
-    /// checked by [`create_job`]). Error messages name the JSON field.
+    /// checked by [`create_job`]). Errors: [`RecommendationError::Validation`], whose message names the
+    /// JSON field.
     pub fn validate(&self) -> Result<()> {
         let title = self.title();
         check("title", validate::required_text("title", title, MAX_TITLE_CHARS))?;
@@ -109,15 +119,23 @@ fn is_key(s: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
+    /// The job's id.
     pub id: Uuid,
+    /// What needs doing (trimmed).
     pub title: String,
+    /// The key of its region.
     pub region: String,
+    /// Skills a contractor must hold.
     pub required_skills: Vec<String>,
+    /// Where the job is.
     pub location: Location,
+    /// When the work may start.
     pub window_start: DateTime<Utc>,
+    /// When it must end.
     pub window_end: DateTime<Utc>,
     /// `open`, `assigned`, `done` or `cancelled`.
     pub status: String,
+    /// When it was stored.
     pub created_at: DateTime<Utc>,
 }
 
@@ -153,7 +171,8 @@ impl From<JobRow> for Job {
 }
 
 /// Stores a new job after [`NewJob::validate`]. `created_by` is recorded when it names a known
-/// dispatcher (else the column stays NULL). The title is stored trimmed.
+/// dispatcher (else the column stays NULL). The title is stored trimmed. Errors: `Validation`,
+/// [`RecommendationError::UnknownRegion`], `Database`.
 pub async fn create_job(pool: &PgPool, new: &NewJob, created_by: &str) -> Result<Job> {
     new.validate()?;
     let (window_start, window_end) = new.window()?;
@@ -178,7 +197,7 @@ pub async fn create_job(pool: &PgPool, new: &NewJob, created_by: &str) -> Result
     row.map(Job::from).ok_or_else(|| RecommendationError::UnknownRegion(new.region.clone()))
 }
 
-/// Jobs of the given regions, newest first, at most [`LIST_LIMIT`].
+/// Jobs of the given regions (keys), newest first, at most [`LIST_LIMIT`]; none for no regions.
 pub async fn list_jobs(pool: &PgPool, regions: &[String]) -> Result<Vec<Job>> {
     if regions.is_empty() {
         return Ok(Vec::new());
@@ -197,7 +216,7 @@ pub async fn list_jobs(pool: &PgPool, regions: &[String]) -> Result<Vec<Job>> {
     Ok(rows.into_iter().map(Job::from).collect())
 }
 
-/// One job, or `None`.
+/// The job with this id, or `None`.
 pub async fn get_job(pool: &PgPool, id: Uuid) -> Result<Option<Job>> {
     let row: Option<JobRow> = sqlx::query_as(
         "SELECT id, title, region, required_skills, lat, lon, window_start, window_end, status, created_at

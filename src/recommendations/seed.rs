@@ -112,12 +112,17 @@ const JOB_TEMPLATES: [(&str, &[&str]); 16] = [
 /// What [`seed_demo`] found and added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SeedReport {
-    /// Demo rows present after the seed (the same on every run).
+    /// Demo regions present after the seed (this and the counts below are the same after every run).
     pub regions: u64,
+    /// Demo contractors.
     pub contractors: u64,
+    /// Bookings of the demo contractors.
     pub assignments: u64,
+    /// Demo jobs.
     pub jobs: u64,
+    /// Demo dispatchers.
     pub dispatchers: u64,
+    /// Group memberships of the demo dispatchers.
     pub dispatcher_groups: u64,
     /// Rows this run inserted (0 when the demo data was already there).
     pub inserted: u64,
@@ -289,7 +294,7 @@ fn at(today: DateTime<Utc>, (days, hour, _): (i64, u32, i64)) -> DateTime<Utc> {
 }
 
 /// Inserts the demo data where it is missing and reports what is there. Safe to run any number of
-/// times, also concurrently.
+/// times, also concurrently. Errors: the database's (then nothing is written: the seed is one transaction).
 pub async fn seed_demo(pool: &PgPool) -> anyhow::Result<SeedReport> {
     let (contractors, jobs) = plan();
     let now = Utc::now();

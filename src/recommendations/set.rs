@@ -13,12 +13,17 @@ use super::error::Result;
 pub struct Recommendation {
     /// 1 is the best match.
     pub rank: i32,
+    /// The contractor's id.
     pub contractor_id: Uuid,
+    /// The contractor's display name.
     pub name: String,
-    /// Weighted score in `[0, 1]` (see [`scoring`]).
+    /// Weighted score in `[0, 1]` (see [`scoring`](super::scoring)).
     pub score: f64,
+    /// Great-circle distance from the contractor's home to the job site, in km.
     pub distance_km: f64,
+    /// Estimated minutes to reach the job site.
     pub eta_minutes: i32,
+    /// The job's required skills that the contractor holds, in the job's order.
     pub matched_skills: Vec<String>,
 }
 
@@ -26,9 +31,13 @@ pub struct Recommendation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecommendationSet {
+    /// The set's id (the `RecommendationReady` event names it).
     pub recommendation_set_id: Uuid,
+    /// The job it is for.
     pub job_id: Uuid,
+    /// When it was stored (the transaction's time: later generations of a job have later times).
     pub generated_at: DateTime<Utc>,
+    /// The ranked contractors, best first; empty when nobody can take the job.
     pub recommendations: Vec<Recommendation>,
 }
 
@@ -47,6 +56,7 @@ struct SetRow {
 }
 
 /// The job's latest recommendation set, or `None` when it has none (or the job does not exist).
+/// Errors: `Database`.
 pub async fn latest_set(pool: &PgPool, job_id: Uuid) -> Result<Option<RecommendationSet>> {
     let rows: Vec<SetRow> = sqlx::query_as(
         "SELECT s.id AS set_id, s.job_id, s.generated_at, r.rank, r.contractor_id, c.name,

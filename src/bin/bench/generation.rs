@@ -25,21 +25,30 @@ const SKILLS: [&str; 8] = ["hvac", "electrical", "plumbing", "roofing", "applian
 /// Results of [`bench_generation`]; times in milliseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationBench {
+    /// Active contractors in the job's region ([`BENCH_CONTRACTORS`]).
     pub contractors: usize,
+    /// Measured generations (each also run once without its event).
     pub iterations: usize,
     /// Recommendations in each set.
     pub recommendations: usize,
+    /// Median of a whole generation with its event.
     pub total_median_ms: f64,
+    /// 95th percentile of a whole generation with its event.
     pub total_p95_ms: f64,
     /// Median of the same generation without its outbox row (the benchmark's baseline), run alternately.
     pub without_event_median_ms: f64,
     /// Median with the outbox row over median without it, minus one, as a percentage: what the event
     /// costs a generation.
     pub outbox_share_pct: f64,
+    /// Median of BEGIN and locking the job.
     pub lock_median_ms: f64,
+    /// Median of loading the candidates.
     pub load_median_ms: f64,
+    /// Median of ranking in memory.
     pub score_median_ms: f64,
+    /// Median of the statement that writes the set, its rows and its outbox row.
     pub insert_median_ms: f64,
+    /// Median of COMMIT.
     pub commit_median_ms: f64,
 }
 
@@ -137,7 +146,7 @@ fn percentile_ms(mut xs: Vec<StdDuration>, pct: f64) -> f64 {
 
 /// Creates `region` with `contractors` active contractors near one centre (a third of them with a
 /// morning booking on the jobs' day) and `jobs` hvac jobs tomorrow 13:00-16:00 UTC; returns the job ids.
-/// Shared with the API benchmark (section 10).
+/// Shared with the API benchmark (section 10). Errors: the database's (`region` must be a new region key).
 pub async fn populate(pool: &PgPool, region: &str, contractors: usize, jobs: usize) -> anyhow::Result<Vec<Uuid>> {
     let centre = Location { lat: 47.6, lon: -122.3 };
     sqlx::query("INSERT INTO regions (key, name, center_lat, center_lon) VALUES ($1, $2, $3, $4)")
