@@ -17,10 +17,12 @@ pub struct Cli {
     #[arg(long, env = "SMARTSCHEDULER_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The commands (each variant's doc is its `--help` line).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// HTTP API, event stream, relay and retention in one process.
@@ -60,6 +62,7 @@ pub enum Command {
     },
 }
 
+/// `serve`'s flags: the HTTP server, the stream hub and the relay it runs.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// HTTP listen address.
@@ -75,6 +78,7 @@ pub struct ServeArgs {
     /// time (for frontend development: `npm run build` output shows without rebuilding the binary).
     #[arg(long)]
     pub static_dir: Option<PathBuf>,
+    /// The relay's flags (serve runs a relay unless `--no-relay`).
     #[command(flatten)]
     pub relay: RelayArgs,
     /// Connections to PostgreSQL this process may open.
@@ -132,6 +136,7 @@ impl RelayArgs {
     }
 }
 
+/// `dispatcher`'s subcommands: manage who may sign in and their groups.
 #[derive(Debug, Subcommand)]
 pub enum DispatcherCommand {
     /// Add a dispatcher (or update the name of an existing one) with optional groups.
@@ -163,6 +168,7 @@ pub enum DispatcherCommand {
     },
 }
 
+/// `outbox`'s subcommands.
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
     /// Pending rows, oldest pending age, last position, publish rate, retention, relay and listener health.
@@ -173,6 +179,8 @@ pub enum OutboxCommand {
     },
 }
 
+/// `replay`'s flags: which published events to copy again (commands.rs maps them onto
+/// [`crate::ops::replay::ReplayRequest`]).
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("range").required(true).args(["from", "since"])))]
 pub struct ReplayArgs {

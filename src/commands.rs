@@ -1,7 +1,8 @@
 //! What each command does: thin glue from the command line to the library.
 
 use crate::auth::{self, AuthSecret};
-use crate::cli::{Cli, Command, DispatcherCommand, OutboxCommand, ServeArgs};
+use crate::cli::{Cli, Command, DispatcherCommand, OutboxCommand, ReplayArgs, ServeArgs};
+use crate::ops::replay::{ReplayError, ReplayInput, ReplayRequest};
 use crate::outbox::RelayWaker;
 use crate::relay::Relay;
 use crate::server::{Server, ServerConfig};
@@ -15,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// Runs the command `cli` names. Errors: a [`UsageError`] for a mistake in how it was called (the binary
+/// exits with 2), anything else for a failure (exit code 1).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let url = cli.database_url.clone().ok_or_else(|| {
         UsageError("DATABASE_URL is not set: set it or pass --database-url postgres://user@host:port/db".into())
@@ -37,7 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(&url?, args).await,
         Command::Seed { demo: _ } => {
             let pool = connect_and_migrate(&url?).await?;
-            let report = crate::seed::seed_demo(&pool).await?;
+            let report = crate::recommendations::seed::seed_demo(&pool).await?;
             println!("{report}");
             Ok(())
         }
@@ -62,7 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Outbox(OutboxCommand::Status { json }) => {
             crate::ops::status::print(&connect(&url?).await?, json).await
         }
-        Command::Replay(args) => crate::ops::replay::run(&connect(&url?).await?, args).await,
+        Command::Replay(args) => replay(&connect(&url?).await?, args).await,
         Command::Retention { dry_run } => {
             let pool = connect(&url?).await?;
             let report = crate::ops::retention::run_once(&pool, dry_run).await?;
@@ -140,6 +143,30 @@ fn usage_if_invalid(error: auth::DispatcherError) -> anyhow::Error {
         }
         other => other.into(),
     }
+}
+
+/// The `replay` command's arguments as the replay's request. Every error is a usage error
+/// ([`ReplayError::is_usage`]): a malformed position, time or group, or an empty or mixed range.
+impl TryFrom<&ReplayArgs> for ReplayRequest {
+    type Error = ReplayError;
+
+    fn try_from(args: &ReplayArgs) -> Result<Self, ReplayError> {
+        ReplayRequest::parse(&ReplayInput {
+            from: args.from.clone(),
+            to: args.to.clone(),
+            since: args.since.clone(),
+            until: args.until.clone(),
+            groups: args.groups.clone(),
+            job: args.job,
+        })
+    }
+}
+
+/// The `replay` command: arguments that do not make a request are usage errors (exit code 2); then the
+/// replay runs and reports on stdout (see [`crate::ops::replay_report::run`]).
+pub async fn replay(pool: &PgPool, args: ReplayArgs) -> anyhow::Result<()> {
+    let request = ReplayRequest::try_from(&args).map_err(|e| UsageError(e.to_string()))?;
+    crate::ops::replay_report::run(pool, &request, args.dry_run).await
 }
 
 async fn dispatcher(pool: &PgPool, command: DispatcherCommand) -> anyhow::Result<()> {
@@ -234,5 +261,43 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::replay::ReplayRange;
+
+    fn args() -> ReplayArgs {
+        ReplayArgs { from: None, to: None, since: None, until: None, groups: vec![], job: None, dry_run: false }
+    }
+
+    #[test]
+    fn positions_parse_and_must_be_ordered() {
+        let a = ReplayArgs { from: Some("7f3a9c21-10".into()), to: Some("7f3a9c21-20".into()), ..args() };
+        let r = ReplayRequest::try_from(&a).unwrap();
+        assert!(
+            matches!(r.range, ReplayRange::Positions { after, through: Some(t) } if after.seq == 10 && t.seq == 20)
+        );
+
+        let a = ReplayArgs { from: Some("7f3a9c21-20".into()), to: Some("7f3a9c21-10".into()), ..args() };
+        let e = ReplayRequest::try_from(&a).unwrap_err();
+        assert!(e.is_usage() && e.to_string().contains("before"), "{e}");
+
+        let a = ReplayArgs { from: Some("nope".into()), ..args() };
+        assert!(matches!(ReplayRequest::try_from(&a), Err(ReplayError::BadPosition { flag: "--from", .. })));
+    }
+
+    #[test]
+    fn times_and_groups_are_validated() {
+        let a =
+            ReplayArgs { since: Some("2026-11-25T08:00:00Z".into()), groups: vec!["region:north".into()], ..args() };
+        let r = ReplayRequest::try_from(&a).unwrap();
+        assert_eq!(r.groups.len(), 1);
+        let a = ReplayArgs { since: Some("yesterday".into()), ..args() };
+        assert!(matches!(ReplayRequest::try_from(&a), Err(ReplayError::BadTime { flag: "--since", .. })));
+        let a = ReplayArgs { since: Some("2026-11-25T08:00:00Z".into()), groups: vec!["North".into()], ..args() };
+        assert!(matches!(ReplayRequest::try_from(&a), Err(ReplayError::BadGroup(_))));
     }
 }

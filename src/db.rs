@@ -9,6 +9,7 @@ use std::time::Duration;
 /// The schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Why the database cannot be used: a bad URL, no connection, or a failed migration.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The connection string does not parse; carries the parser's reason.
@@ -20,12 +21,17 @@ pub enum DbError {
     /// Connecting failed. `cause` is the reason in one line; `transient` says whether waiting may help.
     #[error("cannot connect to PostgreSQL at {target}: {cause}")]
     Connect {
+        /// Where it tried to connect (`host:port/database`, without credentials).
         target: String,
+        /// Why it failed, in one line for the operator.
         cause: String,
+        /// True when waiting may help (refused, starting up, no free slot), false when it cannot (no such
+        /// database or role, wrong password, refused certificate).
         transient: bool,
         /// The driver's error (not a `#[source]`: `cause` already says it in the operator's words).
         error: sqlx::Error,
     },
+    /// Applying `migrations/` failed.
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }

@@ -24,12 +24,8 @@ pub mod outbox;
 pub mod position;
 pub mod recommendations;
 pub mod relay;
-pub mod seed;
 pub mod server;
 pub mod stream;
 pub mod supervisor;
 pub mod telemetry;
 pub mod validate;
-
-#[cfg(test)]
-pub(crate) mod fuzz_support;

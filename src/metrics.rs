@@ -3,18 +3,31 @@
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
+/// Counter: events moved from the outbox to `event_log` by this process.
 pub const EVENTS_PUBLISHED: &str = "smartscheduler_events_published_total";
+/// Gauge: outbox rows waiting to be published.
 pub const OUTBOX_PENDING: &str = "smartscheduler_outbox_pending";
+/// Histogram, seconds: from an outbox row's creation to its publish.
 pub const PUBLISH_LAG: &str = "smartscheduler_publish_lag_seconds";
+/// Gauge: open event streams.
 pub const SSE_CONNECTIONS: &str = "smartscheduler_sse_connections";
+/// Counter: events written to event streams.
 pub const SSE_EVENTS_SENT: &str = "smartscheduler_sse_events_sent_total";
+/// Counter: streams that fell behind the live fan-out and read from the database.
 pub const SSE_CATCHUP: &str = "smartscheduler_sse_catchup_total";
+/// Gauge: streams' catch-up reads of the database waiting for their turn.
 pub const SSE_CATCHUP_WAITING: &str = "smartscheduler_sse_catchup_reads_waiting";
+/// Counter: reads of `event_log` by streams (a resume inside the memory window reads none).
 pub const SSE_BACKLOG_READS: &str = "smartscheduler_sse_backlog_db_reads_total";
+/// Counter: `event: reset` sent to resuming clients.
 pub const SSE_RESETS: &str = "smartscheduler_sse_resets_total";
+/// Histogram, seconds, labelled `route`, `method`, `status`: HTTP request durations.
 pub const HTTP_DURATION: &str = "smartscheduler_http_request_duration_seconds";
+/// Counter: times the LISTEN connection was lost and re-established.
 pub const LISTENER_RECONNECTS: &str = "smartscheduler_listener_reconnects_total";
+/// Counter: outbox rows this process parked in `outbox_dead_letter` as unpublishable.
 pub const OUTBOX_PARKED: &str = "smartscheduler_outbox_parked_total";
+/// Gauge: rows in `outbox_dead_letter` (read at scrape time).
 pub const OUTBOX_DEAD_LETTERS: &str = "smartscheduler_outbox_dead_letters";
 pub use crate::supervisor::TASK_RESTARTS;
 

@@ -31,11 +31,14 @@ impl FromStr for Epoch {
 /// A point in the event log: "every event after this one" when used to resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Position {
+    /// The log's incarnation: a new epoch means a recreated or restored log, whose seqs name other events.
     pub epoch: Epoch,
+    /// The event's sequence number in its epoch: dense, from 1 (0 is "before the first event").
     pub seq: i64,
 }
 
 impl Position {
+    /// The position `<epoch>-<seq>`.
     pub fn new(epoch: Epoch, seq: i64) -> Self {
         Self { epoch, seq }
     }
@@ -50,10 +53,13 @@ impl fmt::Display for Position {
 /// Why a position string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PositionError {
+    /// No `-` between an epoch and a seq.
     #[error("a position is <epoch>-<seq>, for example 7f3a9c21-1042")]
     Shape,
+    /// The epoch is not 8 lowercase hex digits.
     #[error("the epoch of a position is 8 lowercase hex digits")]
     Epoch,
+    /// The seq is not a non-negative decimal that fits in 63 bits.
     #[error("the seq of a position is a non-negative decimal integer")]
     Seq,
 }
@@ -126,7 +132,12 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(crate::fuzz_support::config(4096))]
+            // 4096 cases, or PROPTEST_CASES (proptest applies its environment variables over this
+            // configuration); a failure prints its shrunk input and is not saved to a file (docs/fuzzing.md).
+            #![proptest_config(proptest::test_runner::contextualize_config(ProptestConfig {
+                failure_persistence: None,
+                ..ProptestConfig::with_cases(4096)
+            }))]
 
             #[test]
             fn any_text_is_a_position_that_prints_back_or_refused(s in any::<String>()) {

@@ -55,11 +55,13 @@ impl Progress {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskReport {
+    /// The task's name (for example `relay`).
     pub name: &'static str,
     /// True when the task is running and ticked within its `stall_after`.
     pub healthy: bool,
     /// Seconds since its last tick.
     pub since_progress_s: f64,
+    /// Times it was restarted after a panic or an unexpected end.
     pub restarts: u64,
 }
 
@@ -77,6 +79,7 @@ impl Default for Supervisor {
 }
 
 impl Supervisor {
+    /// A supervisor with no tasks yet.
     pub fn new() -> Self {
         Self { tasks: Arc::default(), started: Instant::now() }
     }

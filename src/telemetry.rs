@@ -3,8 +3,10 @@
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
+/// How log lines look: `pretty` (for people) or `json` (one object per line, for collectors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum LogFormat {
+    // The variants have no doc comments: clap would turn them into a long `--help` (the enum's doc says it).
     #[default]
     Pretty,
     Json,

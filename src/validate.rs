@@ -20,16 +20,20 @@ use std::ops::RangeInclusive;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field}: {message}")]
 pub struct InvalidInput {
+    /// The name the caller used for the value.
     pub field: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
 impl InvalidInput {
+    /// `field`'s value is refused because of `message`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into() }
     }
 }
 
+/// A check's result: the checked value, or why it is refused.
 pub type Result<T, E = InvalidInput> = std::result::Result<T, E>;
 
 /// Text for a `text` column: no NUL, at most `max_chars` characters. Returns it unchanged.

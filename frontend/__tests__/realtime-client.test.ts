@@ -8,6 +8,7 @@ import {
   type RealtimeClientOptions,
   type RecommendationReadyEvent,
   type ResetInfo,
+  type StreamEvent,
 } from '../src/realtime';
 import { FakeEventSource, recEvent } from './fakeEventSource';
 
@@ -45,7 +46,7 @@ function setup(opts: RealtimeClientOptions = {}) {
   const degraded: boolean[] = [];
   let authExpired = 0;
   client.onStatus((s) => statuses.push(s));
-  client.onRecommendationReady((e) => events.push(e));
+  client.on('RecommendationReady', (e) => events.push(e));
   client.onReset((r) => resets.push(r));
   client.onDegraded((d) => degraded.push(d));
   client.onAuthExpired(() => (authExpired += 1));
@@ -264,6 +265,27 @@ describe('order and duplicates', () => {
     es.emit('RecommendationReady', 'not json');
     es.emit('RecommendationReady', { ...recEvent('nope'), position: 'nope' }, 'nope');
     expect(events).toHaveLength(0);
+  });
+});
+
+describe('event types', () => {
+  it('delivers each type to its own listeners, in one order, including a type asked for after start', () => {
+    const { client, events } = setup();
+    client.start();
+    const es = FakeEventSource.last;
+    es.open();
+    const jobs: StreamEvent[] = [];
+    const all: string[] = [];
+    client.onEvent((e, eventType) => all.push(`${eventType} ${e.position}`));
+    es.emit('JobUpdated', { ...recEvent(`${E}-1`), type: 'JobUpdated' }); // nobody listens for it yet
+    client.on('JobUpdated', (e) => jobs.push(e));
+    es.emit('RecommendationReady', recEvent(`${E}-2`));
+    es.emit('JobUpdated', { ...recEvent(`${E}-3`), type: 'JobUpdated' });
+    es.emit('JobUpdated', { ...recEvent(`${E}-2`), type: 'JobUpdated' }); // older than what was applied
+    expect(events.map((e) => e.position)).toEqual([`${E}-2`]);
+    expect(jobs.map((e) => e.position)).toEqual([`${E}-3`]);
+    expect(all).toEqual([`RecommendationReady ${E}-2`, `JobUpdated ${E}-3`]);
+    expect(() => client.on('heartbeat', () => {})).toThrow();
   });
 });
 
@@ -522,7 +544,7 @@ describe('watchdog', () => {
     expect(client.lastPosition).toBe(`${E}-12`);
     // An event up to the heartbeat's position is one we already have.
     const events: unknown[] = [];
-    client.onRecommendationReady((e) => events.push(e));
+    client.on('RecommendationReady', (e) => events.push(e));
     es.emit('RecommendationReady', recEvent(`${E}-11`));
     expect(events).toHaveLength(0);
   });

@@ -57,7 +57,7 @@ function openTab(id: string, extra: Partial<SharedRealtimeOptions> = {}, scope?:
     ...extra,
   });
   tab.client = client;
-  client.onRecommendationReady((e) => tab.applied.push(e));
+  client.on('RecommendationReady', (e) => tab.applied.push(e));
   client.onStatus((s) => tab.statuses.push(s));
   client.start(scope);
   tabs.push(tab);
@@ -123,6 +123,19 @@ describe('election', () => {
     es.dropAndRetry();
     await settle(10);
     expect(tabs.map((t) => t.client.status)).toEqual(Array(10).fill('reconnecting'));
+  });
+
+  it("the leader's stream delivers an event type only a follower asked for, to that follower", async () => {
+    const [leader, follower] = [openTab('a'), openTab('b')];
+    const es = await liveStream();
+    expect(leader.client.role).toBe('leader');
+    const seen: Record<string, string[]> = { a: [], b: [] };
+    leader.client.onEvent((e, eventType) => seen.a.push(`${eventType} ${e.eventId}`));
+    follower.client.on('JobUpdated', (e) => seen.b.push(`JobUpdated ${e.eventId}`));
+    await settle(10);
+    es.emit('JobUpdated', { ...recEvent(`${E}-1`, { eventId: 'j1' }), type: 'JobUpdated' });
+    await settle(10);
+    expect(seen).toEqual({ a: ['JobUpdated j1'], b: ['JobUpdated j1'] });
   });
 
   it('a tab opened later learns the status and position from the leader at once', async () => {

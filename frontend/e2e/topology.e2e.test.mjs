@@ -306,7 +306,7 @@ async function recordApplied(page) {
     window.__applied = [];
     window.__statusLog = [];
     const rt = window.__smartschedulerRealtime;
-    rt.onRecommendationReady((ev) =>
+    rt.on('RecommendationReady', (ev) =>
       window.__applied.push({ eventId: ev.eventId, setId: ev.summary.recommendationSetId, at: Date.now() }),
     );
     rt.onStatus((status) => window.__statusLog.push({ status, at: Date.now() }));

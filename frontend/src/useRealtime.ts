@@ -1,11 +1,6 @@
 import { useCallback, useEffect, useRef, useSyncExternalStore } from 'react';
 import { connectionView, type ConnectionView } from './connectionView';
-import type {
-  ConnectionStatus,
-  RealtimeClient,
-  RecommendationReadyEvent,
-  ResetInfo,
-} from './realtime';
+import type { ConnectionStatus, RealtimeClient, ResetInfo, StreamEventOf } from './realtime';
 
 /** Current connection status of the client (re-renders on change). */
 export function useConnectionStatus(client: RealtimeClient): ConnectionStatus {
@@ -26,8 +21,8 @@ export function useConnectionView(client: RealtimeClient): ConnectionView {
   return connectionView(status, degraded);
 }
 
+/** Handlers of the connection's own events (the stream's events go to `useStreamEvent`). */
 export interface RealtimeHandlers {
-  onRecommendationReady?: (ev: RecommendationReadyEvent) => void;
   onReset?: (info: ResetInfo) => void;
   onAuthExpired?: () => void;
   onClosed?: () => void;
@@ -39,13 +34,24 @@ export function useRealtimeEvents(client: RealtimeClient, handlers: RealtimeHand
   ref.current = handlers;
   useEffect(() => {
     const offs = [
-      client.onRecommendationReady((ev) => ref.current.onRecommendationReady?.(ev)),
       client.onReset((info) => ref.current.onReset?.(info)),
       client.onAuthExpired(() => ref.current.onAuthExpired?.()),
       client.onClosed(() => ref.current.onClosed?.()),
     ];
     return () => offs.forEach((off) => off());
   }, [client]);
+}
+
+/** Subscribe to the stream's events of `eventType` (e.g. `RecommendationReady`); the handler may change
+ * between renders without resubscribing. */
+export function useStreamEvent<K extends string>(
+  client: RealtimeClient,
+  eventType: K,
+  handler: (ev: StreamEventOf<K>) => void,
+): void {
+  const ref = useRef(handler);
+  ref.current = handler;
+  useEffect(() => client.on(eventType, (ev) => ref.current(ev)), [client, eventType]);
 }
 
 /** Run `poll` every `intervalMs` while the client is degraded (stream down > ~10 s). */

@@ -8,24 +8,35 @@ use sqlx::PgPool;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// A dispatcher: who signs in to the console, and the groups whose events they receive.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Dispatcher {
+    /// The sign-in id (letters, digits, `.`, `_`, `@`, `-`; at most 64), also a token's `sub`.
     pub dispatcher_id: String,
+    /// Display name.
     pub name: String,
+    /// Group keys, sorted, for example `region:north`.
     pub groups: Vec<String>,
 }
 
+/// Why a dispatcher cannot be added or changed. `BadId`, `BadName` and `BadGroup` are refused input
+/// (usage errors for the `dispatcher` command); `NotFound` and `Database` are failures.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatcherError {
+    /// Not a dispatcher id; the text as given.
     #[error("invalid dispatcher id {0:?}: letters, digits, '.', '_', '@', '-', at most 64")]
     BadId(String),
+    /// The name is empty, longer than `MAX_NAME_CHARS` (200) characters or holds a NUL; why.
     #[error("a dispatcher's name must be 1 to {MAX_NAME_CHARS} characters without NUL: {0}")]
     BadName(String),
+    /// A group that is not a group key.
     #[error(transparent)]
     BadGroup(#[from] OutboxError),
+    /// No dispatcher has this id.
     #[error("no dispatcher {0:?}")]
     NotFound(String),
+    /// A query failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
 }
@@ -91,6 +102,7 @@ pub fn dispatcher_lookup(pool: PgPool) -> Coalescer<String, Dispatcher> {
     })
 }
 
+/// Every dispatcher with their groups, by id.
 pub async fn list_dispatchers(pool: &PgPool) -> Result<Vec<Dispatcher>, sqlx::Error> {
     let rows = sqlx::query_as::<_, (String, String, Vec<String>)>(
         "SELECT d.id, d.name,

@@ -9,20 +9,29 @@ use std::time::Duration;
 /// Shortest secret accepted for HS256 (the contract asks for at least 32 bytes).
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Why a secret cannot be had, a token issued, or a request authenticated. HTTP answers `MissingToken`,
+/// `Expired` and `Invalid` with 401.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum AuthError {
+    /// `SMARTSCHEDULER_AUTH_SECRET` is not set (or empty).
     #[error("SMARTSCHEDULER_AUTH_SECRET is not set (serve --dev generates an ephemeral one)")]
     MissingSecret,
+    /// The secret is shorter than [`MIN_SECRET_BYTES`]; its length in bytes.
     #[error("SMARTSCHEDULER_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes, got {0}")]
     ShortSecret(usize),
+    /// The request carries no token (no bearer header, no session cookie).
     #[error("no token: send Authorization: Bearer <token> or the ss_session cookie")]
     MissingToken,
+    /// The token's `exp` has passed.
     #[error("the token has expired")]
     Expired,
+    /// Not a token this secret signed, or malformed.
     #[error("the token is not valid")]
     Invalid,
+    /// Signing failed; the signer's message.
     #[error("cannot sign the token: {0}")]
     Signing(String),
+    /// The lifetime would expire after year 9999; the lifetime asked for.
     #[error("a token must expire by 9999-12-31T23:59:59Z; a lifetime of {0:?} does not")]
     BadTtl(Duration),
 }
@@ -52,6 +61,7 @@ impl std::fmt::Debug for AuthSecret {
 }
 
 impl AuthSecret {
+    /// The secret `secret` (raw bytes). Errors: [`AuthError::ShortSecret`] below [`MIN_SECRET_BYTES`].
     pub fn new(secret: &[u8]) -> Result<Self, AuthError> {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(AuthError::ShortSecret(secret.len()));
@@ -59,7 +69,7 @@ impl AuthSecret {
         Ok(Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret) })
     }
 
-    /// Reads `SMARTSCHEDULER_AUTH_SECRET`.
+    /// Reads `SMARTSCHEDULER_AUTH_SECRET`. Errors: `MissingSecret`, `ShortSecret`.
     pub fn from_env() -> Result<Self, AuthError> {
         match std::env::var("SMARTSCHEDULER_AUTH_SECRET") {
             Ok(s) if !s.is_empty() => Self::new(s.as_bytes()),

@@ -8,6 +8,8 @@
 mod api_cost;
 #[path = "bench/common.rs"]
 mod common;
+#[path = "bench/generation.rs"]
+mod generation;
 #[path = "bench/memory.rs"]
 mod memory;
 #[path = "bench/peer.rs"]
@@ -107,17 +109,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Section 8: the library's own generation benchmark on a fresh database.
+/// Section 8: the generation benchmark (bench/generation.rs) on a fresh database.
 async fn generation(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let db = ctx.fresh_db(4).await?;
     let iterations = if ctx.quick { 30 } else { 200 };
-    let result = smartscheduler::recommendations::bench::bench_generation(&db.pool, iterations).await;
+    let result = generation::bench_generation(&db.pool, iterations).await;
     ctx.drop_db(db).await;
     let g = result?;
     let pass = g.total_median_ms < 20.0;
     let mut body = String::new();
     body.push_str(
-        "`recommendations::bench::bench_generation`: 1,000 active contractors in the job's region, one \
+        "`generation::bench_generation`: 1,000 active contractors in the job's region, one \
          generation = lock the job, load candidates, score, one statement for the set, its rows and its \
          `RecommendationReady` outbox row, commit. Baseline: the same generation without the outbox row \
          (the statement without its outbox part), run after each one in the same loop.\n\n",

@@ -10,32 +10,44 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// An error answer in the contract's shape: `status` with the body
+/// `{"error": {"code": "<code>", "message": "<message>"}}`.
 #[derive(Debug)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// The stable, machine-readable code (for example `invalid_input`).
     pub code: &'static str,
+    /// What went wrong, for people.
     pub message: String,
 }
 
 impl ApiError {
+    /// An error of `status` with `code` and `message`.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
+    /// 400 with `code`.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
+    /// 401 with `code`.
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
+    /// 403 `forbidden`.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
+    /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
+    /// 503 `database_unavailable`: the database cannot be reached (the client may retry).
     pub fn unavailable() -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the database is unreachable; retry shortly")
     }
+    /// 500 `internal`, with no detail (the caller logs it).
     pub fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
     }

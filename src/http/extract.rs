@@ -3,6 +3,7 @@
 
 use super::{ApiError, AppState};
 use crate::auth::{AuthError, Claims, Dispatcher};
+use crate::recommendations::region_of_group;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -23,11 +24,11 @@ pub struct CurrentDispatcher {
 impl CurrentDispatcher {
     /// The regions whose jobs this dispatcher may see (their `region:*` groups).
     pub fn regions(&self) -> Vec<String> {
-        self.dispatcher.groups.iter().filter_map(|g| g.strip_prefix("region:")).map(str::to_owned).collect()
+        self.dispatcher.groups.iter().filter_map(|g| region_of_group(g)).map(str::to_owned).collect()
     }
 
     pub fn may_see_region(&self, region: &str) -> bool {
-        self.dispatcher.groups.iter().any(|g| g.strip_prefix("region:") == Some(region))
+        self.dispatcher.groups.iter().any(|g| region_of_group(g) == Some(region))
     }
 }
 

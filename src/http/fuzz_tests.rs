@@ -84,7 +84,12 @@ fn check_head(bytes: &[u8]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(crate::fuzz_support::config(2048))]
+    // 2048 cases, or PROPTEST_CASES (proptest applies its environment variables over this
+    // configuration); a failure prints its shrunk input and is not saved to a file (docs/fuzzing.md).
+    #![proptest_config(proptest::test_runner::contextualize_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::with_cases(2048)
+    }))]
 
     #[test]
     fn any_group_list_is_accepted_or_refused_in_the_contract_shape(raw in any::<String>()) {

@@ -41,11 +41,7 @@ async fn create_job(
     new_job.validate()?;
     if !current.may_see_region(&new_job.region) {
         // An unknown region is bad input (400), a known one the caller does not hold is 403.
-        let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM regions WHERE key = $1)")
-            .bind(&new_job.region)
-            .fetch_one(&state.pool)
-            .await?;
-        if !known {
+        if !recs::region_exists(&state.pool, &new_job.region).await? {
             return Err(recs::RecommendationError::UnknownRegion(new_job.region.clone()).into());
         }
         return Err(ApiError::forbidden(format!("you are not in group region:{}", new_job.region)));

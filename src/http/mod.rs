@@ -34,15 +34,21 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState(Arc<AppStateInner>);
 
+/// The handlers' shared state, behind [`AppState`]'s `Arc`.
 pub struct AppStateInner {
+    /// The database.
     pub pool: PgPool,
+    /// The stream hub: every SSE connection of this process subscribes to it.
     pub hub: Hub,
+    /// Verifies (and, in dev mode, issues) dispatcher tokens.
     pub secret: AuthSecret,
     /// Dispatchers and their groups, read fresh for each request (concurrent requests share the query).
     pub dispatchers: crate::coalesce::Coalescer<String, crate::auth::Dispatcher>,
+    /// Rung after a write to the outbox commits, so that the relay in this process publishes at once.
     pub waker: RelayWaker,
     /// Enables `/api/dev/*` (demo login).
     pub dev: bool,
+    /// Renders `/metrics` (Prometheus text format).
     pub metrics: PrometheusHandle,
     /// Lifetime of tokens minted by `POST /api/dev/session`.
     pub dev_token_ttl: Duration,
@@ -54,6 +60,7 @@ pub struct AppStateInner {
 }
 
 impl AppState {
+    /// Shares `inner` among the handlers.
     pub fn new(inner: AppStateInner) -> Self {
         Self(Arc::new(inner))
     }

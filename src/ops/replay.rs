@@ -9,17 +9,18 @@
 //! Re-runs are idempotent: an original that already has a copy (in `outbox` or in `event_log`) is
 //! skipped. So an interrupted replay completes when run again, and a finished one is a no-op.
 //!
-//! The copy runs inside PostgreSQL, one `INSERT .. SELECT` per batch and one transaction per batch; a
-//! transaction-scoped advisory lock serialises concurrent replays so that two of them never copy the same
-//! original twice.
+//! The copy runs inside PostgreSQL, one `INSERT .. SELECT` per batch (the outbox's set-based writer,
+//! [`outbox::insert_rows_sql`]) and one transaction per batch; a transaction-scoped advisory lock serialises
+//! concurrent replays so that two of them never copy the same original twice.
+//!
+//! This module does no terminal I/O: [`execute`] reports progress to a callback, and
+//! [`super::replay_report`] prints what the command shows.
 
-use crate::cli::ReplayArgs;
-use crate::commands::UsageError;
-use crate::outbox::GroupKey;
+use crate::outbox::{self, GroupKey};
 use crate::position::{Position, PositionError};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use std::io::IsTerminal;
+use std::sync::LazyLock;
 use uuid::Uuid;
 
 /// Originals copied per transaction.
@@ -27,31 +28,56 @@ pub const DEFAULT_BATCH_SIZE: i64 = 500;
 /// Advisory lock key held by each replay batch ("SSREPLAY").
 const REPLAY_LOCK: i64 = 0x5353_5245_504c_4159;
 
+/// Why a replay cannot be parsed, resolved or run. The `Bad*` variants are mistakes in the request
+/// ([`ReplayError::is_usage`]: exit code 2 from the command); the others are failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// `--from`/`--to` is not an `<epoch>-<seq>` position.
     #[error("{flag} {value:?} is not a position: {source}")]
     BadPosition {
+        /// The flag that carried it (`--from` or `--to`).
         flag: &'static str,
+        /// The text as given.
         value: String,
+        /// What is wrong with it.
         #[source]
         source: PositionError,
     },
+    /// `--since`/`--until` is not an RFC 3339 time.
     #[error("{flag} {value:?} is not an RFC 3339 time (for example 2026-11-25T08:00:00Z): {source}")]
     BadTime {
+        /// The flag that carried it (`--since` or `--until`).
         flag: &'static str,
+        /// The text as given.
         value: String,
+        /// What is wrong with it.
         #[source]
         source: chrono::ParseError,
     },
+    /// A `--group` that is not a group key.
     #[error("--group {0:?} is not a group key (^[a-z0-9][a-z0-9:_-]{{0,63}}$, for example region:north)")]
     BadGroup(String),
+    /// The range is empty, reversed, mixes positions and times, or a time is outside years 1 to 9999; the
+    /// message says which.
     #[error("{0}")]
     BadRange(String),
+    /// A position of another epoch than the log's: it names other events (the log was recreated or
+    /// restored).
     #[error(
         "{flag} {position} is of epoch {given}, but the log's epoch is {current}: the log was recreated or \
          restored and positions of another epoch name other events; select by time with --since/--until instead"
     )]
-    EpochMismatch { flag: &'static str, position: String, given: String, current: String },
+    EpochMismatch {
+        /// The flag that carried it (`--from` or `--to`).
+        flag: &'static str,
+        /// The position as given.
+        position: String,
+        /// Its epoch.
+        given: String,
+        /// The log's epoch now.
+        current: String,
+    },
+    /// Reading the log or writing the copies failed.
     #[error("database error during replay")]
     Database(#[from] sqlx::Error),
 }
@@ -67,14 +93,44 @@ impl ReplayError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplayRange {
     /// After `after` (exclusive) through `through` (inclusive; default: the current end of the log).
-    Positions { after: Position, through: Option<Position> },
+    Positions {
+        /// Originals after this position (exclusive, like `Last-Event-ID`).
+        after: Position,
+        /// The last position replayed (inclusive); `None`: the end of the log when resolved.
+        through: Option<Position>,
+    },
     /// Published at or after `since` and before `until` (default: now).
-    Times { since: DateTime<Utc>, until: Option<DateTime<Utc>> },
+    Times {
+        /// Originals published at or after this time.
+        since: DateTime<Utc>,
+        /// Originals published before this time; `None`: up to when resolved.
+        until: Option<DateTime<Utc>>,
+    },
+}
+
+/// Which originals to replay, as the operator wrote them: unvalidated text, as `replay`'s flags carry it
+/// (`--from`/`--to` positions or `--since`/`--until` RFC 3339 times, `--group` keys, `--job`).
+/// [`ReplayRequest::parse`] validates it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplayInput {
+    /// Replay originals after this position (exclusive), `<epoch>-<seq>`.
+    pub from: Option<String>,
+    /// Last position to replay (inclusive); only with `from`.
+    pub to: Option<String>,
+    /// Replay originals published at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Replay originals published before this time (RFC 3339); only with `since`.
+    pub until: Option<String>,
+    /// Group keys: only originals whose groups overlap these (empty: every group).
+    pub groups: Vec<String>,
+    /// Only originals about this aggregate (job) id.
+    pub job: Option<Uuid>,
 }
 
 /// A replay request: the range and the filters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplayRequest {
+    /// Which originals: a position range or a publish-time range.
     pub range: ReplayRange,
     /// Only events whose groups overlap these (empty: every group).
     pub groups: Vec<GroupKey>,
@@ -83,8 +139,10 @@ pub struct ReplayRequest {
 }
 
 impl ReplayRequest {
-    /// Validates the command-line arguments (no database access).
-    pub fn from_args(args: &ReplayArgs) -> Result<Self, ReplayError> {
+    /// Validates the operator's selection (no database access). Every error is a usage error
+    /// ([`ReplayError::is_usage`]): malformed positions, times or groups, or a range that is empty or
+    /// mixes positions and times.
+    pub fn parse(args: &ReplayInput) -> Result<Self, ReplayError> {
         let position = |flag: &'static str, value: &str| {
             value.parse::<Position>().map_err(|source| ReplayError::BadPosition {
                 flag,
@@ -146,16 +204,23 @@ impl ReplayRequest {
 /// Time ranges map exactly to seq ranges because `published_at` never decreases along `seq`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedReplay {
+    /// The log's epoch (8 hex digits) the seqs belong to.
     pub epoch: String,
+    /// Originals after this seq (exclusive).
     pub after_seq: i64,
+    /// Originals up to this seq (inclusive); never beyond the end of the log when resolved, so copies
+    /// published during the run are never in range.
     pub through_seq: i64,
+    /// The group filter as text (empty: every group).
     pub groups: Vec<String>,
+    /// The aggregate (job) filter.
     pub job: Option<Uuid>,
     /// Highest seq dropped by retention when resolved (originals at or below it are gone).
     pub expired_through_seq: i64,
 }
 
 impl ResolvedReplay {
+    /// `seq` of this replay's epoch as a position, `<epoch>-<seq>`.
     pub fn position(&self, seq: i64) -> String {
         format!("{}-{seq}", self.epoch)
     }
@@ -169,7 +234,9 @@ impl ResolvedReplay {
     }
 }
 
-/// Checks epochs and pins the range to seqs of the log as it is now.
+/// Checks epochs and pins the range to seqs of the log as it is now (reads `stream_meta`, and `event_log`
+/// for a time range). Errors: [`ReplayError::EpochMismatch`] for a position of another epoch,
+/// [`ReplayError::Database`].
 pub async fn resolve(pool: &PgPool, request: &ReplayRequest) -> Result<ResolvedReplay, ReplayError> {
     let (epoch, last_seq, expired_through_seq): (String, i64, i64) =
         sqlx::query_as("SELECT epoch, last_seq, expired_through_seq FROM stream_meta WHERE stream = 'main'")
@@ -217,21 +284,74 @@ pub async fn resolve(pool: &PgPool, request: &ReplayRequest) -> Result<ResolvedR
     })
 }
 
-/// The originals in range ($1 exclusive .. $2 inclusive, $3 groups, $4 job) and the seqs that already have a
-/// copy ($5: `<epoch>-%`). Copies are always published after their original, so only the log after $1 can
-/// hold copies of originals in range; the outbox holds copies not yet published.
-const SELECTION: &str = "
-    WITH selected AS (
-        SELECT e.seq, e.groups FROM event_log e
-        WHERE e.seq > $1 AND e.seq <= $2 AND e.replay_of IS NULL
-          AND ($3::text[] IS NULL OR e.groups && $3) AND ($4::uuid IS NULL OR e.aggregate_id = $4)
-    ), copies AS MATERIALIZED (
-        SELECT split_part(replay_of, '-', 2)::bigint AS seq FROM event_log WHERE seq > $1 AND replay_of LIKE $5
-        UNION
-        SELECT split_part(replay_of, '-', 2)::bigint FROM outbox WHERE replay_of LIKE $5
-    ), marked AS (
-        SELECT s.seq, s.groups, EXISTS (SELECT 1 FROM copies c WHERE c.seq = s.seq) AS done FROM selected s
-    )";
+/// The seqs of originals that already have a copy ($5: `<epoch>-%`): published copies in the log after $1
+/// (copies are always published after their original, so only the log after $1 can hold copies of
+/// originals in range) and copies still waiting in the outbox.
+static COPIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT split_part(replay_of, '-', 2)::bigint AS seq FROM event_log WHERE seq > $1 AND replay_of LIKE $5
+         UNION
+         SELECT split_part(replay_of, '-', 2)::bigint FROM ({}) waiting",
+        outbox::waiting_copies_sql(5)
+    )
+});
+
+/// The originals in range ($1 exclusive .. $2 inclusive, $3 groups, $4 job), each marked `done` when it
+/// already has a copy (see [`COPIES`]).
+static SELECTION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH selected AS (
+             SELECT e.seq, e.groups FROM event_log e
+             WHERE e.seq > $1 AND e.seq <= $2 AND e.replay_of IS NULL
+               AND ($3::text[] IS NULL OR e.groups && $3) AND ($4::uuid IS NULL OR e.aggregate_id = $4)
+         ), copies AS MATERIALIZED ({copies}), marked AS (
+             SELECT s.seq, s.groups, EXISTS (SELECT 1 FROM copies c WHERE c.seq = s.seq) AS done FROM selected s
+         )",
+        copies = COPIES.as_str()
+    )
+});
+
+/// [`plan`]'s totals.
+static PLAN_TOTALS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{}
+         SELECT count(*), count(*) FILTER (WHERE done),
+                min(seq) FILTER (WHERE NOT done), max(seq) FILTER (WHERE NOT done)
+         FROM marked",
+        SELECTION.as_str()
+    )
+});
+
+/// [`plan`]'s per-group counts.
+static PLAN_PER_GROUP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{}
+         SELECT g, count(*), count(*) FILTER (WHERE NOT done)
+         FROM marked, unnest(groups) AS g GROUP BY g ORDER BY g",
+        SELECTION.as_str()
+    )
+});
+
+/// One batch of [`execute`]: the next $6 originals after $1 (through $2, filtered by $3 and $4), a copy of
+/// each that has none yet ($7: the epoch) written through the outbox's set-based writer in seq order, and
+/// (originals examined, copies written, last seq examined).
+static COPY_BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH batch AS (
+             SELECT e.seq, e.event_type, e.aggregate_id, e.groups, e.payload FROM event_log e
+             WHERE e.seq > $1 AND e.seq <= $2 AND e.replay_of IS NULL
+               AND ($3::text[] IS NULL OR e.groups && $3) AND ($4::uuid IS NULL OR e.aggregate_id = $4)
+             ORDER BY e.seq LIMIT $6
+         ), copies AS MATERIALIZED ({copies}), to_copy AS (
+             SELECT b.seq AS ordinal, b.event_type, b.aggregate_id, b.groups, b.payload, $7 || '-' || b.seq AS replay_of
+             FROM batch b
+             WHERE NOT EXISTS (SELECT 1 FROM copies c WHERE c.seq = b.seq)
+         ), inserted AS ({insert})
+         SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM inserted), (SELECT max(seq) FROM batch)",
+        copies = COPIES.as_str(),
+        insert = outbox::insert_rows_sql("to_copy"),
+    )
+});
 
 /// What a replay would do (the dry run), or what is left to do.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -243,41 +363,33 @@ pub struct ReplayPlan {
     pub already_replayed: i64,
     /// Originals that would be copied now.
     pub to_replay: i64,
-    /// First and last seq that would be copied.
+    /// First seq that would be copied (`None`: nothing to copy).
     pub first_seq: Option<i64>,
+    /// Last seq that would be copied (`None`: nothing to copy).
     pub last_seq: Option<i64>,
     /// Per group: (group, matched, to replay). An event in several groups counts in each.
     pub per_group: Vec<(String, i64, i64)>,
 }
 
-/// Counts what [`execute`] would copy now, without writing anything.
+/// Counts what [`execute`] would copy now, without writing anything. Errors: the database's.
 pub async fn plan(pool: &PgPool, replay: &ResolvedReplay) -> Result<ReplayPlan, sqlx::Error> {
     let (matched, already_replayed, first_seq, last_seq): (i64, i64, Option<i64>, Option<i64>) =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SELECTION}
-             SELECT count(*), count(*) FILTER (WHERE done),
-                    min(seq) FILTER (WHERE NOT done), max(seq) FILTER (WHERE NOT done)
-             FROM marked"
-        )))
+        sqlx::query_as(PLAN_TOTALS.as_str())
+            .bind(replay.after_seq)
+            .bind(replay.through_seq)
+            .bind(replay.groups_filter())
+            .bind(replay.job)
+            .bind(replay.copy_pattern())
+            .fetch_one(pool)
+            .await?;
+    let per_group: Vec<(String, i64, i64)> = sqlx::query_as(PLAN_PER_GROUP.as_str())
         .bind(replay.after_seq)
         .bind(replay.through_seq)
         .bind(replay.groups_filter())
         .bind(replay.job)
         .bind(replay.copy_pattern())
-        .fetch_one(pool)
+        .fetch_all(pool)
         .await?;
-    let per_group: Vec<(String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECTION}
-         SELECT g, count(*), count(*) FILTER (WHERE NOT done)
-         FROM marked, unnest(groups) AS g GROUP BY g ORDER BY g"
-    )))
-    .bind(replay.after_seq)
-    .bind(replay.through_seq)
-    .bind(replay.groups_filter())
-    .bind(replay.job)
-    .bind(replay.copy_pattern())
-    .fetch_all(pool)
-    .await?;
     Ok(ReplayPlan { matched, already_replayed, to_replay: matched - already_replayed, first_seq, last_seq, per_group })
 }
 
@@ -311,7 +423,9 @@ pub struct ReplayProgress {
 }
 
 /// Copies the originals of `replay` into the outbox, batch after batch, in seq order.
-/// `on_batch` is called after each committed batch.
+/// `on_batch` is called after each committed batch. Returns the progress at the end (`complete` is false
+/// when `max_batches` stopped it). Errors: the database's; the batches committed before an error stay, and a
+/// re-run skips their originals.
 pub async fn execute(
     pool: &PgPool,
     replay: &ResolvedReplay,
@@ -328,36 +442,16 @@ pub async fn execute(
         let mut tx = pool.begin().await?;
         // Serialises replays: the copy check below then sees every copy another replay committed.
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(REPLAY_LOCK).execute(&mut *tx).await?;
-        let (examined, inserted, batch_last): (i64, i64, Option<i64>) = sqlx::query_as(
-            "WITH batch AS (
-                 SELECT e.seq, e.event_type, e.aggregate_id, e.groups, e.payload FROM event_log e
-                 WHERE e.seq > $1 AND e.seq <= $2 AND e.replay_of IS NULL
-                   AND ($3::text[] IS NULL OR e.groups && $3) AND ($4::uuid IS NULL OR e.aggregate_id = $4)
-                 ORDER BY e.seq LIMIT $6
-             ), copies AS MATERIALIZED (
-                 SELECT split_part(replay_of, '-', 2)::bigint AS seq FROM event_log
-                 WHERE seq > $1 AND replay_of LIKE $5
-                 UNION
-                 SELECT split_part(replay_of, '-', 2)::bigint FROM outbox WHERE replay_of LIKE $5
-             ), inserted AS (
-                 INSERT INTO outbox (event_type, aggregate_id, groups, payload, replay_of)
-                 SELECT b.event_type, b.aggregate_id, b.groups, b.payload, $7 || '-' || b.seq
-                 FROM batch b
-                 WHERE NOT EXISTS (SELECT 1 FROM copies c WHERE c.seq = b.seq)
-                 ORDER BY b.seq
-                 RETURNING 1
-             )
-             SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM inserted), (SELECT max(seq) FROM batch)",
-        )
-        .bind(progress.through_seq)
-        .bind(replay.through_seq)
-        .bind(replay.groups_filter())
-        .bind(replay.job)
-        .bind(replay.copy_pattern())
-        .bind(batch_size)
-        .bind(&replay.epoch)
-        .fetch_one(&mut *tx)
-        .await?;
+        let (examined, inserted, batch_last): (i64, i64, Option<i64>) = sqlx::query_as(COPY_BATCH.as_str())
+            .bind(progress.through_seq)
+            .bind(replay.through_seq)
+            .bind(replay.groups_filter())
+            .bind(replay.job)
+            .bind(replay.copy_pattern())
+            .bind(batch_size)
+            .bind(&replay.epoch)
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
         batches += 1;
         progress.replayed += inserted;
@@ -373,120 +467,5 @@ pub async fn execute(
         if progress.complete {
             return Ok(progress);
         }
-    }
-}
-
-/// The `replay` command.
-pub async fn run(pool: &PgPool, args: ReplayArgs) -> anyhow::Result<()> {
-    let request = ReplayRequest::from_args(&args).map_err(|e| UsageError(e.to_string()))?;
-    let replay = resolve(pool, &request).await?;
-    let range = format!(
-        "after {} through {}{}{}",
-        replay.position(replay.after_seq),
-        replay.position(replay.through_seq),
-        if replay.groups.is_empty() { String::new() } else { format!(", groups {}", replay.groups.join(",")) },
-        replay.job.map_or_else(String::new, |job| format!(", job {job}")),
-    );
-    if replay.after_seq < replay.expired_through_seq {
-        println!(
-            "note: events through {} have expired (retention); only later events can be replayed",
-            replay.position(replay.expired_through_seq)
-        );
-    }
-    let plan = plan(pool, &replay).await?;
-    if args.dry_run {
-        println!("dry run: {range}");
-        print_plan(&replay, &plan);
-        println!("nothing was published");
-        return Ok(());
-    }
-    if plan.to_replay == 0 {
-        println!(
-            "nothing to replay ({range}): {} matching event(s), {} already replayed",
-            plan.matched, plan.already_replayed
-        );
-        return Ok(());
-    }
-    println!("replaying {} event(s) ({range}); {} already replayed, skipped", plan.to_replay, plan.already_replayed);
-    let total = plan.to_replay;
-    let bar = std::io::stdout().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(total.unsigned_abs());
-        let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} replayed, {eta} left {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar
-    });
-    let done = execute(pool, &replay, &ReplayOptions::default(), |p| match &bar {
-        Some(bar) => {
-            bar.set_position(p.replayed.unsigned_abs());
-            bar.set_message(format!("(through {})", replay.position(p.through_seq)));
-        }
-        None => println!("replayed {}/{total} (through {})", p.replayed, replay.position(p.through_seq)),
-    })
-    .await?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    println!(
-        "replayed {} event(s) into the outbox, skipped {} already replayed; the relay publishes them as new \
-         positions after {}",
-        done.replayed,
-        done.skipped,
-        replay.position(replay.through_seq)
-    );
-    Ok(())
-}
-
-fn print_plan(replay: &ResolvedReplay, plan: &ReplayPlan) {
-    let position = |seq: Option<i64>| seq.map_or_else(|| "-".to_owned(), |s| replay.position(s));
-    println!("matching events:   {}", plan.matched);
-    println!("already replayed:  {} (would be skipped)", plan.already_replayed);
-    println!("would replay:      {}", plan.to_replay);
-    println!("first position:    {}", position(plan.first_seq));
-    println!("last position:     {}", position(plan.last_seq));
-    if !plan.per_group.is_empty() {
-        let width = plan.per_group.iter().map(|(g, _, _)| g.len()).max().unwrap_or(5).max(5);
-        println!("per group (an event counts in each of its groups):");
-        println!("  {:width$}  {:>9}  {:>12}", "GROUP", "MATCHING", "WOULD REPLAY");
-        for (group, matched, to_replay) in &plan.per_group {
-            println!("  {group:width$}  {matched:>9}  {to_replay:>12}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args() -> ReplayArgs {
-        ReplayArgs { from: None, to: None, since: None, until: None, groups: vec![], job: None, dry_run: false }
-    }
-
-    #[test]
-    fn positions_parse_and_must_be_ordered() {
-        let a = ReplayArgs { from: Some("7f3a9c21-10".into()), to: Some("7f3a9c21-20".into()), ..args() };
-        let r = ReplayRequest::from_args(&a).unwrap();
-        assert!(
-            matches!(r.range, ReplayRange::Positions { after, through: Some(t) } if after.seq == 10 && t.seq == 20)
-        );
-
-        let a = ReplayArgs { from: Some("7f3a9c21-20".into()), to: Some("7f3a9c21-10".into()), ..args() };
-        let e = ReplayRequest::from_args(&a).unwrap_err();
-        assert!(e.is_usage() && e.to_string().contains("before"), "{e}");
-
-        let a = ReplayArgs { from: Some("nope".into()), ..args() };
-        assert!(matches!(ReplayRequest::from_args(&a), Err(ReplayError::BadPosition { flag: "--from", .. })));
-    }
-
-    #[test]
-    fn times_and_groups_are_validated() {
-        let a =
-            ReplayArgs { since: Some("2026-11-25T08:00:00Z".into()), groups: vec!["region:north".into()], ..args() };
-        let r = ReplayRequest::from_args(&a).unwrap();
-        assert_eq!(r.groups.len(), 1);
-        let a = ReplayArgs { since: Some("yesterday".into()), ..args() };
-        assert!(matches!(ReplayRequest::from_args(&a), Err(ReplayError::BadTime { flag: "--since", .. })));
-        let a = ReplayArgs { since: Some("2026-11-25T08:00:00Z".into()), groups: vec!["North".into()], ..args() };
-        assert!(matches!(ReplayRequest::from_args(&a), Err(ReplayError::BadGroup(_))));
     }
 }

@@ -10,12 +10,16 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionReport {
+    /// The `event_log` partitions dropped (with `dry_run`: that would be dropped), by table name.
     pub dropped_partitions: Vec<String>,
+    /// Every seq up to this one has expired: positions at or below it can no longer be resumed from.
     pub expired_through_seq: i64,
 }
 
 /// Drops partitions that end before `now - retention`, records the highest seq they held (clients resuming
-/// from before it get `event: reset` with reason `expired`), and creates upcoming partitions.
+/// from before it get `event: reset` with reason `expired`), and creates upcoming partitions. With `dry_run`,
+/// reports what it would drop and changes nothing. Errors: the database's (nothing is dropped then: one
+/// transaction).
 pub async fn run_once(pool: &PgPool, dry_run: bool) -> Result<RetentionReport, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Under the fence: no publish runs while partitions move, and expired_through_seq is exact.

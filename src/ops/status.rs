@@ -81,10 +81,15 @@ pub struct OutboxStatus {
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
+    /// The process's id, new at every start.
     pub node_id: Uuid,
+    /// The host it runs on.
     pub host: String,
+    /// Its operating-system process id.
     pub pid: i32,
+    /// When it started.
     pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
     pub beat_at: DateTime<Utc>,
     /// Seconds since `beat_at`.
     pub beat_age_seconds: f64,

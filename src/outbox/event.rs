@@ -15,22 +15,32 @@ pub const MAX_GROUPS: usize = 32;
 /// Payload keys that the envelope owns; a payload may not carry them.
 pub const ENVELOPE_KEYS: [&str; 6] = ["eventId", "type", "position", "groups", "occurredAt", "replayOf"];
 
+/// Why an event cannot be written: the `Group*`, `EventType` and `Payload*` variants are refused input
+/// (found before the database), `Database` a failed write.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
+    /// Not a group key (`^[a-z0-9][a-z0-9:_-]{0,63}$`); the text as given.
     #[error("invalid group key {0:?}: expected ^[a-z0-9][a-z0-9:_-]{{0,63}}$, for example region:north")]
     GroupKey(String),
+    /// No groups, or more than `MAX_GROUPS` (32); how many were given.
     #[error("an event needs between 1 and {MAX_GROUPS} groups, got {0}")]
     GroupCount(usize),
+    /// Not an event type name (`^[A-Za-z][A-Za-z0-9_.-]{0,63}$`); the text as given.
     #[error("invalid event type {0:?}: expected ^[A-Za-z][A-Za-z0-9_.-]{{0,63}}$")]
     EventType(String),
+    /// The payload is not a JSON object.
     #[error("the payload must be a JSON object")]
     PayloadNotObject,
+    /// The payload is larger than [`MAX_PAYLOAD_BYTES`]; its size in bytes (an upper bound of jsonb's text).
     #[error("the payload is {0} bytes; the limit is {MAX_PAYLOAD_BYTES}")]
     PayloadTooLarge(usize),
+    /// The payload has a top-level key the envelope owns (`ENVELOPE_KEYS`, for example `position`); that key.
     #[error("the payload may not contain the envelope field {0:?}")]
     PayloadEnvelopeKey(String),
+    /// A string or key of the payload holds U+0000.
     #[error("the payload contains the NUL character (U+0000), which PostgreSQL's jsonb cannot store")]
     PayloadNul,
+    /// The insert failed (connection, or a CHECK of the table).
     #[error("database error while writing the outbox")]
     Database(#[from] sqlx::Error),
 }
@@ -41,15 +51,12 @@ pub enum OutboxError {
 pub struct GroupKey(String);
 
 impl GroupKey {
+    /// `s` as a group key, or [`OutboxError::GroupKey`] when it is not one (`^[a-z0-9][a-z0-9:_-]{0,63}$`).
     pub fn parse(s: &str) -> Result<Self, OutboxError> {
         if is_group_key(s) { Ok(Self(s.to_owned())) } else { Err(OutboxError::GroupKey(s.to_owned())) }
     }
 
-    /// The group that receives events about jobs of `region`.
-    pub fn for_region(region: &str) -> Result<Self, OutboxError> {
-        Self::parse(&format!("region:{region}"))
-    }
-
+    /// The key's text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -81,6 +88,8 @@ fn is_group_key(s: &str) -> bool {
 pub struct EventType(String);
 
 impl EventType {
+    /// `s` as an event type, or [`OutboxError::EventType`] when it is not one
+    /// (`^[A-Za-z][A-Za-z0-9_.-]{0,63}$`).
     pub fn parse(s: &str) -> Result<Self, OutboxError> {
         let b = s.as_bytes();
         let ok = b.first().is_some_and(u8::is_ascii_alphabetic)
@@ -89,12 +98,12 @@ impl EventType {
         if ok { Ok(Self(s.to_owned())) } else { Err(OutboxError::EventType(s.to_owned())) }
     }
 
+    /// The name's text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
-/// True if a string or key anywhere in `value` holds U+0000 (jsonb refuses `\u0000`).
 /// An upper bound of the length of `value` as jsonb's text output prints it, so that a payload that passes
 /// here is never refused by the outbox's size CHECK. jsonb puts a space after every `:` and `,`, and prints
 /// numbers as `numeric` does, without exponent (`1e300` becomes 301 digits): a number counts its digits
@@ -124,6 +133,7 @@ fn jsonb_text_bound(value: &Value) -> usize {
     }
 }
 
+/// True if a string or key anywhere in `value` holds U+0000 (jsonb refuses `\u0000`).
 fn contains_nul(value: &Value) -> bool {
     match value {
         Value::String(s) => s.contains('\0'),
@@ -144,6 +154,10 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// Validates an event of `event_type` about the aggregate (for example the job) `aggregate_id`, for
+    /// `groups` (1 to `MAX_GROUPS`, 32), with `payload`, a JSON object of at most [`MAX_PAYLOAD_BYTES`] that
+    /// holds no NUL and no key of the envelope (`eventId`, `type`, `position`, ...). Errors: the
+    /// [`OutboxError`] variant that names the first problem found.
     pub fn new(
         event_type: &str,
         aggregate_id: Uuid,
@@ -183,18 +197,23 @@ impl NewEvent {
         self
     }
 
+    /// The event type (the SSE event name).
     pub fn event_type(&self) -> &EventType {
         &self.event_type
     }
+    /// The id of what the event is about (for example the job).
     pub fn aggregate_id(&self) -> Uuid {
         self.aggregate_id
     }
+    /// The groups whose dispatchers receive it.
     pub fn groups(&self) -> &[GroupKey] {
         &self.groups
     }
+    /// The payload object (merged into the envelope on the wire).
     pub fn payload(&self) -> &Map<String, Value> {
         &self.payload
     }
+    /// The original's position when this is a replayed copy ([`NewEvent::replaying`]).
     pub fn replay_of(&self) -> Option<Position> {
         self.replay_of
     }

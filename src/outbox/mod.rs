@@ -41,6 +41,30 @@ pub fn insert_sql(first: usize) -> String {
     )
 }
 
+/// A set-based write of many outbox rows in one statement: `INSERT INTO outbox (...) SELECT ... FROM <rows>
+/// ORDER BY ordinal RETURNING event_id`, for use as a data-modifying CTE of the writer's own statement (like
+/// [`insert_sql`]).
+///
+/// `rows` names a relation of the statement (a CTE, or a parenthesised query with an alias) with the columns
+/// `ordinal` (any orderable type: outbox ids, and so the order in which the relay publishes the rows, follow
+/// it), `event_type` (text), `aggregate_id` (uuid), `groups` (text[]), `payload` (jsonb) and `replay_of`
+/// (text, a position, or NULL). The rows bypass [`NewEvent`]'s checks, so they must be events that passed
+/// them already (`replay` copies published events); the table's CHECK constraints still apply.
+pub fn insert_rows_sql(rows: &str) -> String {
+    format!(
+        "INSERT INTO outbox (event_type, aggregate_id, groups, payload, replay_of) \
+         SELECT event_type, aggregate_id, groups, payload, replay_of FROM {rows} ORDER BY ordinal \
+         RETURNING event_id"
+    )
+}
+
+/// `SELECT replay_of FROM outbox WHERE replay_of LIKE $<pattern>`: the positions of the originals whose
+/// replayed copies are still waiting in the outbox (written, not yet published), among those that match the
+/// `LIKE` pattern bound as parameter `$<pattern>` (for example `7f3a9c21-%`: copies of one epoch's events).
+pub fn waiting_copies_sql(pattern: usize) -> String {
+    format!("SELECT replay_of FROM outbox WHERE replay_of LIKE ${pattern}")
+}
+
 /// Binds `event`'s five values in the order [`insert_sql`] numbers them, after the parameters already
 /// bound to `query`.
 pub fn bind_event<'q, O>(
@@ -64,6 +88,7 @@ pub fn bind_event<'q, O>(
 pub struct RelayWaker(Arc<Notify>);
 
 impl RelayWaker {
+    /// A doorbell with no wake pending; clones ring the same one.
     pub fn new() -> Self {
         Self::default()
     }

@@ -33,7 +33,7 @@
 use chrono::{DateTime, Duration, NaiveTime, TimeDelta, Utc};
 use uuid::Uuid;
 
-use super::Location;
+use super::job::Location;
 
 /// Name and version of this algorithm, stored in `recommendation_sets.algorithm`.
 pub const ALGORITHM: &str = "weighted-v1";
@@ -65,16 +65,22 @@ const EARTH_RADIUS_KM: f64 = 6371.0088;
 /// What scoring needs to know about the job.
 #[derive(Debug, Clone)]
 pub struct JobNeeds<'a> {
+    /// The job site.
     pub location: Location,
+    /// Skills a candidate must all hold.
     pub required_skills: &'a [String],
+    /// When the work may start.
     pub window_start: DateTime<Utc>,
+    /// When it must end.
     pub window_end: DateTime<Utc>,
 }
 
 /// Work already booked for a contractor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Booking {
+    /// When the booked work starts.
     pub starts_at: DateTime<Utc>,
+    /// When it ends.
     pub ends_at: DateTime<Utc>,
 }
 
@@ -82,27 +88,40 @@ pub struct Booking {
 /// window's first UTC day or the job window; others are ignored.
 #[derive(Debug, Clone)]
 pub struct Candidate {
+    /// The contractor's id.
     pub id: Uuid,
+    /// Display name.
     pub name: String,
+    /// Where the contractor sets out from (distance and ETA are measured from here).
     pub home: Location,
+    /// Skills held.
     pub skills: Vec<String>,
+    /// Customer rating, 0 to 5.
     pub rating: f64,
+    /// Start of the working day (UTC).
     pub work_start: NaiveTime,
+    /// End of the working day (UTC).
     pub work_end: NaiveTime,
+    /// Most jobs per day; a candidate with this many bookings on the window's first day is full.
     pub max_daily_jobs: i32,
+    /// Inactive contractors are never recommended.
     pub active: bool,
+    /// Booked work (see above for which bookings are needed).
     pub bookings: Vec<Booking>,
 }
 
 /// One ranked contractor (rank = position in the returned list + 1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
+    /// The contractor's id.
     pub contractor_id: Uuid,
+    /// Display name.
     pub name: String,
     /// Weighted score in `[0, 1]`, 4 decimals.
     pub score: f64,
     /// Great-circle distance from home to the job site, 2 decimals.
     pub distance_km: f64,
+    /// Minutes to reach the job site from home (the module doc says how they are estimated).
     pub eta_minutes: i32,
     /// The job's required skills that the contractor holds (all of them, in the job's order).
     pub matched_skills: Vec<String>,

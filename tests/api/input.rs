@@ -9,7 +9,7 @@ use std::time::Duration;
 
 async fn seeded() -> (TestDb, TestApp) {
     let db = TestDb::new().await;
-    smartscheduler::seed::seed_demo(&db.pool).await.expect("seed");
+    smartscheduler::recommendations::seed::seed_demo(&db.pool).await.expect("seed");
     let app = TestApp::spawn(&db).await;
     (db, app)
 }

@@ -3,6 +3,7 @@
 use crate::helpers::*;
 use serde_json::json;
 use smartscheduler::cli::ReplayArgs;
+use smartscheduler::commands;
 use smartscheduler::ops::replay::{self, ReplayError, ReplayOptions, ReplayRange, ReplayRequest};
 use smartscheduler::ops::{retention, status};
 use smartscheduler::outbox::{self, NewEvent};
@@ -269,7 +270,7 @@ async fn replay_by_time_range() {
     publish(&db.pool, 5, &["region:north"]).await;
     let epoch = epoch(&db.pool).await;
 
-    let request = ReplayRequest::from_args(&ReplayArgs {
+    let request = ReplayRequest::try_from(&ReplayArgs {
         since: Some(since.to_rfc3339()),
         until: Some(until.to_rfc3339()),
         ..args()
@@ -281,13 +282,13 @@ async fn replay_by_time_range() {
     assert_eq!(outbox_copies(&db.pool).await, seqs(&epoch, 6..=10));
 
     // Without --until: through the end as it was when the replay started.
-    let request = ReplayRequest::from_args(&ReplayArgs { since: Some(until.to_rfc3339()), ..args() }).unwrap();
+    let request = ReplayRequest::try_from(&ReplayArgs { since: Some(until.to_rfc3339()), ..args() }).unwrap();
     let resolved = replay::resolve(&db.pool, &request).await.unwrap();
     assert_eq!((resolved.after_seq, resolved.through_seq), (10, 15));
 
     // A window with nothing in it replays nothing.
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
-    let request = ReplayRequest::from_args(&ReplayArgs { since: Some(later.to_rfc3339()), ..args() }).unwrap();
+    let request = ReplayRequest::try_from(&ReplayArgs { since: Some(later.to_rfc3339()), ..args() }).unwrap();
     let resolved = replay::resolve(&db.pool, &request).await.unwrap();
     assert_eq!(replay::plan(&db.pool, &resolved).await.unwrap().matched, 0);
 }
@@ -324,7 +325,7 @@ async fn replay_filters_by_group_and_job() {
     sqlx::query("DELETE FROM outbox").execute(&db.pool).await.unwrap();
 
     // Both filters together, through the command entry point.
-    replay::run(
+    commands::replay(
         &db.pool,
         ReplayArgs { from: Some(format!("{epoch}-0")), groups: vec!["region:west".into()], job: Some(job), ..args() },
     )
@@ -338,7 +339,7 @@ async fn a_dry_run_publishes_nothing() {
     let db = TestDb::new().await;
     publish(&db.pool, 10, &["region:north"]).await;
     let epoch = epoch(&db.pool).await;
-    replay::run(&db.pool, ReplayArgs { from: Some(format!("{epoch}-0")), dry_run: true, ..args() }).await.unwrap();
+    commands::replay(&db.pool, ReplayArgs { from: Some(format!("{epoch}-0")), dry_run: true, ..args() }).await.unwrap();
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&db.pool).await.unwrap();
     assert_eq!(pending, 0);
     assert_eq!(publish_all_pending(&db.pool, 1000).await.unwrap(), 0);
@@ -367,9 +368,9 @@ async fn replay_refuses_positions_of_another_epoch_and_bad_input() {
     assert!(err.to_string().contains(&epoch), "{err}");
 
     // Malformed input is a usage error (exit code 2).
-    let err = replay::run(&db.pool, ReplayArgs { from: Some("1042".into()), ..args() }).await.unwrap_err();
+    let err = commands::replay(&db.pool, ReplayArgs { from: Some("1042".into()), ..args() }).await.unwrap_err();
     assert!(err.downcast_ref::<smartscheduler::commands::UsageError>().is_some(), "{err:#}");
-    let err = replay::run(&db.pool, ReplayArgs { from: Some(format!("{other}-0")), ..args() }).await.unwrap_err();
+    let err = commands::replay(&db.pool, ReplayArgs { from: Some(format!("{other}-0")), ..args() }).await.unwrap_err();
     assert!(err.downcast_ref::<smartscheduler::commands::UsageError>().is_none(), "{err:#}");
 }
 
@@ -464,7 +465,7 @@ fn sql_files() -> Vec<PathBuf> {
 #[tokio::test]
 async fn every_sql_runbook_file_runs_cleanly_on_a_seeded_database() {
     let db = TestDb::new().await;
-    smartscheduler::seed::seed_demo(&db.pool).await.unwrap();
+    smartscheduler::recommendations::seed::seed_demo(&db.pool).await.unwrap();
     publish(&db.pool, 30, &["region:north"]).await;
     publish(&db.pool, 10, &["region:south", "region:east"]).await;
     write_events(&db.pool, 3, &["region:west"]).await; // a backlog

@@ -44,7 +44,7 @@ async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::R
 
 async fn seeded() -> (TestDb, TestApp) {
     let db = TestDb::new().await;
-    smartscheduler::seed::seed_demo(&db.pool).await.expect("seed");
+    smartscheduler::recommendations::seed::seed_demo(&db.pool).await.expect("seed");
     let app = TestApp::spawn(&db).await;
     (db, app)
 }

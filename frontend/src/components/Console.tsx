@@ -2,7 +2,7 @@ import { useCallback, useEffect, useRef, useState } from 'react';
 import { ApiError, type Api, type Job, type Me } from '../api';
 import type { RealtimeClient, RecommendationReadyEvent } from '../realtime';
 import { POLL_MS, type ConnectionView } from '../connectionView';
-import { usePollWhileDegraded, useRealtimeEvents } from '../useRealtime';
+import { usePollWhileDegraded, useRealtimeEvents, useStreamEvent } from '../useRealtime';
 import { JobList } from './JobList';
 import { RecommendationsSheet, type SheetState } from './RecommendationsSheet';
 
@@ -115,8 +115,8 @@ export function Console({ me, api, client, connection }: Props) {
     if (jobsRef.current && !jobsRef.current.some((j) => j.id === jobId)) void loadJobs();
   }
 
+  useStreamEvent(client, 'RecommendationReady', (ev) => void onRecommendationReady(ev));
   useRealtimeEvents(client, {
-    onRecommendationReady: (ev) => void onRecommendationReady(ev),
     onReset: () => {
       // Our view may be stale: reload everything over REST.
       void loadJobs();

@@ -11,6 +11,7 @@
  *  - a watchdog: the server sends a named `heartbeat` event every ~10 s, so a connection that
  *    delivered nothing (no event, no heartbeat) for 2.5 heartbeat intervals is dead even if TCP
  *    has not noticed: close it and reopen from the last position;
+ *  - deliver the stream's events by type to typed listeners (`on('RecommendationReady', cb)`);
  *  - drop out-of-order / duplicate events (by position seq and by eventId);
  *  - surface `reset` and `auth-expired` to the app;
  *  - one connection status (`live` | `reconnecting` | `offline`) and a "degraded" flag (the stream
@@ -21,6 +22,38 @@ import { EventOrder } from './order';
 
 export type { RecommendationReadyEvent } from './generated/recommendation-ready';
 export { parsePosition, type Position } from './order';
+
+/** The envelope every event of the stream carries in its `data` (the event's payload fields are merged
+ * into it; see schemas/). */
+export interface StreamEvent {
+  /** Unique id of the event; a client drops repeats by it. */
+  eventId: string;
+  /** The event type, equal to the SSE `event:` name. */
+  type: string;
+  /** `<epoch>-<seq>`: where the event is in the log. */
+  position: string;
+  /** The groups the event targets, e.g. `region:north`. */
+  groups: string[];
+  /** RFC 3339 time the event was written. */
+  occurredAt: string;
+  /** Position of the original when this is a replayed copy, else null. */
+  replayOf: string | null;
+}
+
+/** The `data` type of each event type the console knows, by SSE event name. */
+export interface StreamEventMap {
+  RecommendationReady: RecommendationReadyEvent;
+}
+
+/** The `data` of an event of type `K`: its declared type when the console knows it, else the envelope. */
+export type StreamEventOf<K extends string> = K extends keyof StreamEventMap ? StreamEventMap[K] : StreamEvent;
+
+/** Event types a client listens for from the start, whether or not anyone has subscribed yet (so that
+ * their positions advance the resume point). `on()` adds any other type when it is first asked for. */
+export const KNOWN_EVENT_TYPES: readonly string[] = ['RecommendationReady'] satisfies (keyof StreamEventMap)[];
+
+/** SSE event names the connection itself uses; they are not events of the log and `on()` refuses them. */
+export const CONTROL_EVENT_TYPES: readonly string[] = ['open', 'error', 'message', 'heartbeat', 'reset', 'auth-expired'];
 
 /**
  * `live`: the stream is open and has spoken within the watchdog window.
@@ -96,6 +129,9 @@ export interface RealtimeClientOptions {
   dedupeWindow?: number;
   /** Online/offline source; defaults to navigator/window when present. */
   online?: OnlineSource | null;
+  /** Event types to listen for from the start besides KNOWN_EVENT_TYPES (e.g. those the other tabs asked
+   * the leader for). */
+  eventTypes?: string[];
 }
 
 export type Unsubscribe = () => void;
@@ -115,7 +151,12 @@ export interface RealtimeClient {
   readonly role: RealtimeRole;
   onStatus(cb: (status: ConnectionStatus) => void): Unsubscribe;
   onDegraded(cb: (degraded: boolean) => void): Unsubscribe;
-  onRecommendationReady(cb: (ev: RecommendationReadyEvent) => void): Unsubscribe;
+  /** Events of one type (the SSE `event:` name, e.g. `RecommendationReady`), each at most once and in
+   * position order. Throws for the connection's own event names (CONTROL_EVENT_TYPES). */
+  on<K extends string>(eventType: K, cb: (ev: StreamEventOf<K>) => void): Unsubscribe;
+  /** Every event of the stream, of whichever type `on()` or KNOWN_EVENT_TYPES made the client listen for
+   * (the shared client relays them to the other tabs with this). */
+  onEvent(cb: (ev: StreamEvent, eventType: string) => void): Unsubscribe;
   onReset(cb: (info: ResetInfo) => void): Unsubscribe;
   onAuthExpired(cb: () => void): Unsubscribe;
   /** A heartbeat arrived; `position` is the one the client now has everything up to. */
@@ -160,6 +201,46 @@ export function browserOnlineSource(): OnlineSource | null {
       };
     },
   };
+}
+
+/** Refuses the connection's own event names as data event types. */
+export function checkEventType(eventType: string): void {
+  if (CONTROL_EVENT_TYPES.includes(eventType)) {
+    throw new Error(`"${eventType}" is the connection's own event, not an event type of the stream`);
+  }
+}
+
+/** Listeners of the stream's events by type, plus listeners of all of them. */
+export class EventListeners {
+  private readonly byType = new Map<string, Emitter<StreamEvent>>();
+  private readonly all = new Emitter<[string, StreamEvent]>();
+
+  /** Subscribes `cb` to `eventType`; `isNew` is true when this is the first time the type is asked for. */
+  on(eventType: string, cb: (ev: StreamEvent) => void): { off: Unsubscribe; isNew: boolean } {
+    checkEventType(eventType);
+    let em = this.byType.get(eventType);
+    const isNew = em === undefined;
+    if (!em) {
+      em = new Emitter<StreamEvent>();
+      this.byType.set(eventType, em);
+    }
+    return { off: em.on(cb), isNew };
+  }
+
+  /** Subscribes `cb` to every event, with its type. */
+  onAll(cb: (ev: StreamEvent, eventType: string) => void): Unsubscribe {
+    return this.all.on(([eventType, ev]) => cb(ev, eventType));
+  }
+
+  /** Event types someone has asked for. */
+  types(): string[] {
+    return [...this.byType.keys()];
+  }
+
+  emit(eventType: string, ev: StreamEvent): void {
+    this.byType.get(eventType)?.emit(ev);
+    this.all.emit([eventType, ev]);
+  }
 }
 
 /** A tiny typed event emitter; a failing listener does not stop the others. */
@@ -238,7 +319,9 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
 
   const statusEm = new Emitter<ConnectionStatus>();
   const degradedEm = new Emitter<boolean>();
-  const recEm = new Emitter<RecommendationReadyEvent>();
+  const events = new EventListeners();
+  /** The event types every EventSource of this client listens for. */
+  const listening = new Set<string>([...KNOWN_EVENT_TYPES, ...(options.eventTypes ?? [])]);
   const resetEm = new Emitter<ResetInfo>();
   const authEm = new Emitter<void>();
   const closedEm = new Emitter<void>();
@@ -384,9 +467,23 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     source.addEventListener('open', mine(() => onActivity()));
     source.addEventListener('error', mine(() => onError(source)));
     source.addEventListener('heartbeat', mine((ev) => onHeartbeatEvent(ev as MessageEvent)));
-    source.addEventListener('RecommendationReady', mine((ev) => onRecommendation(ev as MessageEvent)));
+    for (const eventType of listening) listenFor(source, eventType);
     source.addEventListener('reset', mine((ev) => onResetEvent(ev as MessageEvent)));
     source.addEventListener('auth-expired', mine(() => onAuthExpiredEvent()));
+  }
+
+  /** Makes `source` deliver events of `eventType` (while it is the current source). */
+  function listenFor(source: EventSourceLike, eventType: string): void {
+    source.addEventListener(eventType, (ev) => {
+      if (es === source) onStreamEvent(eventType, ev as MessageEvent);
+    });
+  }
+
+  /** From now on, listen for `eventType` too (on the open stream and every later one). */
+  function listen(eventType: string): void {
+    if (listening.has(eventType)) return;
+    listening.add(eventType);
+    if (es) listenFor(es, eventType);
   }
 
   function scheduleRecreate(): void {
@@ -445,7 +542,7 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     beatEm.emit(order.position);
   }
 
-  function onRecommendation(ev: MessageEvent): void {
+  function onStreamEvent(eventType: string, ev: MessageEvent): void {
     onActivity();
     const data = parseData(ev);
     if (!data) return;
@@ -454,7 +551,7 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     const verdict = order.accept(posStr, eventId);
     if (verdict === 'duplicate' || verdict === 'invalid') return;
     if (verdict === 'new-epoch') resetEm.emit({ reason: 'epoch-changed', position: order.position });
-    recEm.emit(data as unknown as RecommendationReadyEvent);
+    events.emit(eventType, data as unknown as StreamEvent);
   }
 
   function onResetEvent(ev: MessageEvent): void {
@@ -540,7 +637,12 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     role: 'solo',
     onStatus: (cb) => statusEm.on(cb),
     onDegraded: (cb) => degradedEm.on(cb),
-    onRecommendationReady: (cb) => recEm.on(cb),
+    on<K extends string>(eventType: K, cb: (ev: StreamEventOf<K>) => void): Unsubscribe {
+      const { off } = events.on(eventType, cb as (ev: StreamEvent) => void);
+      listen(eventType);
+      return off;
+    },
+    onEvent: (cb) => events.onAll(cb),
     onReset: (cb) => resetEm.on(cb),
     onAuthExpired: (cb) => authEm.on(() => cb()),
     onHeartbeat: (cb) => beatEm.on(cb),

@@ -5,7 +5,9 @@
  * all with six tabs and starve every REST call. So the tabs elect a leader with the Web Locks API
  * (the tab holding the lock `<name>` is the leader); only the leader runs the connection client
  * (./client.ts) and relays events, heartbeats and its status to the other tabs over a
- * BroadcastChannel. Every tab applies an event at most once (EventOrder: position + eventId).
+ * BroadcastChannel. Every tab applies an event at most once (EventOrder: position + eventId). A tab that
+ * subscribes to an event type the others may not listen for tells them (`listen`), so that whichever
+ * tab leads makes its stream deliver that type too.
  *
  * Hand-over: when the leader tab closes, the browser releases its lock and grants it to the next
  * waiting tab. When it is about to be frozen (Page Lifecycle `freeze`, or `pagehide` into the
@@ -20,13 +22,17 @@
 import {
   createRealtimeClient,
   Emitter,
+  EventListeners,
+  KNOWN_EVENT_TYPES,
   Pollers,
   type ConnectionStatus,
   type RealtimeClient,
   type RealtimeClientOptions,
   type RealtimeRole,
-  type RecommendationReadyEvent,
   type ResetInfo,
+  type StreamEvent,
+  type StreamEventOf,
+  type Unsubscribe,
 } from './client';
 import { leaseLocks } from './leaseLocks';
 import { comparePositions, EventOrder } from './order';
@@ -79,7 +85,8 @@ export interface SharedRealtimeOptions extends RealtimeClientOptions {
 type Message =
   | { t: 'hello'; from: string }
   | { t: 'state'; from: string; status: ConnectionStatus; degraded: boolean; authExpired: boolean; position: string | null }
-  | { t: 'rec'; from: string; event: RecommendationReadyEvent }
+  | { t: 'event'; from: string; eventType: string; event: StreamEvent }
+  | { t: 'listen'; from: string; eventTypes: string[] }
   | { t: 'reset'; from: string; info: ResetInfo }
   | { t: 'beat'; from: string; position: string | null }
   | { t: 'auth-expired'; from: string }
@@ -141,7 +148,9 @@ function sharedClient(
 
   const statusEm = new Emitter<ConnectionStatus>();
   const degradedEm = new Emitter<boolean>();
-  const recEm = new Emitter<RecommendationReadyEvent>();
+  const events = new EventListeners();
+  /** Event types this tab or another one listens for: the leader's stream delivers all of them. */
+  const eventTypes = new Set<string>(KNOWN_EVENT_TYPES);
   const resetEm = new Emitter<ResetInfo>();
   const authEm = new Emitter<void>();
   const closedEm = new Emitter<void>();
@@ -200,11 +209,21 @@ function sharedClient(
   }
 
   /** Apply an event to this tab (at most once), whether it came from our stream or a relay. */
-  function apply(event: RecommendationReadyEvent): void {
+  function apply(eventType: string, event: StreamEvent): void {
     const verdict = order.accept(event.position, typeof event.eventId === 'string' ? event.eventId : null);
     if (verdict === 'duplicate' || verdict === 'invalid') return;
     if (verdict === 'new-epoch') resetEm.emit({ reason: 'epoch-changed', position: order.position });
-    recEm.emit(event);
+    events.emit(eventType, event);
+  }
+
+  /** Have the leader's stream deliver these event types too (from now on). */
+  function addEventTypes(types: string[]): void {
+    for (const eventType of types) {
+      if (eventTypes.has(eventType)) continue;
+      eventTypes.add(eventType);
+      // The relay is onEvent's (see lead): this subscription only makes the stream deliver the type.
+      if (inner) innerSubs.push(inner.on(eventType, () => {}));
+    }
   }
 
   function applyReset(info: ResetInfo): void {
@@ -246,7 +265,7 @@ function sharedClient(
     const start = await bestPosition();
     if (role !== 'leader' || !running) return;
     if (start) order.advanceTo(start);
-    const conn = makeConnection({ ...options, initialPosition: order.position });
+    const conn = makeConnection({ ...options, initialPosition: order.position, eventTypes: [...eventTypes] });
     inner = conn;
     innerStarted = false;
     const sync = () => {
@@ -257,9 +276,9 @@ function sharedClient(
     innerSubs = [
       conn.onStatus(sync),
       conn.onDegraded(sync),
-      conn.onRecommendationReady((event) => {
-        post({ t: 'rec', from: me, event });
-        apply(event);
+      conn.onEvent((event, eventType) => {
+        post({ t: 'event', from: me, eventType, event });
+        apply(eventType, event);
       }),
       conn.onReset((info) => {
         // An epoch change noticed on an event is detected again by each tab's own order.
@@ -353,6 +372,9 @@ function sharedClient(
       case 'resume':
         if (role === 'leader') resumeLeader();
         return;
+      case 'listen':
+        addEventTypes(msg.eventTypes);
+        return;
     }
     if (role === 'leader') return; // another tab still thinks it leads (stolen lock): ignore it
     leaderSeenAt = Date.now();
@@ -361,8 +383,8 @@ function sharedClient(
         if (msg.position) order.advanceTo(msg.position);
         setState({ status: msg.status, degraded: msg.degraded, authExpired: msg.authExpired });
         break;
-      case 'rec':
-        apply(msg.event);
+      case 'event':
+        apply(msg.eventType, msg.event);
         break;
       case 'reset':
         applyReset(msg.info);
@@ -437,6 +459,8 @@ function sharedClient(
     silenceTimer = setInterval(checkLeaderSilence, Math.max(1000, Math.round(leaderSilenceMs / 4)));
     setState({ status: 'reconnecting', degraded: false, authExpired: false });
     post({ t: 'hello', from: me });
+    const own = events.types().filter((eventType) => !KNOWN_EVENT_TYPES.includes(eventType));
+    if (own.length > 0) post({ t: 'listen', from: me, eventTypes: own });
     stand();
   }
 
@@ -489,7 +513,15 @@ function sharedClient(
     },
     onStatus: (cb) => statusEm.on(cb),
     onDegraded: (cb) => degradedEm.on(cb),
-    onRecommendationReady: (cb) => recEm.on(cb),
+    on<K extends string>(eventType: K, cb: (ev: StreamEventOf<K>) => void): Unsubscribe {
+      const { off, isNew } = events.on(eventType, cb as (ev: StreamEvent) => void);
+      if (isNew && !eventTypes.has(eventType)) {
+        addEventTypes([eventType]);
+        post({ t: 'listen', from: me, eventTypes: [eventType] });
+      }
+      return off;
+    },
+    onEvent: (cb) => events.onAll(cb),
     onReset: (cb) => resetEm.on(cb),
     onAuthExpired: (cb) => authEm.on(() => cb()),
     onHeartbeat: (cb) => beatEm.on(cb),

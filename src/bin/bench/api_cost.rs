@@ -3,11 +3,11 @@
 //! the outbox row (`ServerConfig::bench_only_event_write`, a switch that exists for this baseline only).
 
 use crate::common::{Ctx, Report, fmt_int, histogram, ms, pass_word};
+use crate::generation::{BENCH_CONTRACTORS, populate};
 use crate::stream::SECRET;
 use hdrhistogram::Histogram;
 use smartscheduler::auth::{AuthSecret, add_dispatcher};
 use smartscheduler::recommendations::EventWrite;
-use smartscheduler::recommendations::bench::{BENCH_CONTRACTORS, populate};
 use smartscheduler::server::{Server, ServerConfig};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -12,7 +12,8 @@ use crate::stream::{
 };
 use memchr::memmem;
 use serde_json::json;
-use smartscheduler::outbox::{self, GroupKey, NewEvent, RelayWaker};
+use smartscheduler::outbox::{self, NewEvent, RelayWaker};
+use smartscheduler::recommendations::region_group;
 use smartscheduler::relay::{RelayConfig, WAKE_CHANNEL};
 use sqlx::PgPool;
 use std::path::PathBuf;
@@ -161,7 +162,7 @@ impl Publisher {
             }
             (Publisher::Own { pool, waker }, _) => {
                 let mut tx = pool.begin().await?;
-                let event = NewEvent::new(EVENT_TYPE, Uuid::new_v4(), vec![GroupKey::for_region(region)?], payload)?;
+                let event = NewEvent::new(EVENT_TYPE, Uuid::new_v4(), vec![region_group(region)?], payload)?;
                 outbox::enqueue(&mut tx, &event).await?;
                 tx.commit().await?;
                 waker.wake();

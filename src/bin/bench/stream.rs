@@ -8,7 +8,8 @@ use hdrhistogram::Histogram;
 use memchr::memmem;
 use serde_json::{Value, json};
 use smartscheduler::auth::{AuthSecret, add_dispatcher};
-use smartscheduler::outbox::{self, GroupKey, NewEvent, RelayWaker};
+use smartscheduler::outbox::{self, NewEvent, RelayWaker};
+use smartscheduler::recommendations::region_group;
 use smartscheduler::relay::RelayConfig;
 use smartscheduler::server::{Server, ServerConfig};
 use sqlx::PgPool;
@@ -349,7 +350,7 @@ async fn write_event(
     let began = now_ns();
     let mut tx = pool.begin().await?;
     let payload = json!({"phase": phase, "n": n, "sentNs": now_ns(), "summary": summary_template()});
-    let event = NewEvent::new(EVENT_TYPE, Uuid::new_v4(), vec![GroupKey::for_region(region)?], payload)?;
+    let event = NewEvent::new(EVENT_TYPE, Uuid::new_v4(), vec![region_group(region)?], payload)?;
     outbox::enqueue(&mut tx, &event).await?;
     tx.commit().await?;
     stats.committed(phase, n, began);

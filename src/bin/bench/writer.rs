@@ -5,7 +5,8 @@ use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use smartscheduler::outbox::{self, GroupKey, NewEvent};
+use smartscheduler::outbox::{self, NewEvent};
+use smartscheduler::recommendations::region_group;
 use sqlx::PgPool;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -87,7 +88,7 @@ async fn transaction(pool: &PgPool, fx: &Fixture, rng: &mut StdRng, job: Uuid, s
     let event = NewEvent::new(
         "RecommendationReady",
         job,
-        vec![GroupKey::for_region("north")?],
+        vec![region_group("north")?],
         json!({"jobId": job, "summary": {"recommendationSetId": set_id, "count": PER_SET, "top": top}}),
     )?;
 

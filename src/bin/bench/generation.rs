@@ -1,6 +1,7 @@
-//! Benchmark of [`generate`](super::generate): how long one generation takes with 1,000 active
-//! contractors in the job's region, and how much of it the outbox row costs (the same generation
-//! without its event, alternating in the same run).
+//! Section 8's benchmark of [`generate`](smartscheduler::recommendations::generate): how long one
+//! generation takes with 1,000 active contractors in the job's region, and how much of it the outbox row
+//! costs (the same generation without its event, alternating in the same run). [`populate`] also builds
+//! section 10's region.
 
 use anyhow::{Context, bail};
 use chrono::{Duration, NaiveTime, Utc};
@@ -11,7 +12,9 @@ use std::fmt;
 use std::time::Duration as StdDuration;
 use uuid::Uuid;
 
-use super::{EventWrite, FailPoint, Location, NewJob, PhaseTimings, create_job, generate_with, generate_writing};
+use smartscheduler::recommendations::{
+    EventWrite, FailPoint, Location, NewJob, PhaseTimings, create_job, generate_with, generate_writing,
+};
 
 /// Contractors created in the benchmark's region.
 pub const BENCH_CONTRACTORS: usize = 1_000;
@@ -22,21 +25,30 @@ const SKILLS: [&str; 8] = ["hvac", "electrical", "plumbing", "roofing", "applian
 /// Results of [`bench_generation`]; times in milliseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationBench {
+    /// Active contractors in the job's region ([`BENCH_CONTRACTORS`]).
     pub contractors: usize,
+    /// Measured generations (each also run once without its event).
     pub iterations: usize,
     /// Recommendations in each set.
     pub recommendations: usize,
+    /// Median of a whole generation with its event.
     pub total_median_ms: f64,
+    /// 95th percentile of a whole generation with its event.
     pub total_p95_ms: f64,
     /// Median of the same generation without its outbox row (the benchmark's baseline), run alternately.
     pub without_event_median_ms: f64,
     /// Median with the outbox row over median without it, minus one, as a percentage: what the event
     /// costs a generation.
     pub outbox_share_pct: f64,
+    /// Median of BEGIN and locking the job.
     pub lock_median_ms: f64,
+    /// Median of loading the candidates.
     pub load_median_ms: f64,
+    /// Median of ranking in memory.
     pub score_median_ms: f64,
+    /// Median of the statement that writes the set, its rows and its outbox row.
     pub insert_median_ms: f64,
+    /// Median of COMMIT.
     pub commit_median_ms: f64,
 }
 
@@ -71,8 +83,9 @@ impl fmt::Display for GenerationBench {
 
 /// In `pool` (a migrated database), creates a region of its own with [`BENCH_CONTRACTORS`] active
 /// contractors (a third of them with a booking on the job's day) and one job, then runs
-/// [`generate`](super::generate) `iterations` times, each followed by one generation without the
-/// outbox row (the baseline), and reports the timings. Leaves the data behind.
+/// [`generate`](smartscheduler::recommendations::generate) `iterations` times, each followed by one
+/// generation without the outbox row (the baseline), and reports the timings. Leaves the data behind.
+/// Errors: `iterations` is 0, or a write failed.
 pub async fn bench_generation(pool: &PgPool, iterations: usize) -> anyhow::Result<GenerationBench> {
     if iterations == 0 {
         bail!("iterations must be at least 1");
@@ -133,8 +146,7 @@ fn percentile_ms(mut xs: Vec<StdDuration>, pct: f64) -> f64 {
 
 /// Creates `region` with `contractors` active contractors near one centre (a third of them with a
 /// morning booking on the jobs' day) and `jobs` hvac jobs tomorrow 13:00-16:00 UTC; returns the job ids.
-/// Shared with the API benchmark (`smartscheduler-bench`, section 10).
-#[doc(hidden)]
+/// Shared with the API benchmark (section 10). Errors: the database's (`region` must be a new region key).
 pub async fn populate(pool: &PgPool, region: &str, contractors: usize, jobs: usize) -> anyhow::Result<Vec<Uuid>> {
     let centre = Location { lat: 47.6, lon: -122.3 };
     sqlx::query("INSERT INTO regions (key, name, center_lat, center_lon) VALUES ($1, $2, $3, $4)")
@@ -221,11 +233,14 @@ pub async fn populate(pool: &PgPool, region: &str, contractors: usize, jobs: usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recommendations::test_support::test_db;
+    use crate::common::Ctx;
 
     #[tokio::test]
     async fn the_benchmark_runs_and_reports() {
-        let db = test_db().await;
+        let admin_url = std::env::var("SMARTSCHEDULER_TEST_ADMIN_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let ctx = Ctx::new(&admin_url, true);
+        let db = ctx.fresh_db(8).await.unwrap();
         let b = bench_generation(&db.pool, 5).await.unwrap();
         println!("{b}");
         assert_eq!(b.contractors, 1_000);
@@ -241,7 +256,7 @@ mod tests {
         let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&db.pool).await.unwrap();
         assert_eq!(events, 5 + 3);
         assert!(bench_generation(&db.pool, 0).await.is_err());
-        db.drop_db().await;
+        ctx.drop_db(db).await;
     }
 
     #[test]

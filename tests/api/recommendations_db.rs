@@ -1,8 +1,12 @@
-//! Tests against a real PostgreSQL: each test creates a database of its own.
+//! The recommendations domain against a real PostgreSQL, without HTTP: generation (the set and its event
+//! commit together, in generation order), job queries and input errors.
 
-use super::test_support::test_db;
-use super::*;
+use crate::helpers::TestDb;
+use chrono::{DateTime, Duration, Utc};
+use smartscheduler::recommendations::*;
+use sqlx::PgPool;
 use sqlx::Row;
+use uuid::Uuid;
 
 /// Adds region `north` (and `south`) and five hvac contractors near the north centre; returns a
 /// job in north that needs hvac, tomorrow 09:00-12:00 UTC.
@@ -45,7 +49,7 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
 
 #[tokio::test]
 async fn a_set_and_its_event_commit_together() {
-    let db = test_db().await;
+    let db = TestDb::new().await;
     let pool = &db.pool;
     let job = fixture(pool).await;
     assert_eq!(job.title, "Furnace makes a banging noise");
@@ -104,12 +108,11 @@ async fn a_set_and_its_event_commit_together() {
     let validator = jsonschema::validator_for(&schema).unwrap();
     let errors: Vec<String> = validator.iter_errors(&data).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{errors:?}");
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn a_failure_after_the_set_insert_rolls_back_set_and_event() {
-    let db = test_db().await;
+    let db = TestDb::new().await;
     let pool = &db.pool;
     let job = fixture(pool).await;
     for fail in [FailPoint::AfterSetInsert, FailPoint::BeforeCommit] {
@@ -123,12 +126,11 @@ async fn a_failure_after_the_set_insert_rolls_back_set_and_event() {
     // The job is not left locked: a normal generation goes through.
     generate(pool, job.id, "alice").await.unwrap();
     assert_eq!(count(pool, "SELECT count(*) FROM outbox").await, 1);
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn the_set_its_rows_and_its_event_are_one_statement_so_a_refused_event_leaves_nothing() {
-    let db = test_db().await;
+    let db = TestDb::new().await;
     let pool = &db.pool;
     let job = fixture(pool).await;
     // The outbox row is refused by the database's own CHECK, inside the statement that also writes the
@@ -149,7 +151,6 @@ async fn the_set_its_rows_and_its_event_are_one_statement_so_a_refused_event_lea
     let ids: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM outbox").fetch_all(pool).await.unwrap();
     assert_eq!(ids, vec![g.event_id]);
     assert_eq!(count(pool, "SELECT count(*) FROM recommendation_sets").await, 2);
-    db.drop_db().await;
 }
 
 /// (outbox id, generated_at of the set it announces) for every outbox row, by outbox id.
@@ -167,7 +168,7 @@ async fn outbox_order(pool: &PgPool) -> Vec<(i64, DateTime<Utc>, Uuid)> {
 
 #[tokio::test]
 async fn a_later_generation_gets_a_later_outbox_row() {
-    let db = test_db().await;
+    let db = TestDb::new().await;
     let pool = &db.pool;
     let job = fixture(pool).await;
     let first = generate(pool, job.id, "alice").await.unwrap();
@@ -198,12 +199,11 @@ async fn a_later_generation_gets_a_later_outbox_row() {
     assert!(order.windows(2).all(|w| w[0].1 < w[1].1), "outbox order differs from generation order: {order:?}");
     let latest = latest_set(pool, job.id).await.unwrap().unwrap();
     assert_eq!(latest.recommendation_set_id, order[7].2);
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn only_available_qualified_contractors_are_recommended() {
-    let db = test_db().await;
+    let db = TestDb::new().await;
     let pool = &db.pool;
     let job = fixture(pool).await; // Tech 1..5 qualify
     let day_start = job.window_start.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
@@ -250,12 +250,11 @@ async fn only_available_qualified_contractors_are_recommended() {
     let candidates: i32 =
         sqlx::query_scalar("SELECT candidates FROM recommendation_sets").fetch_one(pool).await.unwrap();
     assert_eq!(candidates, 6, "active contractors of the region");
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn a_job_nobody_can_take_gets_an_empty_set_and_event() {
-    let db = test_db().await;
+    let db = TestDb::new().await;
     let pool = &db.pool;
     fixture(pool).await;
     let job = create_job(pool, &new_job("north", &["solar", "roofing"]), "nobody").await.unwrap();
@@ -270,12 +269,11 @@ async fn a_job_nobody_can_take_gets_an_empty_set_and_event() {
     let by: Option<String> =
         sqlx::query_scalar("SELECT created_by FROM jobs WHERE id = $1").bind(job.id).fetch_one(pool).await.unwrap();
     assert_eq!(by, None);
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn jobs_are_created_listed_and_fetched() {
-    let db = test_db().await;
+    let db = TestDb::new().await;
     let pool = &db.pool;
     let north1 = fixture(pool).await;
     let south = create_job(pool, &new_job("south", &[]), "alice").await.unwrap();
@@ -302,12 +300,11 @@ async fn jobs_are_created_listed_and_fetched() {
     {
         assert!(v.get(key).is_some(), "{key} missing from {v}");
     }
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn bad_input_is_refused_with_a_reason() {
-    let db = test_db().await;
+    let db = TestDb::new().await;
     let pool = &db.pool;
     fixture(pool).await;
     let err = create_job(pool, &new_job("atlantis", &[]), "alice").await.unwrap_err();
@@ -324,12 +321,11 @@ async fn bad_input_is_refused_with_a_reason() {
     assert!(matches!(err, RecommendationError::JobNotFound(id) if id == missing), "{err:?}");
     assert_eq!(latest_set(pool, missing).await.unwrap(), None);
     assert_eq!(count(pool, "SELECT count(*) FROM jobs").await, 1);
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn a_job_needing_no_skill_matches_everyone_with_no_matched_skills() {
-    let db = test_db().await;
+    let db = TestDb::new().await;
     let pool = &db.pool;
     fixture(pool).await;
     let job = create_job(pool, &new_job("north", &[]), "alice").await.unwrap();
@@ -337,5 +333,4 @@ async fn a_job_needing_no_skill_matches_everyone_with_no_matched_skills() {
     assert_eq!(set.recommendations.len(), 5);
     assert!(set.recommendations.iter().all(|r| r.matched_skills.is_empty()));
     assert_eq!(latest_set(pool, job.id).await.unwrap(), Some(set));
-    db.drop_db().await;
 }

@@ -1,0 +1,101 @@
+//! Recommendation sets: the ranked contractors of one generation for a job, and reading the latest one.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::error::Result;
+
+/// One ranked contractor of a set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recommendation {
+    /// 1 is the best match.
+    pub rank: i32,
+    /// The contractor's id.
+    pub contractor_id: Uuid,
+    /// The contractor's display name.
+    pub name: String,
+    /// Weighted score in `[0, 1]` (see [`scoring`](super::scoring)).
+    pub score: f64,
+    /// Great-circle distance from the contractor's home to the job site, in km.
+    pub distance_km: f64,
+    /// Estimated minutes to reach the job site.
+    pub eta_minutes: i32,
+    /// The job's required skills that the contractor holds, in the job's order.
+    pub matched_skills: Vec<String>,
+}
+
+/// One generation of recommendations for a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecommendationSet {
+    /// The set's id (the `RecommendationReady` event names it).
+    pub recommendation_set_id: Uuid,
+    /// The job it is for.
+    pub job_id: Uuid,
+    /// When it was stored (the transaction's time: later generations of a job have later times).
+    pub generated_at: DateTime<Utc>,
+    /// The ranked contractors, best first; empty when nobody can take the job.
+    pub recommendations: Vec<Recommendation>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SetRow {
+    set_id: Uuid,
+    job_id: Uuid,
+    generated_at: DateTime<Utc>,
+    rank: Option<i32>,
+    contractor_id: Option<Uuid>,
+    name: Option<String>,
+    score: Option<f64>,
+    distance_km: Option<f64>,
+    eta_minutes: Option<i32>,
+    matched_skills: Option<Vec<String>>,
+}
+
+/// The job's latest recommendation set, or `None` when it has none (or the job does not exist).
+/// Errors: `Database`.
+pub async fn latest_set(pool: &PgPool, job_id: Uuid) -> Result<Option<RecommendationSet>> {
+    let rows: Vec<SetRow> = sqlx::query_as(
+        "SELECT s.id AS set_id, s.job_id, s.generated_at, r.rank, r.contractor_id, c.name,
+                r.score, r.distance_km, r.eta_minutes, r.matched_skills
+         FROM (SELECT id, job_id, generated_at
+               FROM recommendation_sets
+               WHERE job_id = $1
+               ORDER BY generated_at DESC
+               LIMIT 1) s
+         LEFT JOIN recommendations r ON r.set_id = s.id
+         LEFT JOIN contractors c ON c.id = r.contractor_id
+         ORDER BY r.rank",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut set = RecommendationSet {
+        recommendation_set_id: first.set_id,
+        job_id: first.job_id,
+        generated_at: first.generated_at,
+        recommendations: Vec::with_capacity(rows.len()),
+    };
+    for r in rows {
+        // A set with no recommendations comes back as one row of NULLs from the LEFT JOIN.
+        let (Some(rank), Some(contractor_id)) = (r.rank, r.contractor_id) else {
+            continue;
+        };
+        set.recommendations.push(Recommendation {
+            rank,
+            contractor_id,
+            name: r.name.unwrap_or_default(),
+            score: r.score.unwrap_or_default(),
+            distance_km: r.distance_km.unwrap_or_default(),
+            eta_minutes: r.eta_minutes.unwrap_or_default(),
+            matched_skills: r.matched_skills.unwrap_or_default(),
+        });
+    }
+    Ok(Some(set))
+}
