@@ -7,7 +7,9 @@
 //! (recommendations)   (fence, dense seq)     (LISTEN once, fan out by group)
 //! ```
 //!
-//! The relay and the stream meet only in PostgreSQL.
+//! The relay and the stream never name each other: they meet in PostgreSQL, and what both need of the log
+//! (the published row, `stream_meta`, the channel) is [`event_log`]. In one process the relay hands its batches
+//! to a callback that [`server`] wires to the hub. `tests/architecture.rs` checks these rules.
 
 pub mod auth;
 pub mod cli;

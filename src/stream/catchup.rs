@@ -11,8 +11,7 @@
 //! head when it attached, at or below what is committed) is read for that stream alone and bounded by the
 //! seam, since events after it may still be committing. Reads wait for their turn in the bounded queue.
 
-use super::event::fetch_for_groups;
-use super::hub::Delivery;
+use super::event::{Delivery, fetch_for_groups};
 use crate::metrics as m;
 use crate::position::Epoch;
 use sqlx::PgPool;

@@ -7,6 +7,9 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::PgPool;
 
+/// An event as streams share it: one allocation, whatever the number of streams it reaches.
+pub(crate) type Delivery = std::sync::Arc<StreamEvent>;
+
 /// An event encoded once, ready to be written to any number of streams.
 #[derive(Debug)]
 pub struct StreamEvent {

@@ -7,7 +7,7 @@
 //! and a slow client never silently misses an event.
 
 use super::catchup::CatchUpReads;
-use super::event::StreamEvent;
+use super::event::{Delivery, StreamEvent};
 use crate::coalesce::Coalescer;
 use crate::db::reconnect_backoff;
 use crate::event_log::{EVENTS_CHANNEL, PublishedBatch, StreamMeta, fetch_after};
@@ -98,8 +98,6 @@ impl Default for HubConfig {
         }
     }
 }
-
-pub(crate) type Delivery = Arc<StreamEvent>;
 
 /// What a stream shares with the hub.
 #[derive(Debug)]

@@ -1,8 +1,9 @@
 //! One client's stream: opening lines, optional reset, backlog from the database, then live events, with
 //! heartbeats, membership changes, token expiry and the switch to database catch-up when it lags.
 
+use super::event::Delivery;
 use super::frame::Frame;
-use super::hub::{Delivery, Hub};
+use super::hub::Hub;
 use crate::event_log::StreamMeta;
 use crate::metrics as m;
 use crate::position::Position;
