@@ -177,6 +177,13 @@ const NOTES: &str = "## How to read these figures\n\n\
 - **Catch-up (6).** The database read is not the limit (8-17 ms per 1,000-event page, under 10 us per \
   event; payloads are spliced as jsonb text, not re-encoded). The limit was the client's parser; with the \
   lean client the server sends 74-104k events/s.\n\
+- **Writer cost, measured again (1, 10), 2026-11-30 19:45-20:00 UTC on a quiet machine.** Section 1: 1.27-1.40× \
+  in three runs (1 writer +0.3-0.4 ms per transaction), section 10 1.044× (per-round 0.81-1.23). Inside \
+  PostgreSQL the row is cheap: 20,000 rows by one `INSERT ... SELECT` cost 23-27 us each with every CHECK and \
+  6.5 us without (groups 5 us, payload size 5 us, event type regex 6 us), and pgbench with the statement \
+  of section 1 measured +0.1 ms with `synchronous_commit = off` and anything from -0.13 to +0.32 ms with it on \
+  (single client, 4-6 s runs). So what section 1 adds beyond the row's own work is per-transaction latency on \
+  this VM (the commit's WAL flush grows with the row's ~1 KB), not CPU; the 1.10× target stays missed here.
 - **Reconnect storms (11, 12), 2026-11-30.** Profiled with `perf` and the kernel's counters (`nstat`): of the \
   35 s that 9,500 resuming clients took, almost all was the listen backlog. tokio binds with a backlog of \
   1,024; the burst overflowed it (70,398 `ListenOverflows`, 40,058 SYN retransmits) and each dropped client \
@@ -186,14 +193,14 @@ const NOTES: &str = "## How to read these figures\n\n\
   growable buffer that is cloned) and one write system call per event. Concurrent connects now share one \
   read of each kind (`src/coalesce.rs`: each caller is answered by a read that began after it asked), \
   frames are encoded once into shared `Bytes`, and the lean transport writes every frame that is ready in \
-  one call: 10,000 clients in 1.57 s with 31 transactions (section 11). The open-files limit here is 20,000 \
+  one call: 10,000 clients in 1.4-1.6 s with 31-57 transactions in three runs (section 11). The open-files limit here is 20,000 \
   and cannot be raised, so the storm runs `serve` as a process of its own (one descriptor per client on \
   each side). The deep storm (12) moves 10,000 × ~1,900 events (about 15 GB over loopback): its time is \
   the machine's copy and parse rate; without the window every resume reads the log, and shared page reads \
-  keep that to about 150 transactions where the design before made 17,000 and ended 4,000 streams.
+  keep that to 150-200 transactions where the design before made 17,000-20,000 and ended 2,600-4,100 streams.
 - **Scale-out (13).** Every instance runs its hub (one LISTEN connection, one read of each batch another \
   instance published) and, by default, a relay that probes the outbox every 2 ms while events arrive: those \
-  probes are most of an instance's queries. Four instances with one relay cost about half the queries of \
+  probes are most of an instance's queries. Four instances with one relay cost about two thirds of the queries of \
   four relays for the same deliveries. Where one PostgreSQL stops being enough: each instance adds one \
   read per published batch (the NOTIFY wake-up), its membership and safety polls (about 1.5 queries/s) and \
   its relay's probes (up to 500/s while busy); run relays on two instances (`serve --no-relay` on the \

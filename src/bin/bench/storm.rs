@@ -1,4 +1,4 @@
-//! Sections 9 and 10: reconnect storms. Thousands of clients resume at the same instant (an instance died
+//! Sections 11 and 12: reconnect storms. Thousands of clients resume at the same instant (an instance died
 //! and its browsers came back on this one), each a random number of events behind, against our design
 //! (resume window in memory, catch-up reads queued, transient failures retried) and against the design
 //! before it (`HubConfig::without_storm_protection`: every resume reads the database at once, and a read
@@ -194,7 +194,7 @@ async fn wait_for_head(addr: &str, tokens: &[String], epoch: &str) -> anyhow::Re
     anyhow::bail!("the server's hub did not reach seq {LOG}")
 }
 
-/// Sections 9 (storm, 0–1,000 behind) and 10 (deep storm, 5,000–10,000 behind).
+/// Sections 11 (storm, 0–1,000 behind) and 12 (deep storm, 5,000–10,000 behind).
 pub async fn run(ctx: &Ctx, report: &mut Report, deep: bool) -> anyhow::Result<()> {
     let clients: usize = if ctx.quick { 2_000 } else { 10_000 };
     let limit = crate::common::open_files_limit();
@@ -227,7 +227,7 @@ async fn run_on(db: &BenchDb, report: &mut Report, clients: usize, deep: bool) -
             fmt_int(o.transactions as f64)
         )
     };
-    let (n, title) = if deep { (10, "Deep reconnect storm") } else { (9, "Reconnect storm") };
+    let (n, title) = if deep { (12, "Deep reconnect storm") } else { (11, "Reconnect storm") };
     let mut body = format!(
         "{} events in the log (groups `region:north|south|east|west` by seq % 4, ~400-byte payloads), \
          published while the server runs so that its hub fanned them out. Then {} clients (a quarter per \
