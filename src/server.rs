@@ -19,12 +19,19 @@ use uuid::Uuid;
 /// Everything `serve` needs to know.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// HTTP listen address (port 0: any free port; see [`Server::local_addr`]).
     pub addr: SocketAddr,
+    /// Development mode: the demo login routes (`/api/dev/*`).
     pub dev: bool,
+    /// Whether this process runs a relay (off: another process publishes).
     pub run_relay: bool,
+    /// Serve the browser console from this directory instead of the embedded one.
     pub static_dir: Option<PathBuf>,
+    /// The stream hub's tuning.
     pub hub: HubConfig,
+    /// The relay's tuning.
     pub relay: RelayConfig,
+    /// Lifetime of the tokens `POST /api/dev/session` signs.
     pub dev_token_ttl: Duration,
     /// How often retention runs inside serve.
     pub retention_interval: Duration,
@@ -37,6 +44,7 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The defaults of `serve` (relay on, dev off), listening on `addr`.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
@@ -131,6 +139,7 @@ impl Server {
         self.waker.clone()
     }
 
+    /// The address the server listens on (the port the kernel picked, when configured with port 0).
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
     }

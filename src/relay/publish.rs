@@ -11,8 +11,11 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 pub enum BatchOutcome {
     /// Events `first_seq..=last_seq` are now in `event_log` (once the step's transaction commits).
     Published {
+        /// The log's epoch the batch was numbered in.
         epoch: String,
+        /// The batch's first position.
         first_seq: i64,
+        /// The batch's last position (the log's new `last_seq`).
         last_seq: i64,
         /// The events, in seq order, as the hub reads them from `event_log`.
         events: Vec<EventRow>,
@@ -22,6 +25,7 @@ pub enum BatchOutcome {
 }
 
 impl BatchOutcome {
+    /// Events published (0 when empty).
     pub fn count(&self) -> i64 {
         match self {
             BatchOutcome::Published { first_seq, last_seq, .. } => last_seq - first_seq + 1,

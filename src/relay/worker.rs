@@ -83,6 +83,8 @@ pub struct Relay {
 pub type PublishedSink = std::sync::Arc<dyn Fn(PublishedBatch) + Send + Sync>;
 
 impl Relay {
+    /// A relay over `pool`; `waker` is the doorbell the process's writers ring after their commits, `node_id`
+    /// names this process in `node_heartbeats`.
     pub fn new(pool: PgPool, config: RelayConfig, waker: RelayWaker, node_id: Uuid) -> Self {
         Self { pool, config, waker, node_id, on_published: None }
     }

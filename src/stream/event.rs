@@ -13,8 +13,11 @@ pub(crate) type Delivery = std::sync::Arc<StreamEvent>;
 /// An event encoded once, ready to be written to any number of streams.
 #[derive(Debug)]
 pub struct StreamEvent {
+    /// The event's position in the log.
     pub seq: i64,
+    /// When the relay published it (for the lag metric only; never for order).
     pub published_at: DateTime<Utc>,
+    /// The groups whose streams receive it.
     pub groups: Vec<String>,
     /// The SSE frame (`id:`, `event:`, `data:`), shared by every stream that sends it.
     pub frame: Bytes,

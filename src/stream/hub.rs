@@ -353,12 +353,15 @@ impl Hub {
         Ok(hub)
     }
 
+    /// The hub's tuning.
     pub fn config(&self) -> &HubConfig {
         &self.0.config
     }
+    /// The pool the hub reads the log with.
     pub fn pool(&self) -> &PgPool {
         &self.0.pool
     }
+    /// Cancelled when the server shuts down: every stream ends on it.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.0.shutdown
     }

@@ -35,11 +35,13 @@ impl ResetReason {
 /// A validated, authorised request for a stream.
 #[derive(Debug, Clone)]
 pub struct StreamRequest {
+    /// Whose stream it is (membership changes are tracked by this id).
     pub dispatcher_id: String,
     /// Groups named in `?groups=` (None: all of the dispatcher's groups).
     pub requested_groups: Option<Vec<String>>,
     /// The groups to deliver now (requested ∩ held).
     pub groups: Vec<String>,
+    /// Where the client resumes (`Last-Event-ID`), or `None` for a fresh start at the current position.
     pub resume_from: Option<Position>,
     /// When the token expires: the stream then sends `auth-expired` and ends.
     pub token_expires_at: DateTime<Utc>,
