@@ -29,6 +29,9 @@ struct BucketKey {
 
 type Bucket = Arc<[Delivery]>;
 
+/// Most buckets kept (or being read) at once, whatever their bytes.
+const MAX_KEPT_BUCKETS: usize = 4096;
+
 /// Shared, bounded catch-up reads (see the module).
 pub(crate) struct CatchUpReads {
     pool: PgPool,
@@ -130,13 +133,12 @@ impl CatchUpReads {
             *bytes -= size;
             cells.remove(&old);
         }
-        // Keys asked for but never read (their read failed, or is running) are not counted; keep the order
-        // list from growing without bound under repeated failures.
-        while order.len() > 4 * cells.len().max(64) {
-            if let Some((old, size)) = order.pop_front() {
-                *bytes -= size;
-                cells.remove(&old);
-            }
+        // Buckets whose read failed weigh nothing: bound their number too, so that failures over many sets of
+        // groups cannot grow the map without end.
+        while cells.len() > MAX_KEPT_BUCKETS {
+            let Some((old, size)) = order.pop_front() else { break };
+            *bytes -= size;
+            cells.remove(&old);
         }
     }
 }
