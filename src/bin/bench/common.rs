@@ -183,7 +183,10 @@ const NOTES: &str = "## How to read these figures\n\n\
   6.5 us without (groups 5 us, payload size 5 us, event type regex 6 us), and pgbench with the statement \
   of section 1 measured +0.1 ms with `synchronous_commit = off` and anything from -0.13 to +0.32 ms with it on \
   (single client, 4-6 s runs). So what section 1 adds beyond the row's own work is per-transaction latency on \
-  this VM (the commit's WAL flush grows with the row's ~1 KB), not CPU; the 1.10× target stays missed here.
+  this VM, not CPU: per transaction the row adds 2 WAL records and ~600 bytes (+17%, no full-page image, no extra \
+  flush), and with every CHECK dropped it still adds 0.1-0.25 ms, the fixed cost of one more relation in the \
+  transaction (its locks, index, identity sequence and WAL) against a ~1.2 ms transaction. The 1.10× target \
+  stays missed here.
 - **Reconnect storms (11, 12), 2026-11-30.** Profiled with `perf` and the kernel's counters (`nstat`): of the \
   35 s that 9,500 resuming clients took, almost all was the listen backlog. tokio binds with a backlog of \
   1,024; the burst overflowed it (70,398 `ListenOverflows`, 40,058 SYN retransmits) and each dropped client \
