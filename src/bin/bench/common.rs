@@ -182,8 +182,8 @@ const NOTES: &str = "## How to read these figures\n\n\
   PostgreSQL the row is cheap: 20,000 rows by one `INSERT ... SELECT` cost 23-27 us each with every CHECK and \
   6.5 us without (groups 5 us, payload size 5 us, event type regex 6 us), and pgbench with the statement \
   of section 1 measured +0.1 ms with `synchronous_commit = off` and anything from -0.13 to +0.32 ms with it on \
-  (single client, 4-6 s runs). So what section 1 adds beyond the row's own work is per-transaction latency on \
-  this VM, not CPU: per transaction the row adds 2 WAL records and ~600 bytes (+17%, no full-page image, no extra \
+  (single client, 4-6 s runs). So what section 1 adds beyond the row's own work is a fixed per-transaction cost, \
+  not the CHECKs: per transaction the row adds 2 WAL records and ~600 bytes (+17%, no full-page image, no extra \
   flush), and with every CHECK dropped it still adds 0.1-0.25 ms, the fixed cost of one more relation in the \
   transaction (its locks, index, identity sequence and WAL) against a ~1.2 ms transaction. The 1.10× target \
   stays missed here.
