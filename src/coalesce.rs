@@ -9,15 +9,13 @@
 //! Freshness is kept exactly: every caller is answered by a read that *started after it asked*, never by one
 //! already running (which may have missed a commit the caller knows of: a browser resuming from a position
 //! another instance gave it, or a dispatcher whose groups were changed a moment ago). A caller waits at most
-//! for the read in flight, the pause below and its own read.
+//! for the read in flight and its own read.
 
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
 /// Reads the values of some keys. A key absent from the answer has no value (`None` to its caller).
 type ReadFn<K, V> = dyn Fn(Vec<K>) -> BoxFuture<'static, Result<HashMap<K, V>, sqlx::Error>> + Send + Sync;
@@ -35,9 +33,6 @@ impl<K, V> Clone for Coalescer<K, V> {
 
 struct Inner<K, V> {
     read: Box<ReadFn<K, V>>,
-    /// Least time between the starts of two reads in a busy run: callers arriving meanwhile join the next
-    /// read. A caller after a quiet spell is read at once.
-    spacing: Duration,
     state: Mutex<State<K, V>>,
 }
 
@@ -52,14 +47,14 @@ where
     K: Eq + Hash + Clone + Send + 'static,
     V: Clone + Send + 'static,
 {
-    /// `read` answers a batch of distinct keys with one query; `spacing` paces reads under load (zero: the
-    /// next read starts as soon as the previous one ends).
-    pub fn new<F>(spacing: Duration, read: F) -> Self
+    /// `read` answers a batch of distinct keys with one query. The next read starts as soon as the previous
+    /// one ends, with every key asked for meanwhile.
+    pub fn new<F>(read: F) -> Self
     where
         F: Fn(Vec<K>) -> BoxFuture<'static, Result<HashMap<K, V>, sqlx::Error>> + Send + Sync + 'static,
     {
         let state = Mutex::new(State { waiting: Vec::new(), reading: false });
-        Self(Arc::new(Inner { read: Box::new(read), spacing, state }))
+        Self(Arc::new(Inner { read: Box::new(read), state }))
     }
 
     /// The value of `key` from a read that started after this call, or `None` if it has none.
@@ -84,11 +79,7 @@ where
 
     async fn read_while_waited_for(self) {
         let _reset = ResetOnExit(&self.0.state);
-        let mut last_start: Option<Instant> = None;
         loop {
-            if let Some(started) = last_start {
-                tokio::time::sleep_until(started + self.0.spacing).await;
-            }
             let batch = {
                 let mut state = lock(&self.0.state);
                 if state.waiting.is_empty() {
@@ -97,7 +88,6 @@ where
                 }
                 std::mem::take(&mut state.waiting)
             };
-            last_start = Some(Instant::now());
             let mut keys: Vec<K> = batch.iter().map(|(key, _)| key.clone()).collect();
             let mut seen = std::collections::HashSet::with_capacity(keys.len());
             keys.retain(|key| seen.insert(key.clone()));
@@ -169,7 +159,7 @@ mod tests {
         let batches: Batches = Arc::default();
         let (calls, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
         let (c, g, b) = (calls.clone(), gate.clone(), Arc::clone(&batches));
-        let coalescer = Coalescer::new(Duration::ZERO, move |keys: Vec<u32>| {
+        let coalescer = Coalescer::new(move |keys: Vec<u32>| {
             let (c, g, b) = (c.clone(), g.clone(), Arc::clone(&b));
             Box::pin(async move {
                 c.fetch_add(1, Ordering::SeqCst);

@@ -6,7 +6,6 @@ use crate::validate;
 use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::time::Duration;
 
 /// A dispatcher: who signs in to the console, and the groups whose events they receive.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -96,7 +95,7 @@ pub async fn dispatchers_by_id(pool: &PgPool, ids: &[String]) -> Result<HashMap<
 /// storm, many tabs); each request is still answered by a read that began after it arrived, so a change of
 /// membership counts from the next request on, as with a query of its own.
 pub fn dispatcher_lookup(pool: PgPool) -> Coalescer<String, Dispatcher> {
-    Coalescer::new(Duration::ZERO, move |ids: Vec<String>| {
+    Coalescer::new(move |ids: Vec<String>| {
         let pool = pool.clone();
         Box::pin(async move { dispatchers_by_id(&pool, &ids).await })
     })

@@ -323,7 +323,7 @@ impl Hub {
         let catchup =
             CatchUpReads::new(pool.clone(), config.page_size, config.catchup_reads, config.catchup_cache_bytes);
         let meta_pool = pool.clone();
-        let meta_reads = Coalescer::new(Duration::ZERO, move |_: Vec<()>| {
+        let meta_reads = Coalescer::new(move |_: Vec<()>| {
             let pool = meta_pool.clone();
             Box::pin(async move { Ok(HashMap::from([((), StreamMeta::read(&pool).await?)])) })
         });
@@ -356,10 +356,6 @@ impl Hub {
     /// The hub's tuning.
     pub fn config(&self) -> &HubConfig {
         &self.0.config
-    }
-    /// The pool the hub reads the log with.
-    pub fn pool(&self) -> &PgPool {
-        &self.0.pool
     }
     /// Cancelled when the server shuts down: every stream ends on it.
     pub fn shutdown_token(&self) -> &CancellationToken {
