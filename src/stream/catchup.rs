@@ -29,9 +29,6 @@ struct BucketKey {
 
 type Bucket = Arc<[Delivery]>;
 
-/// Most buckets kept (or being read) at once, whatever their bytes.
-const MAX_KEPT_BUCKETS: usize = 4096;
-
 /// Shared, bounded catch-up reads (see the module).
 pub(crate) struct CatchUpReads {
     pool: PgPool,
@@ -44,10 +41,12 @@ pub(crate) struct CatchUpReads {
     kept: Mutex<Kept>,
 }
 
+/// The buckets being read or kept. A bucket enters `order` (with its bytes) once its read succeeded; a
+/// failed read leaves the map, so only running reads and kept buckets are in it.
 #[derive(Default)]
 struct Kept {
     cells: HashMap<BucketKey, Arc<OnceCell<Bucket>>>,
-    /// Keys in the order they were first asked for, with their bytes once read: the oldest go first.
+    /// Kept buckets, oldest first, with their bytes.
     order: VecDeque<(BucketKey, usize)>,
     bytes: usize,
 }
@@ -77,9 +76,20 @@ impl CatchUpReads {
         sorted.sort();
         let key = BucketKey { epoch, groups: sorted, index };
         let cell = self.cell(&key);
-        let bucket =
-            cell.get_or_try_init(|| async { self.fetch(epoch, groups, lo, hi).await.map(Bucket::from) }).await?;
-        self.account(&key, bucket);
+        let read = cell
+            .get_or_try_init(|| async {
+                let bucket = Bucket::from(self.fetch(epoch, groups, lo, hi).await?);
+                self.keep(&key, &bucket);
+                Ok::<_, sqlx::Error>(bucket)
+            })
+            .await;
+        let bucket = match read {
+            Ok(bucket) => bucket,
+            Err(error) => {
+                self.forget_unread(&key, &cell);
+                return Err(error);
+            }
+        };
         let events = bucket.iter().filter(|e| e.seq > after).cloned().collect();
         Ok((events, covered))
     }
@@ -108,37 +118,32 @@ impl CatchUpReads {
         Ok(events.into_iter().map(Arc::new).collect())
     }
 
+    /// The bucket's cell: the one being read or kept, else a new one.
     fn cell(&self, key: &BucketKey) -> Arc<OnceCell<Bucket>> {
-        let mut kept = lock(&self.kept);
-        if let Some(cell) = kept.cells.get(key) {
-            return cell.clone();
-        }
-        let cell = Arc::new(OnceCell::new());
-        kept.cells.insert(key.clone(), cell.clone());
-        kept.order.push_back((key.clone(), 0));
-        cell
+        lock(&self.kept).cells.entry(key.clone()).or_default().clone()
     }
 
-    /// Counts a bucket just read against the byte bound (once), and lets the oldest go while over it. A
-    /// bucket let go stays with the streams still reading it; later streams read it again.
-    fn account(&self, key: &BucketKey, bucket: &Bucket) {
+    /// Counts a bucket just read against the byte bound, and lets the oldest go while over it. A bucket let
+    /// go stays with the streams still reading it; later streams read it again.
+    fn keep(&self, key: &BucketKey, bucket: &Bucket) {
+        let size = bucket.iter().map(|e| e.size).sum::<usize>();
         let mut kept = lock(&self.kept);
-        let Kept { order, bytes, cells } = &mut *kept;
-        if let Some(entry) = order.iter_mut().find(|(k, size)| k == key && *size == 0) {
-            entry.1 = bucket.iter().map(|e| e.size).sum::<usize>().max(1);
-            *bytes += entry.1;
-        }
+        let Kept { cells, order, bytes } = &mut *kept;
+        order.push_back((key.clone(), size));
+        *bytes += size;
         while *bytes > self.max_bytes {
             let Some((old, size)) = order.pop_front() else { break };
             *bytes -= size;
             cells.remove(&old);
         }
-        // Buckets whose read failed weigh nothing: bound their number too, so that failures over many sets of
-        // groups cannot grow the map without end.
-        while cells.len() > MAX_KEPT_BUCKETS {
-            let Some((old, size)) = order.pop_front() else { break };
-            *bytes -= size;
-            cells.remove(&old);
+    }
+
+    /// After a failed read: the next stream to ask starts a new cell (streams already waiting on this one
+    /// try again on it themselves).
+    fn forget_unread(&self, key: &BucketKey, cell: &Arc<OnceCell<Bucket>>) {
+        let mut kept = lock(&self.kept);
+        if kept.cells.get(key).is_some_and(|c| Arc::ptr_eq(c, cell) && !c.initialized()) {
+            kept.cells.remove(key);
         }
     }
 }
