@@ -2,7 +2,7 @@
 //! through the real HTTP server at 16 concurrent requests, against the same server whose generations skip
 //! the outbox row (`ServerConfig::bench_only_event_write`, a switch that exists for this baseline only).
 
-use crate::common::{Ctx, Report, fmt_int, histogram, ms, pass_word};
+use crate::common::{Ctx, Report, fmt_int, histogram, ms, pass_word, sum_workers};
 use crate::generation::{BENCH_CONTRACTORS, populate};
 use crate::stream::SECRET;
 use hdrhistogram::Histogram;
@@ -126,13 +126,7 @@ async fn drive(api: &Api, token: &str, duration: Duration) -> anyhow::Result<(u6
             anyhow::Ok((n, hist))
         }));
     }
-    let mut total = 0;
-    let mut hist = histogram();
-    for t in tasks {
-        let (n, h) = t.await??;
-        total += n;
-        hist.add(h)?;
-    }
+    let (total, hist) = sum_workers(tasks).await?;
     Ok((total, hist, started.elapsed()))
 }
 

@@ -93,6 +93,21 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }
 
+/// A load worker: how many operations it did, and their latency histogram (µs).
+pub type Worker = tokio::task::JoinHandle<anyhow::Result<(u64, Histogram<u64>)>>;
+
+/// Waits for load workers that each return how many operations they did and their latency histogram (µs),
+/// and sums them.
+pub async fn sum_workers(tasks: Vec<Worker>) -> anyhow::Result<(u64, Histogram<u64>)> {
+    let (mut total, mut hist) = (0, histogram());
+    for t in tasks {
+        let (n, h) = t.await??;
+        total += n;
+        hist.add(h)?;
+    }
+    Ok((total, hist))
+}
+
 pub fn ms(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1000.0)
 }

@@ -1,6 +1,6 @@
 //! Section 1: what the outbox row costs a realistic writer transaction.
 
-use crate::common::{Ctx, Report, fmt_int, histogram, ms, pass_word};
+use crate::common::{Ctx, Report, fmt_int, histogram, ms, pass_word, sum_workers};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -142,13 +142,7 @@ async fn drive(
             anyhow::Ok((n, hist))
         }));
     }
-    let mut total = 0;
-    let mut hist = histogram();
-    for t in tasks {
-        let (n, h) = t.await??;
-        total += n;
-        hist.add(h)?;
-    }
+    let (total, hist) = sum_workers(tasks).await?;
     Ok((total, hist, started.elapsed()))
 }
 
