@@ -73,6 +73,14 @@ fn access_revoked(position: Position) -> Bytes {
     named("access-revoked", &data, None)
 }
 
+/// `event: heartbeat` with the stream's position, as `id:` too when `with_id` (the client then has every event
+/// of its groups up to it).
+fn heartbeat_frame(position: Position, with_id: bool) -> Bytes {
+    let position = position.to_string();
+    let data = json!({ "position": position }).to_string();
+    named("heartbeat", &data, with_id.then_some(position.as_str()))
+}
+
 /// A named event of the stream itself (not from the log): `event:` and one line of `data:`, and `id:` when given.
 fn named(event: &str, data: &str, id: Option<&str>) -> Bytes {
     Frame { id, event: Some(event), data: Some(data), ..Frame::default() }.encode()
@@ -195,11 +203,7 @@ pub fn open_stream(
                                 biased;
                                 _ = &mut shutdown => break 'stream,
                                 _ = &mut pause => break,
-                                _ = heartbeat.tick() => {
-                                    let position = Position::new(epoch, sent_through).to_string();
-                                    let data = json!({ "position": position }).to_string();
-                                    yield Ok(named("heartbeat", &data, None));
-                                }
+                                _ = heartbeat.tick() => yield Ok(heartbeat_frame(Position::new(epoch, sent_through), false)),
                             }
                         }
                         continue;
@@ -251,9 +255,7 @@ pub fn open_stream(
                     if let Some(seq) = advanced {
                         sent_through = seq;
                     }
-                    let position = Position::new(epoch, sent_through).to_string();
-                    let data = json!({ "position": position }).to_string();
-                    yield Ok(named("heartbeat", &data, advanced.is_some().then_some(position.as_str())));
+                    yield Ok(heartbeat_frame(Position::new(epoch, sent_through), advanced.is_some()));
                 }
                 Step::TokenExpired => {
                     let data = json!({ "position": Position::new(epoch, sent_through).to_string() }).to_string();
