@@ -36,6 +36,21 @@ impl InvalidInput {
 /// A check's result: the checked value, or why it is refused.
 pub type Result<T, E = InvalidInput> = std::result::Result<T, E>;
 
+/// Longest part of a refused value quoted back in an error message, in characters.
+pub const ECHO_CHARS: usize = 64;
+
+/// How a refused value is quoted in an error message: Debug-quoted (so control characters show), cut
+/// after [`ECHO_CHARS`] characters with the number left out, so a 60,000-character id is not sent back
+/// whole (nor written whole into a log line).
+pub fn echo(raw: &str) -> String {
+    let total = raw.chars().count();
+    if total <= ECHO_CHARS {
+        return format!("{raw:?}");
+    }
+    let head: String = raw.chars().take(ECHO_CHARS).collect();
+    format!("{head:?}… ({} more characters)", total - ECHO_CHARS)
+}
+
 /// Text for a `text` column: no NUL, at most `max_chars` characters. Returns it unchanged.
 pub fn text<'a>(field: &str, value: &'a str, max_chars: usize) -> Result<&'a str> {
     if value.contains('\0') {
@@ -119,7 +134,7 @@ pub fn dispatcher_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
     } else {
         Err(InvalidInput::new(
             field,
-            format!("{value:?} is not a dispatcher id (letters, digits, '.', '_', '@', '-'; at most 64)"),
+            format!("{} is not a dispatcher id (letters, digits, '.', '_', '@', '-'; at most 64)", echo(value)),
         ))
     }
 }

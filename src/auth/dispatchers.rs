@@ -24,7 +24,7 @@ pub struct Dispatcher {
 #[derive(Debug, thiserror::Error)]
 pub enum DispatcherError {
     /// Not a dispatcher id; the text as given.
-    #[error("invalid dispatcher id {0:?}: letters, digits, '.', '_', '@', '-', at most 64")]
+    #[error("invalid dispatcher id {}: letters, digits, '.', '_', '@', '-', at most 64", crate::validate::echo(.0))]
     BadId(String),
     /// The name is empty, longer than `MAX_NAME_CHARS` (200) characters or holds a NUL; why.
     #[error("a dispatcher's name must be 1 to {MAX_NAME_CHARS} characters without NUL: {0}")]
@@ -33,7 +33,7 @@ pub enum DispatcherError {
     #[error(transparent)]
     BadGroup(#[from] OutboxError),
     /// No dispatcher has this id.
-    #[error("no dispatcher {0:?}")]
+    #[error("no dispatcher {}", crate::validate::echo(.0))]
     NotFound(String),
     /// A query failed.
     #[error("database error")]

@@ -45,7 +45,14 @@ pub struct Claims {
     pub iat: i64,
     /// Expires at (seconds since the epoch).
     pub exp: i64,
+    /// Not valid before (seconds since the epoch), when the issuer set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
+
+/// How far in the future a token's `nbf` and `iat` may lie, in seconds: the issuer's clock may run a
+/// little ahead of ours. `exp` gets no leeway: a stream ends at `exp` exactly, with `auth-expired`.
+pub const CLOCK_LEEWAY_SECS: i64 = 60;
 
 /// The HMAC secret tokens are signed with.
 #[derive(Clone)]
@@ -91,14 +98,17 @@ impl AuthSecret {
         let now = chrono::Utc::now().timestamp();
         let exp = i64::try_from(ttl.as_secs()).ok().and_then(|ttl| now.checked_add(ttl));
         let exp = exp.filter(|exp| validate::unix_seconds("exp", *exp).is_ok()).ok_or(AuthError::BadTtl(ttl))?;
-        let claims = Claims { sub: dispatcher_id.to_owned(), iat: now, exp };
+        let claims = Claims { sub: dispatcher_id.to_owned(), iat: now, exp, nbf: None };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Signing(e.to_string()))
     }
 
     /// The claims of a token signed with this secret, unexpired, whose claims are in their domains: `sub`
     /// is a dispatcher id (it is used in a query) and `exp` a time before 9999-12-31 (it becomes the
-    /// stream's end). A signed token can still carry anything, so the claims are checked like any input.
+    /// stream's end). A signed token can still carry anything, so the claims are checked like any input,
+    /// and every registered claim it carries is honoured: `nbf` and `iat` no later than
+    /// [`CLOCK_LEEWAY_SECS`] ahead, an `aud` only when one is expected (never here, so a token meant for
+    /// another audience is refused).
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0; // expiry is exact: the stream ends at exp with auth-expired
@@ -109,10 +119,20 @@ impl AuthSecret {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid,
             })?;
-        let in_domain =
-            validate::dispatcher_id("sub", &claims.sub).is_ok() && validate::unix_seconds("exp", claims.exp).is_ok();
-        if in_domain { Ok(claims) } else { Err(AuthError::Invalid) }
+        if claims_in_force(&claims, chrono::Utc::now().timestamp()) { Ok(claims) } else { Err(AuthError::Invalid) }
     }
+}
+
+/// Whether verified `claims` are in their domains and in force at `now` (seconds since the epoch); `exp`
+/// has been checked by the decoder.
+fn claims_in_force(claims: &Claims, now: i64) -> bool {
+    let time_ok = |field: &str, seconds: i64| validate::unix_seconds(field, seconds).is_ok();
+    let not_ahead = |seconds: i64| seconds <= now.saturating_add(CLOCK_LEEWAY_SECS);
+    validate::dispatcher_id("sub", &claims.sub).is_ok()
+        && time_ok("exp", claims.exp)
+        && time_ok("iat", claims.iat)
+        && not_ahead(claims.iat)
+        && claims.nbf.is_none_or(|nbf| time_ok("nbf", nbf) && not_ahead(nbf))
 }
 
 #[cfg(test)]
@@ -147,7 +167,7 @@ mod tests {
     fn signed_tokens_whose_claims_are_outside_their_domains_are_invalid() {
         let secret = AuthSecret::new(&[4u8; 32]).unwrap();
         let forge = |sub: &str, exp: i64| {
-            let claims = Claims { sub: sub.to_owned(), iat: 0, exp };
+            let claims = Claims { sub: sub.to_owned(), iat: 0, exp, nbf: None };
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &secret.encoding).unwrap()
         };
         let in_an_hour = chrono::Utc::now().timestamp() + 3600;
@@ -155,6 +175,42 @@ mod tests {
         assert_eq!(secret.verify(&forge("al\0ice", in_an_hour)), Err(AuthError::Invalid));
         assert_eq!(secret.verify(&forge("", in_an_hour)), Err(AuthError::Invalid));
         assert_eq!(secret.verify(&forge("alice", i64::MAX)), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_or_issued_in_the_future_is_invalid() {
+        let secret = AuthSecret::new(&[6u8; 32]).unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let forge = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &secret.encoding).unwrap()
+        };
+        let exp = now + 7200;
+        let hour = 3600;
+        assert_eq!(
+            secret.verify(&forge(serde_json::json!({"sub": "a", "iat": now, "exp": exp, "nbf": now + hour}))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            secret.verify(&forge(serde_json::json!({"sub": "a", "iat": now + hour, "exp": exp}))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            secret.verify(&forge(serde_json::json!({"sub": "a", "iat": now, "exp": exp, "nbf": "soon"}))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            secret.verify(&forge(serde_json::json!({"sub": "a", "iat": now, "exp": exp, "aud": "other-app"}))),
+            Err(AuthError::Invalid)
+        );
+        // Within the leeway, and in the past: accepted.
+        assert!(
+            secret.verify(&forge(serde_json::json!({"sub": "a", "iat": now + 5, "exp": exp, "nbf": now + 10}))).is_ok()
+        );
+        assert!(
+            secret
+                .verify(&forge(serde_json::json!({"sub": "a", "iat": now - hour, "exp": exp, "nbf": now - hour})))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -10,6 +10,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// Longest error message sent, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+
 /// An error answer in the contract's shape: `status` with the body
 /// `{"error": {"code": "<code>", "message": "<message>"}}`.
 #[derive(Debug)]
@@ -24,8 +27,15 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error of `status` with `code` and `message`.
+    /// `message` is cut after [`MAX_MESSAGE_CHARS`] characters: values echoed into it are bounded by
+    /// [`crate::validate::echo`], and this is the net for any that are not.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        let mut message = message.into();
+        if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            message.truncate(cut);
+            message.push('…');
+        }
+        Self { status, code, message }
     }
     /// 400 with `code`.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {

@@ -5,6 +5,7 @@ use super::{ApiError, AppState};
 use crate::outbox::GroupKey;
 use crate::position::Position;
 use crate::stream::{StreamRequest, open_stream};
+use crate::validate::echo;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -27,16 +28,36 @@ struct EventsQuery {
 
 /// The resume position: the `Last-Event-ID` header, else `?lastEventId=`. The header wins because a
 /// browser's automatic reconnect sends a newer header than the URL it was first opened with.
+///
+/// A source that is empty or blank names no position and falls through to the next one: some
+/// EventSource polyfills send `Last-Event-ID:` empty on their first connect, and taking that as "start
+/// at the head" would skip every event between the query's position and the head without a word.
+/// Repeated headers must agree (after trimming); two different positions are a 400, not a guess.
+/// Errors: 400 `bad_last_event_id` for a position that does not parse, a header that is not UTF-8 or
+/// headers that disagree.
 fn resume_position(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Position>, ApiError> {
-    let header = headers.get("last-event-id").map(|v| v.to_str().unwrap_or("\u{0}"));
-    let raw = match header.or(query) {
-        None => return Ok(None),
-        Some(raw) if raw.trim().is_empty() => return Ok(None),
-        Some(raw) => raw.trim(),
-    };
+    let mut named: Option<&str> = None;
+    for value in headers.get_all("last-event-id") {
+        let value = value.to_str().map_err(|_| {
+            ApiError::bad_request("bad_last_event_id", "the Last-Event-ID header is not UTF-8 text".to_owned())
+        })?;
+        let value = value.trim();
+        match named {
+            _ if value.is_empty() => {}
+            None => named = Some(value),
+            Some(earlier) if earlier == value => {}
+            Some(earlier) => {
+                return Err(ApiError::bad_request(
+                    "bad_last_event_id",
+                    format!("two different Last-Event-ID headers ({} and {}): send one", echo(earlier), echo(value)),
+                ));
+            }
+        }
+    }
+    let Some(raw) = named.or_else(|| query.map(str::trim).filter(|q| !q.is_empty())) else { return Ok(None) };
     raw.parse::<Position>()
         .map(Some)
-        .map_err(|e| ApiError::bad_request("bad_last_event_id", format!("invalid Last-Event-ID {raw:?}: {e}")))
+        .map_err(|e| ApiError::bad_request("bad_last_event_id", format!("invalid Last-Event-ID {}: {e}", echo(raw))))
 }
 
 /// `?groups=a,b`: absent means all of the dispatcher's groups. Present, it must name at least one group and
@@ -106,6 +127,74 @@ mod tests {
         headers.insert("last-event-id", HeaderValue::from_static("0000000a-5"));
         let p = resume_position(&headers, Some("0000000a-3")).unwrap().unwrap();
         assert_eq!(p.seq, 5);
+    }
+
+    /// Every way a position can arrive: each header (absent, empty, blank, a position, garbage), repeated
+    /// or not, with each query (the same kinds). The header's position wins when it names one; a header
+    /// that names none never hides the query's; garbage anywhere that is consulted is a 400.
+    mod every_way_a_position_arrives {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Source {
+            Empty,
+            Blank(String),
+            Position(i64),
+            Garbage,
+        }
+
+        impl Source {
+            fn text(&self) -> String {
+                match self {
+                    Source::Empty => String::new(),
+                    Source::Blank(b) => b.clone(),
+                    Source::Position(seq) => format!(" 0000000a-{seq}\t"),
+                    Source::Garbage => "nope".to_owned(),
+                }
+            }
+        }
+
+        fn source() -> impl Strategy<Value = Source> {
+            prop_oneof![
+                Just(Source::Empty),
+                "[ \t]{1,4}".prop_map(Source::Blank),
+                (0i64..1_000_000).prop_map(Source::Position),
+                Just(Source::Garbage),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn the_first_source_that_names_a_position_is_used(
+                headers in proptest::collection::vec(source(), 0..3),
+                query in proptest::option::of(source()),
+            ) {
+                let mut map = HeaderMap::new();
+                for h in &headers {
+                    map.append("last-event-id", HeaderValue::from_str(&h.text()).unwrap());
+                }
+                let query_text = query.as_ref().map(Source::text);
+                let got = resume_position(&map, query_text.as_deref()).map(|p| p.map(|p| p.seq));
+
+                let named: Vec<&Source> =
+                    headers.iter().filter(|h| matches!(h, Source::Position(_) | Source::Garbage)).collect();
+                let expected: Result<Option<i64>, ()> = match named.first() {
+                    Some(Source::Position(seq)) if named.iter().all(|h| matches!(h, Source::Position(s) if s == seq)) => Ok(Some(*seq)),
+                    Some(_) => Err(()),
+                    None => match &query {
+                        Some(Source::Position(seq)) => Ok(Some(*seq)),
+                        Some(Source::Garbage) => Err(()),
+                        _ => Ok(None),
+                    },
+                };
+                match (got, expected) {
+                    (Ok(got), Ok(expected)) => prop_assert_eq!(got, expected),
+                    (Err(error), Err(())) => prop_assert_eq!(error.code, "bad_last_event_id"),
+                    (got, expected) => prop_assert!(false, "got {:?}, expected {:?}", got.map_err(|e| e.message), expected),
+                }
+            }
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub fn router() -> Router<AppState> {
 
 /// An id that is not a UUID cannot name a job: 404 like any unknown id.
 fn job_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::not_found(format!("no job {raw:?}")))
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found(format!("no job {}", validate::echo(raw))))
 }
 
 /// The job, if it exists and the caller may act on its region.
@@ -62,7 +62,10 @@ async fn list_jobs(
 ) -> Result<Json<Vec<Job>>, ApiError> {
     let regions = match query.region.filter(|r| !r.is_empty()) {
         Some(region) if !validate::is_key(&region) => {
-            return Err(ApiError::bad_request("invalid_input", format!("{region:?} is not a region key")));
+            return Err(ApiError::bad_request(
+                "invalid_input",
+                format!("{} is not a region key", validate::echo(&region)),
+            ));
         }
         Some(region) if current.may_see_region(&region) => vec![region],
         Some(region) => return Err(ApiError::forbidden(format!("you are not in group region:{region}"))),

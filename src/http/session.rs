@@ -81,7 +81,7 @@ async fn dev_session(
     crate::validate::dispatcher_id("dispatcherId", &body.dispatcher_id)?;
     let dispatcher = auth::dispatcher(&state.pool, &body.dispatcher_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no dispatcher {:?}", body.dispatcher_id)))?;
+        .ok_or_else(|| ApiError::not_found(format!("no dispatcher {}", crate::validate::echo(&body.dispatcher_id))))?;
     let token = state.secret.issue(&dispatcher.dispatcher_id, state.dev_token_ttl)?;
     tracing::info!(dispatcher = %dispatcher.dispatcher_id, "signed in (demo login)");
     let jar = jar.add(session_cookie(token, state.dev_token_ttl.as_secs() as i64));

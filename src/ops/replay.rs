@@ -55,7 +55,7 @@ pub enum ReplayError {
         source: chrono::ParseError,
     },
     /// A `--group` that is not a group key.
-    #[error("--group {0:?} is not a group key (^[a-z0-9][a-z0-9:_-]{{0,63}}$, for example region:north)")]
+    #[error("--group {} is not a group key (^[a-z0-9][a-z0-9:_-]{{0,63}}$, for example region:north)", crate::validate::echo(.0))]
     BadGroup(String),
     /// The range is empty, reversed, mixes positions and times, or a time is outside years 1 to 9999; the
     /// message says which.

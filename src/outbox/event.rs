@@ -20,13 +20,13 @@ pub const ENVELOPE_KEYS: [&str; 6] = ["eventId", "type", "position", "groups", "
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     /// Not a group key (`^[a-z0-9][a-z0-9:_-]{0,63}$`); the text as given.
-    #[error("invalid group key {0:?}: expected ^[a-z0-9][a-z0-9:_-]{{0,63}}$, for example region:north")]
+    #[error("invalid group key {}: expected ^[a-z0-9][a-z0-9:_-]{{0,63}}$, for example region:north", crate::validate::echo(.0))]
     GroupKey(String),
     /// No groups, or more than `MAX_GROUPS` (32); how many were given.
     #[error("an event needs between 1 and {MAX_GROUPS} groups, got {0}")]
     GroupCount(usize),
     /// Not an event type name (`^[A-Za-z][A-Za-z0-9_.-]{0,63}$`); the text as given.
-    #[error("invalid event type {0:?}: expected ^[A-Za-z][A-Za-z0-9_.-]{{0,63}}$")]
+    #[error("invalid event type {}: expected ^[A-Za-z][A-Za-z0-9_.-]{{0,63}}$", crate::validate::echo(.0))]
     EventType(String),
     /// The payload is not a JSON object.
     #[error("the payload must be a JSON object")]
@@ -35,7 +35,7 @@ pub enum OutboxError {
     #[error("the payload is {0} bytes; the limit is {MAX_PAYLOAD_BYTES}")]
     PayloadTooLarge(usize),
     /// The payload has a top-level key the envelope owns (`ENVELOPE_KEYS`, for example `position`); that key.
-    #[error("the payload may not contain the envelope field {0:?}")]
+    #[error("the payload may not contain the envelope field {}", crate::validate::echo(.0))]
     PayloadEnvelopeKey(String),
     /// A string or key of the payload holds U+0000.
     #[error("the payload contains the NUL character (U+0000), which PostgreSQL's jsonb cannot store")]

@@ -16,7 +16,7 @@ pub enum RecommendationError {
         message: String,
     },
     /// No region has this key (a job names its region).
-    #[error("unknown region {0:?}")]
+    #[error("unknown region {}", crate::validate::echo(.0))]
     UnknownRegion(String),
     /// No job has this id.
     #[error("job {0} not found")]

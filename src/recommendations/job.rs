@@ -70,11 +70,14 @@ impl NewJob {
             if !is_key(skill) {
                 return Err(invalid(
                     "requiredSkills",
-                    format!("{skill:?} is not a skill (^[a-z0-9][a-z0-9_-]{{0,31}}$, for example hvac)"),
+                    format!(
+                        "{} is not a skill (^[a-z0-9][a-z0-9_-]{{0,31}}$, for example hvac)",
+                        crate::validate::echo(skill)
+                    ),
                 ));
             }
             if self.required_skills[..i].contains(skill) {
-                return Err(invalid("requiredSkills", format!("{skill:?} is listed twice")));
+                return Err(invalid("requiredSkills", format!("{} is listed twice", crate::validate::echo(skill))));
             }
         }
         let Location { lat, lon } = self.location;

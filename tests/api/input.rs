@@ -147,6 +147,47 @@ async fn a_signed_token_whose_claims_are_outside_their_domains_is_a_401_not_a_50
 }
 
 #[tokio::test]
+async fn a_token_not_yet_valid_or_for_another_audience_is_a_401_invalid_token() {
+    let (_db, app) = seeded().await;
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+    let now = chrono::Utc::now().timestamp();
+    let forge = |extra: serde_json::Value| {
+        let mut claims = json!({ "sub": "alice", "iat": now, "exp": now + 7200 });
+        claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    for extra in [json!({"nbf": now + 3600}), json!({"iat": now + 3600}), json!({"aud": "payroll"})] {
+        let me = http().get(app.url("/api/me")).bearer_auth(forge(extra.clone())).send().await.unwrap();
+        assert_eq!(refusal(me).await.0, 401, "{extra}");
+        let me = http().get(app.url("/api/me")).bearer_auth(forge(extra.clone())).send().await.unwrap();
+        assert_eq!(refusal(me).await.1, "invalid_token", "{extra}");
+    }
+    let me = http().get(app.url("/api/me")).bearer_auth(forge(json!({"nbf": now - 10}))).send().await.unwrap();
+    assert_eq!(me.status(), 200, "an nbf in the past is fine");
+}
+
+#[tokio::test]
+async fn a_refused_value_is_echoed_bounded_not_whole() {
+    let (_db, app) = seeded().await;
+    let alice = token("alice");
+    let long = "x".repeat(60_000);
+    let mut job = new_job();
+    job["requiredSkills"] = json!([long]);
+    let refusals = [
+        http().post(app.url("/api/jobs")).bearer_auth(&alice).json(&job).send().await.unwrap(),
+        http().post(app.url("/api/dev/session")).json(&json!({"dispatcherId": long})).send().await.unwrap(),
+        http().get(app.url(&format!("/api/jobs/{}", &long[..6000]))).bearer_auth(&alice).send().await.unwrap(),
+        http().get(app.url(&format!("/api/jobs?region={}", &long[..6000]))).bearer_auth(&alice).send().await.unwrap(),
+    ];
+    for response in refusals {
+        let (status, code, message) = refusal(response).await;
+        assert!((400..500).contains(&status), "{status} {code}");
+        assert!(message.chars().count() < 300, "{status} {code}: a {}-character message", message.chars().count());
+        assert!(message.contains("more characters"), "{message}");
+    }
+}
+
+#[tokio::test]
 async fn framework_rejections_come_in_the_error_shape_with_stable_codes() {
     let (_db, app) = seeded().await;
     let alice = token("alice");

@@ -97,6 +97,19 @@ async fn a_client_resumes_by_header_by_query_and_the_header_wins() {
     assert_eq!(both.take(2, WAIT).await.iter().map(seq_of).collect::<Vec<_>>(), vec![9, 10]);
 }
 
+#[tokio::test]
+async fn an_empty_or_blank_last_event_id_header_names_no_position_so_the_query_is_used() {
+    // Some EventSource polyfills send `Last-Event-ID:` empty on their first connect; taking that as "no
+    // position" and opening at the head skipped events 2..=5 without a word.
+    let (_db, app, alice, e) = north_log_of(5).await;
+    let query = format!("{e}-1");
+    for header in ["", " ", "\t"] {
+        let mut client = Connect::new(&alice).header(header).query(&query).open(&app.base).await;
+        let seqs: Vec<i64> = client.take(4, WAIT).await.iter().map(seq_of).collect();
+        assert_eq!(seqs, vec![2, 3, 4, 5], "Last-Event-ID: {header:?} with ?lastEventId={query}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_seam_between_backlog_and_live_has_no_gap_and_no_duplicate_while_events_keep_arriving() {
     let db = TestDb::new().await;
