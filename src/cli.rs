@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// Most memory the resume window may hold, in MiB (the oldest events go first).
     #[arg(long, env = "SMARTSCHEDULER_RESUME_WINDOW_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub resume_window_mib: u32,
+    /// Event streams one dispatcher may hold on this instance; more get 429 `too_many_streams`. The
+    /// console shares one stream between the tabs of a browser, so this allows many browsers and devices.
+    #[arg(long, env = "SMARTSCHEDULER_MAX_STREAMS_PER_DISPATCHER", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_streams_per_dispatcher: u32,
     /// For the benchmark's comparison only: the stream design before issue 14 (no resume window, no
     /// catch-up queue, a catch-up read that finds the pool busy ends the stream).
     #[arg(long, hide = true)]

@@ -103,9 +103,12 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    // Bind first: a taken port is found before migrations run or a relay starts.
+    let listener = crate::server::bind(args.addr)?;
     let pool = connect_with_patience(url, args.db_pool_size).await?;
     crate::db::migrate(&pool).await?;
     let mut config = ServerConfig::new(args.addr);
+    config.streams_per_dispatcher = args.max_streams_per_dispatcher as usize;
     config.hub.catchup_reads = args.catchup_reads as usize;
     config.hub.window_events = args.resume_window_events;
     config.hub.window_bytes = (args.resume_window_mib as usize) << 20;
@@ -118,7 +121,7 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
     config.static_dir = args.static_dir;
     config.relay = args.relay.config();
     let shutdown = shutdown_on_signal();
-    let server = Server::start(pool, config, secret, shutdown).await?;
+    let server = Server::start_on(listener, pool, config, secret, shutdown).await?;
     let addr = server.local_addr()?;
     println!("smartscheduler listening on http://{addr}");
     if !has_console {

@@ -11,6 +11,12 @@ pub const OUTBOX_PENDING: &str = "smartscheduler_outbox_pending";
 pub const PUBLISH_LAG: &str = "smartscheduler_publish_lag_seconds";
 /// Gauge: open event streams.
 pub const SSE_CONNECTIONS: &str = "smartscheduler_sse_connections";
+/// Counter, labelled `reason` (`per_dispatcher`, `instance`): event streams refused at a limit.
+pub const SSE_STREAMS_REFUSED: &str = "smartscheduler_sse_streams_refused_total";
+/// Counter: connections closed before their request head arrived, to make room (see `http::admission`).
+pub const CONNECTIONS_EVICTED: &str = "smartscheduler_http_connections_evicted_total";
+/// Counter: connections refused because every connection was taken.
+pub const CONNECTIONS_REFUSED: &str = "smartscheduler_http_connections_refused_total";
 /// Counter: events written to event streams.
 pub const SSE_EVENTS_SENT: &str = "smartscheduler_sse_events_sent_total";
 /// Counter: streams that fell behind the live fan-out and read from the database.
@@ -58,6 +64,12 @@ fn describe() {
     metrics::describe_gauge!(OUTBOX_PENDING, "Rows in the outbox waiting to be published.");
     metrics::describe_histogram!(PUBLISH_LAG, "Seconds from an outbox row's creation to its publish.");
     metrics::describe_gauge!(SSE_CONNECTIONS, "Open event streams.");
+    metrics::describe_counter!(SSE_STREAMS_REFUSED, "Event streams refused at the per-dispatcher or instance limit.");
+    metrics::describe_counter!(
+        CONNECTIONS_EVICTED,
+        "Connections closed before their request head arrived, to make room."
+    );
+    metrics::describe_counter!(CONNECTIONS_REFUSED, "Connections refused because every connection was taken.");
     metrics::describe_counter!(SSE_EVENTS_SENT, "Events written to event streams.");
     metrics::describe_counter!(SSE_CATCHUP, "Streams that fell behind the live fan-out and read from the database.");
     metrics::describe_gauge!(
@@ -85,9 +97,16 @@ fn describe() {
 /// Touches every contract metric so that `/metrics` lists it from the start (the exporter renders only
 /// metrics it has seen): a scrape before the first event must still find the names.
 fn register_at_zero() {
-    for counter in
-        [EVENTS_PUBLISHED, SSE_EVENTS_SENT, SSE_CATCHUP, SSE_BACKLOG_READS, LISTENER_RECONNECTS, OUTBOX_PARKED]
-    {
+    for counter in [
+        EVENTS_PUBLISHED,
+        SSE_EVENTS_SENT,
+        SSE_CATCHUP,
+        SSE_BACKLOG_READS,
+        LISTENER_RECONNECTS,
+        OUTBOX_PARKED,
+        CONNECTIONS_EVICTED,
+        CONNECTIONS_REFUSED,
+    ] {
         metrics::counter!(counter).absolute(0);
     }
     metrics::gauge!(SSE_CONNECTIONS).set(0.0);

@@ -2,7 +2,8 @@
 //! cleanly: stop accepting, end open streams (clients resume elsewhere), finish the relay batch in flight.
 
 use crate::auth::AuthSecret;
-use crate::http::{AppState, AppStateInner, router, stream_connection};
+use crate::http::admission::{Admission, ConnectionLimits};
+use crate::http::{AppState, AppStateInner, connection, router};
 use crate::outbox::RelayWaker;
 use crate::relay::{Relay, RelayConfig};
 use crate::stream::{Hub, HubConfig};
@@ -11,6 +12,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,11 @@ pub struct ServerConfig {
     pub retention_interval: Duration,
     /// How often the number of open event streams is checked; it is logged when it changed.
     pub stream_count_interval: Duration,
+    /// Event streams one dispatcher may hold on this instance (`--max-streams-per-dispatcher`).
+    pub streams_per_dispatcher: usize,
+    /// Connection and stream budgets. `None`: derived from the descriptor limit, which `serve` raises to
+    /// its hard limit first ([`ConnectionLimits::from_descriptors`]).
+    pub connection_limits: Option<ConnectionLimits>,
     /// BENCHMARK ONLY (`smartscheduler-bench --only 10`, its baseline): `EventWrite::BenchOnlySkip` makes
     /// `POST /api/jobs/{id}/recommendations` store sets without their event. `serve` never sets it.
     #[doc(hidden)]
@@ -56,6 +63,8 @@ impl ServerConfig {
             dev_token_ttl: Duration::from_secs(8 * 3600),
             retention_interval: Duration::from_secs(3600),
             stream_count_interval: Duration::from_secs(10),
+            streams_per_dispatcher: crate::stream::DEFAULT_STREAMS_PER_DISPATCHER,
+            connection_limits: None,
             bench_only_event_write: crate::recommendations::EventWrite::Write,
         }
     }
@@ -64,6 +73,7 @@ impl ServerConfig {
 /// A started server: bound, hub listening, relay running.
 pub struct Server {
     listener: TcpListener,
+    admission: Arc<Admission>,
     waker: RelayWaker,
     app: axum::Router,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -71,13 +81,37 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds and starts the background work. `pool` must be migrated.
+    /// Binds `config.addr`, then starts the background work. `pool` must be migrated.
     pub async fn start(
         pool: PgPool,
         config: ServerConfig,
         secret: AuthSecret,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let listener = bind(config.addr)?;
+        Self::start_on(listener, pool, config, secret, shutdown).await
+    }
+
+    /// Starts the background work and serves on `listener` (from [`bind`], done before anything else so
+    /// that a taken port is found before migrations run or a relay starts). `pool` must be migrated.
+    pub async fn start_on(
+        listener: TcpListener,
+        pool: PgPool,
+        config: ServerConfig,
+        secret: AuthSecret,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let limits = config.connection_limits.unwrap_or_else(|| {
+            let descriptors = crate::http::admission::raise_descriptor_limit().unwrap_or(1024);
+            ConnectionLimits::from_descriptors(descriptors, pool.options().get_max_connections())
+        });
+        tracing::info!(
+            connections = limits.max_connections,
+            streams = limits.max_streams,
+            streams_per_dispatcher = config.streams_per_dispatcher,
+            pending_heads = limits.max_pending_heads,
+            "connection limits"
+        );
         let node_id = Uuid::new_v4();
         let waker = RelayWaker::new();
         // Every background task runs under the supervisor: restarted after a panic, and reported by /readyz
@@ -120,18 +154,10 @@ impl Server {
             dev_token_ttl: config.dev_token_ttl,
             supervisor,
             event_write: config.bench_only_event_write,
+            stream_limits: crate::stream::StreamLimits::new(config.streams_per_dispatcher, limits.max_streams),
         });
         let app = router(state, config.static_dir.clone());
-        let listener = listen(config.addr).map_err(|e| {
-            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
-                "the address is in use (another server listens there); pick another with --addr or SMARTSCHEDULER_ADDR"
-                    .to_owned()
-            } else {
-                e.to_string()
-            };
-            anyhow::anyhow!("cannot listen on {}: {why}", config.addr)
-        })?;
-        Ok(Self { listener, waker, app, tasks, shutdown })
+        Ok(Self { listener, admission: Admission::new(limits), waker, app, tasks, shutdown })
     }
 
     /// The doorbell of this server's relay, for writers in the same process (as the API's own writers use).
@@ -149,48 +175,20 @@ impl Server {
     /// HTTP/1.1 only: browsers speak HTTP/1.1 to a plain-HTTP origin anyway, and the HTTP/1 + HTTP/2
     /// auto-detecting connection that `axum::serve` uses costs more memory per idle connection, which
     /// matters for thousands of open event streams. A connection that opens with the event stream is
-    /// served by [`stream_connection`] (smaller still); every other one by hyper's HTTP/1 connection.
+    /// served by [`crate::http::stream_connection`] (smaller still); every other one by hyper's HTTP/1 connection.
     pub async fn run(self) -> anyhow::Result<()> {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         // Every connection's task, so that shutdown can wait for the streams to end.
         let connections = tokio_util::task::TaskTracker::new();
-        let service = hyper_util::service::TowerToHyperService::new(self.app.clone());
-        loop {
-            let (stream, _peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        // Out of file descriptors and the like: keep serving the connections we have.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = self.shutdown.cancelled() => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let (app, service, watcher) = (self.app.clone(), service.clone(), graceful.watcher());
-            let shutdown = self.shutdown.clone();
-            connections.spawn(async move {
-                // A connection that has not sent a byte yet (a browser's preconnect) must not hold up shutdown.
-                let opens_stream = tokio::select! {
-                    opens = stream_connection::opens_event_stream(&stream) => opens,
-                    _ = shutdown.cancelled() => return,
-                };
-                if opens_stream {
-                    return stream_connection::serve(stream, app, shutdown).await;
-                }
-                // Boxed, so that the lean transport's tasks are not sized for hyper's connection state.
-                Box::pin(async move {
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                    if let Err(error) = watcher.watch(connection).await {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                })
-                .await
-            });
-        }
+        connection::accept_loop(
+            &self.listener,
+            self.admission.clone(),
+            self.app.clone(),
+            &graceful,
+            &connections,
+            &self.shutdown,
+        )
+        .await;
         // Open streams end on the same token; idle keep-alive connections are closed here.
         graceful.shutdown().await;
         connections.close();
@@ -207,6 +205,20 @@ impl Server {
 /// client waits for its SYN to be resent (1 s, then 3 s, 7 s, ...): the reconnect storm benchmark measured
 /// 70,000 drops and 35 s for 9,500 clients. Linux caps this at `net.core.somaxconn` (4,096 by default).
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` for HTTP. Errors: the address is taken (said in words that name the flag to change) or
+/// cannot be bound.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    listen(addr).map_err(|e| {
+        let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "the address is in use (another server listens there); pick another with --addr or SMARTSCHEDULER_ADDR"
+                .to_owned()
+        } else {
+            e.to_string()
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {why}")
+    })
+}
 
 /// Binds `addr` for HTTP with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as `TcpListener::bind` sets it, so
 /// that a restart does not wait for the old connections' TIME_WAIT).

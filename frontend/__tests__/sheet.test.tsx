@@ -53,6 +53,7 @@ function fakeApi(overrides: Partial<Api> = {}): Api & { [K in keyof Api]: Return
     jobs: vi.fn(async () => [job(NORTH_JOB, 'Boiler repair'), job(OTHER_JOB, 'Heat pump service')]),
     recommendations: vi.fn(async () => set('set-1', ['Ada', 'Grace'])),
     generate: vi.fn(async () => set('set-gen', ['Linus'])),
+    streamRefusal: vi.fn(async () => null),
     ...overrides,
   } as never;
 }
@@ -348,6 +349,17 @@ describe('refused stream', () => {
     await screen.findByTestId('whoami');
     await waitFor(() => expect(FakeEventSource.instances).toHaveLength(2));
     expect(FakeEventSource.last.searchParams.get('lastEventId')).toBe(`${E}-3`);
+  });
+
+  it('says so on the page when the dispatcher has too many streams open, until the stream is live', async () => {
+    const message = 'you have 32 event streams open on this server, the most one dispatcher may; close other tabs or devices';
+    const api = fakeApi({ streamRefusal: vi.fn(async () => new ApiError(429, 'too_many_streams', message)) });
+    await openSheet(api);
+    act(() => FakeEventSource.last.failForGood());
+    expect((await screen.findByTestId('stream-refused')).textContent).toContain('close other tabs or devices');
+    await waitFor(() => expect(FakeEventSource.instances).toHaveLength(2), { timeout: 2000 });
+    act(() => FakeEventSource.last.open());
+    await waitFor(() => expect(screen.queryByTestId('stream-refused')).toBeNull());
   });
 
   it('keeps retrying when the session is still valid', async () => {

@@ -16,7 +16,13 @@ type Auth = { kind: 'loading' } | { kind: 'signedOut' } | { kind: 'signedIn'; me
 export function App({ api = defaultApi, client = getRealtimeClient() }: Props) {
   const [auth, setAuth] = useState<Auth>({ kind: 'loading' });
   const [notice, setNotice] = useState<string | null>(null);
+  // Why the server refuses this console's stream (too many streams), while it does.
+  const [refusal, setRefusal] = useState<string | null>(null);
   const view = useConnectionView(client);
+  const live = view.status === 'live';
+  useEffect(() => {
+    if (live) setRefusal(null);
+  }, [live]);
 
   const checkSession = useCallback(async () => {
     setAuth({ kind: 'loading' });
@@ -48,13 +54,21 @@ export function App({ api = defaultApi, client = getRealtimeClient() }: Props) {
     onAuthExpired: sessionExpired,
     // The stream was refused (EventSource hides the status): if it is our session,
     // stop retrying and ask for a new sign-in; otherwise the client keeps backing off.
+    // A refusal that is not about the session (too many streams) is said on the page while the client
+    // keeps backing off, so that the dispatcher knows to close other tabs or devices.
     onClosed: () => {
-      api.me().catch((err: unknown) => {
-        if (err instanceof ApiError && err.status === 401 && !client.authExpired) {
-          client.stop();
-          sessionExpired();
-        }
-      });
+      api
+        .me()
+        .then(async () => {
+          const why = await api.streamRefusal();
+          if (why && (why.code === 'too_many_streams' || why.code === 'server_busy')) setRefusal(why.message);
+        })
+        .catch((err: unknown) => {
+          if (err instanceof ApiError && err.status === 401 && !client.authExpired) {
+            client.stop();
+            sessionExpired();
+          }
+        });
     },
   });
 
@@ -118,6 +132,11 @@ export function App({ api = defaultApi, client = getRealtimeClient() }: Props) {
           Sign out
         </button>
       </header>
+      {refusal && (
+        <p className="notice notice--offline stream-refused" role="alert" data-testid="stream-refused">
+          {refusal} · retrying
+        </p>
+      )}
       <Console key={me.dispatcherId} me={me} api={api} client={client} connection={view} />
     </div>
   );

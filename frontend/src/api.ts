@@ -79,6 +79,29 @@ async function request<T>(method: string, path: string, body?: unknown): Promise
   return json as T;
 }
 
+/**
+ * Why the event stream is refused, which an EventSource cannot tell (it only sees an error): asks once
+ * with fetch and reads the answer's error, or `null` when the stream opens (the probe then hangs up at
+ * once) or the server cannot be reached. Called only after the browser gave up on a stream.
+ */
+async function streamRefusal(): Promise<ApiError | null> {
+  const abort = new AbortController();
+  try {
+    const res = await fetch('/api/events', {
+      credentials: 'same-origin',
+      headers: { Accept: 'text/event-stream' },
+      signal: abort.signal,
+    });
+    if (res.ok) return null;
+    const body = (await res.json().catch(() => undefined)) as { error?: { code?: string; message?: string } } | undefined;
+    return new ApiError(res.status, body?.error?.code ?? `http_${res.status}`, body?.error?.message ?? res.statusText);
+  } catch {
+    return null;
+  } finally {
+    abort.abort();
+  }
+}
+
 export const api = {
   me: () => request<Me>('GET', '/api/me'),
   devDispatchers: () => request<Me[]>('GET', '/api/dev/dispatchers'),
@@ -91,6 +114,7 @@ export const api = {
     request<RecommendationSet>('GET', `/api/jobs/${encodeURIComponent(jobId)}/recommendations`),
   generate: (jobId: string) =>
     request<RecommendationSet>('POST', `/api/jobs/${encodeURIComponent(jobId)}/recommendations`),
+  streamRefusal,
 };
 
 export type Api = typeof api;

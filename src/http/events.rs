@@ -4,15 +4,17 @@ use super::extract::{CurrentDispatcher, Query};
 use super::{ApiError, AppState};
 use crate::outbox::GroupKey;
 use crate::position::Position;
-use crate::stream::{StreamRequest, open_stream};
+use crate::stream::{StreamLimitError, StreamRequest, open_stream};
 use crate::validate::echo;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{TimeZone, Utc};
+use futures::StreamExt;
 use serde::Deserialize;
 
 pub fn router() -> Router<AppState> {
@@ -99,6 +101,10 @@ async fn events(
     if groups.is_empty() {
         return Err(ApiError::forbidden("you belong to no group: there is nothing to stream".to_owned()));
     }
+    let permit = match state.stream_limits.acquire(&current.dispatcher.dispatcher_id) {
+        Ok(permit) => permit,
+        Err(refusal) => return Ok(stream_refused(&refusal)),
+    };
     let meta = state.hub.current_meta().await?;
     let request = StreamRequest {
         dispatcher_id: current.dispatcher.dispatcher_id.clone(),
@@ -107,7 +113,11 @@ async fn events(
         resume_from,
         token_expires_at: Utc.timestamp_opt(current.claims.exp, 0).single().unwrap_or_else(Utc::now),
     };
-    let body = Body::from_stream(open_stream(state.hub.clone(), request, meta));
+    // The permit lives as long as the body: the stream's place is freed when its connection ends.
+    let body = Body::from_stream(open_stream(state.hub.clone(), request, meta).map(move |frame| {
+        let _held = &permit;
+        frame
+    }));
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -115,6 +125,22 @@ async fn events(
         (HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
     ];
     Ok((headers, body).into_response())
+}
+
+/// How long a refused client is told to wait (`Retry-After`, seconds).
+const RETRY_AFTER_SECS: &str = "5";
+
+/// 429 `too_many_streams` (this dispatcher's limit) or 503 `server_busy` (the instance's), with `Retry-After`.
+fn stream_refused(refusal: &StreamLimitError) -> Response {
+    let error = match refusal {
+        StreamLimitError::PerDispatcher(_) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", refusal.to_string())
+        }
+        StreamLimitError::Total(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_busy", refusal.to_string())
+        }
+    };
+    ([(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS))], error).into_response()
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! The web edge: routes, authentication extractor, errors in the contract's shape.
 
+pub mod admission;
+pub(crate) mod connection;
 mod error;
 mod events;
 mod extract;
@@ -57,6 +59,8 @@ pub struct AppStateInner {
     /// Whether `POST /api/jobs/{id}/recommendations` writes its event: always, except in the benchmark's
     /// baseline (see [`ServerConfig::bench_only_event_write`](crate::server::ServerConfig)).
     pub event_write: crate::recommendations::EventWrite,
+    /// How many event streams each dispatcher, and the instance, may hold.
+    pub stream_limits: crate::stream::StreamLimits,
 }
 
 impl AppState {
@@ -94,7 +98,20 @@ pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .layer(TraceLayer::new_for_http())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
-    crate::console::serve(app, static_dir)
+    crate::console::serve(app, static_dir).layer(axum::middleware::from_fn(require_one_host))
+}
+
+/// RFC 9112, section 3.2: a server must answer 400 to an HTTP/1.1 request without a `Host` header or
+/// with more than one (an HTTP/1.0 request may lack it). Without this, a request could reach a handler
+/// with no authority to check an `Origin` against.
+async fn require_one_host(request: Request, next: Next) -> Response {
+    let hosts = request.headers().get_all(axum::http::header::HOST).iter().count();
+    if request.version() == axum::http::Version::HTTP_11 && hosts != 1 {
+        let why = if hosts == 0 { "carries no Host header" } else { "carries more than one Host header" };
+        return ApiError::bad_request("bad_request", format!("this HTTP/1.1 request {why}; it needs exactly one"))
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// HTTP request duration by route and status.

@@ -13,6 +13,7 @@
 //! the server ends it. A stream opened on a connection that served other requests first (a browser may
 //! reuse an idle keep-alive connection for it) stays on hyper, which handles it just as correctly.
 
+use super::admission::Ticket;
 use super::{ApiError, code_for_status};
 use axum::Router;
 use axum::body::{Body, HttpBody};
@@ -27,52 +28,41 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// The request line prefix this transport takes (followed by a space or `?`).
-const STREAM_REQUEST: &[u8] = b"GET /api/events";
-/// Largest request head accepted (cookies included); larger gets 431.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
-const MAX_HEADERS: usize = 64;
-/// How long a new connection may take to send its first bytes before hyper gets it anyway.
-const FIRST_BYTES_WAIT: Duration = Duration::from_secs(30);
-/// How long a client may take to send the whole request head.
-const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// True if the connection's first request is the event stream. Looks without consuming anything, so
-/// that hyper reads the same bytes when the answer is no.
-pub(crate) async fn opens_event_stream(stream: &TcpStream) -> bool {
-    let decide = async {
-        let mut seen = [0u8; STREAM_REQUEST.len() + 1];
-        loop {
-            let n = stream.peek(&mut seen).await.unwrap_or(0);
-            if n == 0 {
-                return false;
-            }
-            if n == seen.len() {
-                return seen.starts_with(STREAM_REQUEST) && matches!(seen[n - 1], b' ' | b'?');
-            }
-            if !STREAM_REQUEST.starts_with(&seen[..n]) {
-                return false;
-            }
-            // The request line arrived split (rare: it fits the first segment). peek would return the
-            // same bytes at once, so wait a moment for the rest.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(FIRST_BYTES_WAIT, decide).await.unwrap_or(false)
-}
+pub(super) const STREAM_REQUEST: &[u8] = b"GET /api/events";
+/// Largest request head accepted (cookies included), on this transport and on hyper's; larger gets 431.
+pub(super) const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header lines in a request head, on both transports; more gets 431.
+pub(super) const MAX_HEADERS: usize = 64;
 
 /// Serves the connection's one request through `app` and streams the response. The stream itself ends on
 /// the server's shutdown token; `shutdown` here only stops waiting for a request that has not arrived.
-pub(crate) async fn serve(mut stream: TcpStream, app: Router, shutdown: CancellationToken) {
+/// `first_bytes` are the bytes of the head that the caller read already.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    first_bytes: Vec<u8>,
+    ticket: &Ticket,
+    head_timeout: Duration,
+    app: Router,
+    shutdown: CancellationToken,
+) {
     let head = tokio::select! {
-        head = tokio::time::timeout(HEAD_READ_TIMEOUT, read_request(&mut stream)) => head,
+        head = tokio::time::timeout(head_timeout, read_request(&mut stream, first_bytes)) => head,
+        // Too slow to be anything but one of a flood of half-sent heads: closed to make room.
+        _ = ticket.evicted() => return,
         _ = shutdown.cancelled() => return,
     };
+    ticket.head_received();
     let request = match head {
         Ok(Ok(Some(request))) => request,
         Ok(Ok(None)) => return, // the client left before sending a whole request
         // The client started a request and did not finish it in time: say so before closing.
         Err(_) => {
-            let _ = write_response(&mut stream, error_response(StatusCode::REQUEST_TIMEOUT), true).await;
+            let timeout = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request head did not arrive within {}s", head_timeout.as_secs()),
+            );
+            let _ = write_response(&mut stream, timeout.into_response(), true).await;
             return;
         }
         Ok(Err(status)) => {
@@ -99,8 +89,10 @@ async fn drain_before_close(stream: &mut TcpStream) {
 }
 
 /// Reads and parses the request head. `Err` is the status to answer with.
-async fn read_request(stream: &mut TcpStream) -> Result<Option<Request<Body>>, StatusCode> {
-    let mut head = Vec::with_capacity(1024);
+async fn read_request(stream: &mut TcpStream, mut head: Vec<u8>) -> Result<Option<Request<Body>>, StatusCode> {
+    if let Some(request) = parse_head(&head)? {
+        return Ok(Some(request));
+    }
     loop {
         if head.len() == head.capacity() {
             head.reserve(head.capacity()); // double, so a large head is parsed a few times, not per 64 bytes
@@ -159,9 +151,6 @@ fn to_request(parsed: &httparse::Request<'_, '_>) -> Result<Request<Body>, Statu
 pub(super) fn error_response(status: StatusCode) -> Response<Body> {
     let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
     let message = match status {
-        StatusCode::REQUEST_TIMEOUT => {
-            format!("the request head did not arrive within {}s", HEAD_READ_TIMEOUT.as_secs())
-        }
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
             format!("the request head is over {} KiB or {MAX_HEADERS} headers", MAX_HEAD_BYTES / 1024)
         }
@@ -204,12 +193,18 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>, chunke
     drop(head);
 
     let (mut reader, mut writer) = stream.split();
-    let mut probe = [0u8; 16];
+    let mut hangup = HangupWatch::new(chunked);
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
-            // The client hung up (or sent something, which a streaming GET has no use for).
-            _ = reader.read(&mut probe) => return Ok(()),
+            seen = hangup.wait(&mut reader) => {
+                match seen {
+                    Hangup::Gone => return Ok(()),
+                    Hangup::SendProbe => hangup.send_probe(&mut writer).await?,
+                    Hangup::Nothing => {}
+                }
+                continue;
+            }
         };
         let first = match frame {
             Some(Ok(frame)) => match frame.into_data() {
@@ -242,6 +237,80 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>, chunke
         writer.write_all(b"0\r\n\r\n").await?;
     }
     writer.shutdown().await
+}
+
+/// Tells a client that hung up from one that only half-closed (shut its sending side after the request,
+/// as `curl` with a closed stdin or some proxies do) and still reads the stream.
+///
+/// A read returning end-of-file means either. So on end-of-file the stream sends a comment line (which
+/// an EventSource ignores) at once and again [`HANGUP_PROBE_GAP`] later: a client that is gone answers
+/// the first with a reset, which fails the second; a half-closed one takes both and gets the stream.
+/// After that, heartbeats find out the same way if it goes later.
+#[derive(Debug)]
+struct HangupWatch {
+    /// Whether the body is sent in HTTP/1.1 chunks (the probe must be one too).
+    chunked: bool,
+    /// End-of-file seen; how many probes were sent since.
+    read_closed: Option<u8>,
+}
+
+/// Pause between the two probes of a half-closed connection: more than a round trip on any link a
+/// browser uses, so a reset answering the first has arrived.
+const HANGUP_PROBE_GAP: Duration = Duration::from_millis(500);
+/// An SSE comment line: an EventSource ignores it.
+const PROBE_COMMENT: &[u8] = b":\n\n";
+
+/// What the watch saw.
+#[derive(Debug, PartialEq)]
+enum Hangup {
+    /// The client is gone: end the stream.
+    Gone,
+    /// Send a probe now (outside any `select!`, so that a write is never cut in half), then call
+    /// [`HangupWatch::probe_sent`].
+    SendProbe,
+    /// The client sent bytes a streaming GET has no use for; they were dropped.
+    Nothing,
+}
+
+impl HangupWatch {
+    fn new(chunked: bool) -> Self {
+        Self { chunked, read_closed: None }
+    }
+
+    /// Waits for the next thing to do about the client's side of the connection; pending forever once
+    /// the client proved to be half-closed and alive. Cancel-safe.
+    async fn wait(&mut self, reader: &mut tokio::net::tcp::ReadHalf<'_>) -> Hangup {
+        match self.read_closed {
+            None => {
+                let mut sink = [0u8; 16];
+                match reader.read(&mut sink).await {
+                    Ok(0) => {
+                        self.read_closed = Some(0);
+                        Hangup::SendProbe
+                    }
+                    Ok(_) => Hangup::Nothing,
+                    Err(_) => Hangup::Gone,
+                }
+            }
+            Some(1) => {
+                tokio::time::sleep(HANGUP_PROBE_GAP).await;
+                Hangup::SendProbe
+            }
+            Some(_) => std::future::pending().await,
+        }
+    }
+
+    /// Writes the probe; `Err` when the client is gone.
+    async fn send_probe(&mut self, writer: &mut tokio::net::tcp::WriteHalf<'_>) -> std::io::Result<()> {
+        let probe = Bytes::from_static(PROBE_COMMENT);
+        if self.chunked {
+            write_chunk(writer, probe).await?
+        } else {
+            writer.write_all(&probe).await?
+        }
+        self.read_closed = self.read_closed.map(|sent| sent.saturating_add(1));
+        Ok(())
+    }
 }
 
 /// Most bytes gathered into one write.

@@ -19,8 +19,11 @@ pub struct StreamEvent {
     pub published_at: DateTime<Utc>,
     /// The groups whose streams receive it.
     pub groups: Vec<String>,
-    /// The SSE frame (`id:`, `event:`, `data:`), shared by every stream that sends it.
+    /// The SSE frame (`id:`, `event:`, `data:`), shared by every stream that holds all of its groups;
+    /// see [`StreamEvent::frame_for`].
     pub frame: Bytes,
+    /// Where the envelope's `groups` array (`[...]`) lies in `frame`.
+    pub(crate) groups_array: std::ops::Range<usize>,
     /// Approximate bytes this event holds in memory (its encoded data and groups): what the hub's resume
     /// window counts against its byte bound.
     pub size: usize,
@@ -60,8 +63,46 @@ impl StreamEvent {
             + row.event_type.len()
             + row.groups.iter().map(|g| g.len() + 24).sum::<usize>()
             + 128;
-        let frame = Frame { id: Some(&position), event: Some(&row.event_type), data: Some(&data), ..Frame::default() };
-        StreamEvent { seq: row.seq, published_at: row.published_at, groups: row.groups, frame: frame.encode(), size }
+        let frame =
+            Frame { id: Some(&position), event: Some(&row.event_type), data: Some(&data), ..Frame::default() }.encode();
+        let groups_array = groups_array_in(&frame);
+        StreamEvent { seq: row.seq, published_at: row.published_at, groups: row.groups, frame, groups_array, size }
+    }
+
+    /// The frame for a stream that delivers `stream_groups` (asked for only when needed): an event's
+    /// envelope names only the groups of the stream it reaches, so that a dispatcher never reads the names
+    /// of groups it is not in. An event of one group (most are) reaches only streams of that group and is
+    /// sent as encoded; one of several groups is copied, with its `groups` narrowed, for a stream that
+    /// holds only some of them.
+    pub(crate) fn frame_for(&self, stream_groups: impl FnOnce() -> Vec<String>) -> Bytes {
+        if self.groups.len() <= 1 {
+            return self.frame.clone();
+        }
+        let held = stream_groups();
+        let shown: Vec<&String> = self.groups.iter().filter(|g| held.contains(g)).collect();
+        if shown.len() == self.groups.len() || self.groups_array.is_empty() {
+            return self.frame.clone();
+        }
+        let shown = serde_json::to_string(&shown).unwrap_or_else(|_| "[]".to_owned());
+        let mut narrowed = Vec::with_capacity(self.frame.len());
+        narrowed.extend_from_slice(&self.frame[..self.groups_array.start]);
+        narrowed.extend_from_slice(shown.as_bytes());
+        narrowed.extend_from_slice(&self.frame[self.groups_array.end..]);
+        Bytes::from(narrowed)
+    }
+}
+
+/// The byte range of the envelope's `groups` array in an encoded frame. The envelope comes first in
+/// `data:`, and nothing before `groups` can hold `"groups":` (an event id is a UUID, a type and a position
+/// have no quotes), nor can a group key hold `]`. Empty if not found (never, for frames of
+/// [`StreamEvent::encode`]).
+fn groups_array_in(frame: &[u8]) -> std::ops::Range<usize> {
+    const KEY: &[u8] = b"\"groups\":";
+    let Some(key) = memchr::memmem::find(frame, KEY) else { return 0..0 };
+    let start = key + KEY.len();
+    match memchr::memchr(b']', &frame[start..]) {
+        Some(close) => start..start + close + 1,
+        None => 0..0,
     }
 }
 
@@ -79,4 +120,49 @@ pub async fn fetch_for_groups(
 ) -> Result<Vec<StreamEvent>, sqlx::Error> {
     let rows = event_log::fetch_for_groups(pool, groups, after_seq, through_seq, limit).await?;
     Ok(rows.into_iter().map(|row| StreamEvent::encode(row, epoch)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(groups: &[&str]) -> StreamEvent {
+        let row = EventRow {
+            seq: 7,
+            event_id: uuid::Uuid::nil(),
+            event_type: "RecommendationReady".to_owned(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            payload: r#"{"groups_note": "x]", "n": 1}"#.to_owned(),
+            occurred_at: Utc::now(),
+            published_at: Utc::now(),
+            replay_of: None,
+        };
+        StreamEvent::encode(row, Epoch(10))
+    }
+
+    fn data_of(frame: &Bytes) -> serde_json::Value {
+        let text = std::str::from_utf8(frame).unwrap();
+        let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        serde_json::from_str(data).unwrap()
+    }
+
+    #[test]
+    fn a_stream_sees_only_the_groups_it_holds_in_the_envelope() {
+        let event = encoded(&["region:north", "team:secret-hr-investigation"]);
+        let narrowed = event.frame_for(|| vec!["region:north".to_owned(), "team:hvac".to_owned()]);
+        let data = data_of(&narrowed);
+        assert_eq!(data["groups"], serde_json::json!(["region:north"]));
+        assert_eq!(data["n"], 1, "the payload is untouched");
+        assert_eq!(data["groups_note"], "x]");
+        let both = event.frame_for(|| vec!["region:north".to_owned(), "team:secret-hr-investigation".to_owned()]);
+        assert_eq!(both, event.frame, "a stream holding every group gets the shared frame");
+    }
+
+    #[test]
+    fn an_event_of_one_group_is_sent_as_encoded_without_asking_for_the_stream_groups() {
+        let event = encoded(&["region:north"]);
+        let frame = event.frame_for(|| unreachable!("one group: the stream holds it"));
+        assert_eq!(frame, event.frame);
+        assert_eq!(data_of(&frame)["groups"], serde_json::json!(["region:north"]));
+    }
 }

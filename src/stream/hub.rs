@@ -742,6 +742,7 @@ mod window_tests {
             published_at: chrono::Utc::now(),
             groups: vec![group.to_owned()],
             frame,
+            groups_array: 0..0,
             size: 100,
         })
     }

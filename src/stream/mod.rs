@@ -7,9 +7,11 @@ mod catchup;
 mod event;
 mod frame;
 mod hub;
+mod limits;
 mod session;
 
 pub use event::{StreamEvent, fetch_for_groups};
 pub use frame::Frame;
 pub use hub::{Hub, HubConfig, MembershipSource, Memberships};
+pub use limits::{DEFAULT_STREAMS_PER_DISPATCHER, StreamLimitError, StreamLimits, StreamPermit};
 pub use session::{ResetReason, StreamRequest, open_stream};

@@ -167,7 +167,7 @@ pub fn open_stream(
                 if let Some(events) = hub.read_window(epoch, &shared.groups(), sent_through, through) {
                     for event in events {
                         events_sent.increment(1);
-                        yield Ok(event.frame.clone());
+                        yield Ok(event.frame_for(|| shared.groups()));
                     }
                     sent_through = through; // nothing else of ours up to `through`
                     backlog_through = None;
@@ -178,7 +178,7 @@ pub fn open_stream(
                         retry = None;
                         for event in events {
                             events_sent.increment(1);
-                            yield Ok(event.frame.clone());
+                            yield Ok(event.frame_for(|| shared.groups()));
                         }
                         sent_through = covered; // nothing else of ours up to `covered`
                         if covered >= through {
@@ -231,7 +231,7 @@ pub fn open_stream(
                     if event.seq > sent_through {
                         sent_through = event.seq;
                         events_sent.increment(1);
-                        yield Ok(event.frame.clone());
+                        yield Ok(event.frame_for(|| shared.groups()));
                     }
                 }
                 Step::QueueClosed => {

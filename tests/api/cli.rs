@@ -95,3 +95,20 @@ async fn dispatchers_tokens_and_seeding_from_the_command_line() {
             .unwrap();
     assert_eq!(dana, ["region:east", "region:north", "region:south", "region:west"]);
 }
+
+#[tokio::test]
+async fn serve_on_a_taken_port_fails_before_it_migrates_or_starts_a_relay() {
+    let db = TestDb::empty().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let url = db.url.clone();
+    let out = std::thread::spawn(move || smartscheduler(&["serve", "--addr", &addr], Some(&url))).join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the address is in use"), "{}", stderr(&out));
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(tables, 0, "serve created tables before it found the port taken");
+    drop(taken);
+}

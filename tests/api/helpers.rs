@@ -32,12 +32,18 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> Self {
+        let db = Self::empty().await;
+        smartscheduler::db::migrate(&db.pool).await.expect("migrate");
+        db
+    }
+
+    /// A database of its own with nothing in it (not migrated).
+    pub async fn empty() -> Self {
         let name = format!("ss_test_{}", Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&admin_url()).await.expect("connect to the admin database");
         sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("create db");
         let url = format!("{}/{}", server_url(), name);
         let pool = PgPoolOptions::new().max_connections(20).connect(&url).await.expect("connect to test db");
-        smartscheduler::db::migrate(&pool).await.expect("migrate");
         Self { name, url, pool }
     }
 
@@ -105,6 +111,11 @@ pub fn group(key: &str) -> GroupKey {
 }
 
 /// Writes one event in its own transaction and returns its event id.
+/// The log's epoch (`stream_meta.epoch`, 8 hex digits).
+pub async fn epoch(db: &TestDb) -> String {
+    sqlx::query_scalar("SELECT epoch FROM stream_meta").fetch_one(&db.pool).await.unwrap()
+}
+
 pub async fn write_event(pool: &PgPool, groups: &[&str], payload: serde_json::Value) -> Uuid {
     let mut tx = pool.begin().await.expect("begin");
     let event = NewEvent::new("TestEvent", Uuid::new_v4(), groups.iter().map(|g| group(g)).collect(), payload)

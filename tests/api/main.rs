@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL. Each test creates its own database, so they run in parallel.
 //! One binary (this file declares the modules) links once.
 
+mod admission;
 mod app;
 mod cli;
 mod deploy;

@@ -14,10 +14,6 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn epoch(db: &TestDb) -> String {
-    sqlx::query_scalar("SELECT epoch FROM stream_meta").fetch_one(&db.pool).await.unwrap()
-}
-
 /// Writes `n` events alternating region:north and region:south (odd seqs north, when the log starts empty).
 async fn write_alternating(db: &TestDb, n: usize) {
     for i in 0..n {
@@ -130,6 +126,7 @@ async fn a_storm_of_resumes_through_a_tiny_pool_ends_no_stream_and_every_client_
         config.hub.catchup_reads = 1;
         // The log is published already; a relay would wait on the lock below with a connection of its own.
         config.run_relay = false;
+        config.streams_per_dispatcher = CLIENTS as usize; // one dispatcher, many streams
     })
     .await;
     let e = epoch(&db).await;

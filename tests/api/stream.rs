@@ -11,10 +11,6 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn epoch(db: &TestDb) -> String {
-    sqlx::query_scalar("SELECT epoch FROM stream_meta").fetch_one(&db.pool).await.unwrap()
-}
-
 /// A server over a log of `n` published region:north events, alice (region:north) and the log's epoch.
 async fn north_log_of(n: usize) -> (TestDb, TestApp, String, String) {
     let db = TestDb::new().await;

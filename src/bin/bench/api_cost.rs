@@ -41,6 +41,7 @@ async fn start(ctx: &Ctx, event_write: EventWrite) -> anyhow::Result<(Api, Strin
     let secret = AuthSecret::new(SECRET)?;
     let token = secret.issue("bench-api", Duration::from_secs(4 * 3600))?;
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?);
+    config.streams_per_dispatcher = usize::MAX; // thousands of streams, one token
     config.bench_only_event_write = event_write;
     let shutdown = CancellationToken::new();
     let server = Server::start(db.pool.clone(), config, secret, shutdown.clone()).await?;

@@ -63,6 +63,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(&exe)
             .args(["serve", "--addr", &addr])
+            .env("SMARTSCHEDULER_MAX_STREAMS_PER_DISPATCHER", "1000000") // thousands of streams, one token
             .env("DATABASE_URL", &db.url)
             .env("SMARTSCHEDULER_AUTH_SECRET", std::str::from_utf8(SECRET)?)
             .env("RUST_LOG", "warn")
@@ -244,6 +245,7 @@ impl ServeChild {
         let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(&exe)
             .args(["serve", "--addr", &addr])
+            .env("SMARTSCHEDULER_MAX_STREAMS_PER_DISPATCHER", "1000000") // thousands of streams, one token
             .args(extra)
             .env("DATABASE_URL", db_url)
             .env("SMARTSCHEDULER_AUTH_SECRET", std::str::from_utf8(SECRET)?)

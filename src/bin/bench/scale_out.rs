@@ -29,6 +29,7 @@ struct Instance {
 async fn start_instance(url: &str, relay: bool) -> anyhow::Result<Instance> {
     let pool = smartscheduler::db::connect(url, 32).await?;
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?);
+    config.streams_per_dispatcher = usize::MAX; // thousands of streams, one token
     config.run_relay = relay;
     let shutdown = CancellationToken::new();
     let server = Server::start(pool, config, AuthSecret::new(SECRET)?, shutdown.clone()).await?;

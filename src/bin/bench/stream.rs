@@ -65,6 +65,7 @@ impl Rig {
     pub async fn start_with(ctx: &Ctx, db: BenchDb, relay: RelayConfig) -> anyhow::Result<Rig> {
         let tokens = region_dispatchers(&db.pool).await?;
         let mut config = ServerConfig::new("127.0.0.1:0".parse()?);
+        config.streams_per_dispatcher = usize::MAX; // thousands of streams, one token
         config.dev = false;
         config.relay = relay;
         let shutdown = CancellationToken::new();

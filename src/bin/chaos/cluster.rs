@@ -67,6 +67,8 @@ impl Cluster {
         let mut child = Command::new(&self.config.bin)
             // Port 0: the kernel picks a free one and `serve` prints it; a restart may get another.
             .args(["serve", "--addr", "127.0.0.1:0"])
+            // The fault suite's clients share few dispatchers: the per-dispatcher limit is not under test.
+            .env("SMARTSCHEDULER_MAX_STREAMS_PER_DISPATCHER", "1000000")
             .env("DATABASE_URL", &self.config.database_url)
             .env("SMARTSCHEDULER_AUTH_SECRET", &self.config.auth_secret)
             .env("RUST_LOG", std::env::var("CHAOS_SERVER_LOG").unwrap_or_else(|_| "info".to_owned()))
