@@ -103,9 +103,17 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let security = crate::http::security::SecurityConfig::from_flags(
+        &args.allowed_origins,
+        &args.frame_ancestors,
+        args.trust_proxy,
+        args.public_url.as_deref(),
+    )
+    .map_err(|e| UsageError(e.to_string()))?;
     let pool = connect_with_patience(url, args.db_pool_size).await?;
     crate::db::migrate(&pool).await?;
     let mut config = ServerConfig::new(args.addr);
+    config.security = security;
     config.hub.catchup_reads = args.catchup_reads as usize;
     config.hub.window_events = args.resume_window_events;
     config.hub.window_bytes = (args.resume_window_mib as usize) << 20;

@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub retention_interval: Duration,
     /// How often the number of open event streams is checked; it is logged when it changed.
     pub stream_count_interval: Duration,
+    /// How browsers reach this server (origin check, security headers, `Secure` cookies).
+    pub security: crate::http::security::SecurityConfig,
     /// BENCHMARK ONLY (`smartscheduler-bench --only 10`, its baseline): `EventWrite::BenchOnlySkip` makes
     /// `POST /api/jobs/{id}/recommendations` store sets without their event. `serve` never sets it.
     #[doc(hidden)]
@@ -56,6 +58,7 @@ impl ServerConfig {
             dev_token_ttl: Duration::from_secs(8 * 3600),
             retention_interval: Duration::from_secs(3600),
             stream_count_interval: Duration::from_secs(10),
+            security: crate::http::security::SecurityConfig::default(),
             bench_only_event_write: crate::recommendations::EventWrite::Write,
         }
     }
@@ -120,6 +123,7 @@ impl Server {
             dev_token_ttl: config.dev_token_ttl,
             supervisor,
             event_write: config.bench_only_event_write,
+            security: config.security.clone(),
         });
         let app = router(state, config.static_dir.clone());
         let listener = listen(config.addr).map_err(|e| {

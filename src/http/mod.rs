@@ -6,6 +6,7 @@ mod extract;
 mod health;
 mod jobs;
 mod openapi;
+pub mod security;
 mod session;
 pub(crate) mod stream_connection;
 
@@ -57,6 +58,8 @@ pub struct AppStateInner {
     /// Whether `POST /api/jobs/{id}/recommendations` writes its event: always, except in the benchmark's
     /// baseline (see [`ServerConfig::bench_only_event_write`](crate::server::ServerConfig)).
     pub event_write: crate::recommendations::EventWrite,
+    /// How browsers reach this server: the origin check, the security headers, the cookie's `Secure`.
+    pub security: security::SecurityConfig,
 }
 
 impl AppState {
@@ -74,8 +77,9 @@ impl std::ops::Deref for AppState {
 }
 
 /// The whole HTTP surface. The browser console answers every other path: from `static_dir` when given,
-/// else the one embedded at build time.
+/// else the one embedded at build time. Every response, the console's included, gets the security headers.
 pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
+    let headers = security::SecurityHeaders::new(&state.security);
     let api = Router::new()
         .merge(session::router())
         .merge(jobs::router())
@@ -87,7 +91,10 @@ pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
         });
     let app = Router::new()
         .nest("/api", api)
+        // `nest` leaves `/api/` itself out; it is an API path like any other, not a page of the console.
+        .route_service("/api/", axum::routing::any(|| async { ApiError::not_found("no such API route") }))
         .merge(health::router())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), security::refuse_cross_origin))
         .layer(axum::middleware::from_fn_with_state(state.clone(), record_request))
         // Whatever the framework refuses (query, path, body, method, length) leaves in the error shape.
         .layer(axum::middleware::map_response(error::error_shape))
@@ -95,6 +102,7 @@ pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
     crate::console::serve(app, static_dir)
+        .layer(axum::middleware::map_response_with_state(headers, security::add_headers))
 }
 
 /// HTTP request duration by route and status.

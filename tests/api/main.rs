@@ -2,6 +2,7 @@
 //! One binary (this file declares the modules) links once.
 
 mod app;
+mod browser;
 mod cli;
 mod deploy;
 mod faults;
