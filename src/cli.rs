@@ -88,7 +88,7 @@ pub struct ServeArgs {
     pub frame_ancestors: String,
     /// Believe X-Forwarded-Proto and X-Forwarded-Host: set it when a proxy in front (deploy/nginx) sets them
     /// and clients cannot reach this server around it.
-    #[arg(long, env = "SMARTSCHEDULER_TRUST_PROXY")]
+    #[arg(long, env = "SMARTSCHEDULER_TRUST_PROXY", value_parser = clap::builder::BoolishValueParser::new())]
     pub trust_proxy: bool,
     /// The URL browsers open the console at, for example https://dispatch.example.com: with https, the
     /// session cookie is Secure; its origin may always send writes.

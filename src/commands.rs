@@ -82,6 +82,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
+    let security = crate::http::security::SecurityConfig::from_flags(
+        &args.allowed_origins,
+        &args.frame_ancestors,
+        args.trust_proxy,
+        args.public_url.as_deref(),
+    )
+    .map_err(|e| UsageError(e.to_string()))?;
     let secret = match AuthSecret::from_env() {
         Ok(secret) => secret,
         Err(auth::AuthError::MissingSecret) if args.dev => {
@@ -103,13 +110,6 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let security = crate::http::security::SecurityConfig::from_flags(
-        &args.allowed_origins,
-        &args.frame_ancestors,
-        args.trust_proxy,
-        args.public_url.as_deref(),
-    )
-    .map_err(|e| UsageError(e.to_string()))?;
     let pool = connect_with_patience(url, args.db_pool_size).await?;
     crate::db::migrate(&pool).await?;
     let mut config = ServerConfig::new(args.addr);
