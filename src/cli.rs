@@ -78,6 +78,22 @@ pub struct ServeArgs {
     /// time (for frontend development: `npm run build` output shows without rebuilding the binary).
     #[arg(long)]
     pub static_dir: Option<PathBuf>,
+    /// Other origins whose pages may send the console's writes with the session cookie, comma-separated
+    /// (for example https://intranet.example). The server's own origin is always allowed.
+    #[arg(long, env = "SMARTSCHEDULER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// The pages that may embed the console in a frame: a CSP frame-ancestors source list, for example
+    /// "'self' https://intranet.example". The default 'none' allows no page.
+    #[arg(long, env = "SMARTSCHEDULER_FRAME_ANCESTORS", default_value = crate::http::security::DEFAULT_FRAME_ANCESTORS)]
+    pub frame_ancestors: String,
+    /// Believe X-Forwarded-Proto and X-Forwarded-Host: set it when a proxy in front (deploy/nginx) sets them
+    /// and clients cannot reach this server around it.
+    #[arg(long, env = "SMARTSCHEDULER_TRUST_PROXY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub trust_proxy: bool,
+    /// The URL browsers open the console at, for example https://dispatch.example.com: with https, the
+    /// session cookie is Secure; its origin may always send writes.
+    #[arg(long, env = "SMARTSCHEDULER_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// The relay's flags (serve runs a relay unless `--no-relay`).
     #[command(flatten)]
     pub relay: RelayArgs,
@@ -225,5 +241,24 @@ mod tests {
         assert_eq!(config.busy_for, std::time::Duration::ZERO);
         assert_eq!(config.busy_poll_interval, crate::relay::RelayConfig::default().busy_poll_interval);
         assert!(Cli::try_parse_from(["smartscheduler", "serve", "--relay-busy-poll", "0ms"]).is_err());
+    }
+
+    #[test]
+    fn browser_security_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "smartscheduler",
+            "serve",
+            "--allowed-origins",
+            "https://a.example,https://b.example",
+            "--trust-proxy",
+            "--frame-ancestors",
+            "'self'",
+        ])
+        .expect("valid flags");
+        let Command::Serve(serve) = cli.command else { panic!("not serve") };
+        assert_eq!(serve.allowed_origins, ["https://a.example", "https://b.example"]);
+        assert!(serve.trust_proxy);
+        assert_eq!(serve.frame_ancestors, "'self'");
+        assert_eq!(serve.public_url, None);
     }
 }

@@ -82,6 +82,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
+    let security = crate::http::security::SecurityConfig::from_flags(
+        &args.allowed_origins,
+        &args.frame_ancestors,
+        args.trust_proxy,
+        args.public_url.as_deref(),
+    )
+    .map_err(|e| UsageError(e.to_string()))?;
     let secret = match AuthSecret::from_env() {
         Ok(secret) => secret,
         Err(auth::AuthError::MissingSecret) if args.dev => {
@@ -109,6 +116,7 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
     crate::db::migrate(&pool).await?;
     let mut config = ServerConfig::new(args.addr);
     config.streams_per_dispatcher = args.max_streams_per_dispatcher as usize;
+    config.security = security;
     config.hub.catchup_reads = args.catchup_reads as usize;
     config.hub.window_events = args.resume_window_events;
     config.hub.window_bytes = (args.resume_window_mib as usize) << 20;

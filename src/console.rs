@@ -28,7 +28,8 @@ pub fn serve<S: Clone + Send + Sync + 'static>(app: Router<S>, static_dir: Optio
         Some(dir) => {
             // Unknown paths get index.html so that the single-page app can route them.
             let index = dir.join("index.html");
-            app.fallback_service(ServeDir::new(dir).fallback(ServeFile::new(index)))
+            let files = ServeDir::new(dir).fallback(ServeFile::new(index));
+            app.fallback_service(tower::ServiceBuilder::new().map_response(with_charset).service(files))
         }
         None => app.fallback(embedded_file),
     }
@@ -54,18 +55,38 @@ async fn embedded_file(method: Method, uri: Uri) -> Response {
         None if path.starts_with("assets/") => return StatusCode::NOT_FOUND.into_response(),
         None => ("index.html", find("index.html").unwrap_or_default()),
     };
-    let content_type = mime_guess::from_path(path).first_or_octet_stream();
+    let content_type = content_type(mime_guess::from_path(path).first_or_octet_stream().as_ref());
     // Vite names assets by their content hash, so they never change; index.html names the current ones
     // and must be revalidated.
     let cache = if path.starts_with("assets/") { "public, max-age=31536000, immutable" } else { "no-cache" };
     let mut response = Response::new(if method == Method::HEAD { Body::empty() } else { Body::from(bytes) });
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(content_type.as_ref()) {
+    if let Ok(value) = HeaderValue::from_str(&content_type) {
         headers.insert(header::CONTENT_TYPE, value);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     response
+}
+
+/// The Content-Type to send for `mime`: the console's text files (HTML, CSS, JavaScript) are UTF-8, as
+/// Vite writes them, and say so, so that no browser guesses another charset.
+fn content_type(mime: &str) -> String {
+    if mime.starts_with("text/") && !mime.contains("charset") {
+        format!("{mime}; charset=utf-8")
+    } else {
+        mime.to_owned()
+    }
+}
+
+/// [`content_type`] for a response of `--static-dir`'s file server.
+fn with_charset(mut response: Response<tower_http::services::fs::ServeFileSystemResponseBody>) -> Response {
+    let headers = response.headers_mut();
+    let fixed = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(content_type);
+    if let Some(value) = fixed.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    response.map(Body::new)
 }
 
 fn find(path: &str) -> Option<&'static [u8]> {

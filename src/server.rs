@@ -44,6 +44,8 @@ pub struct ServerConfig {
     /// Connection and stream budgets. `None`: derived from the descriptor limit, which `serve` raises to
     /// its hard limit first ([`ConnectionLimits::from_descriptors`]).
     pub connection_limits: Option<ConnectionLimits>,
+    /// How browsers reach this server (origin check, security headers, `Secure` cookies).
+    pub security: crate::http::security::SecurityConfig,
     /// BENCHMARK ONLY (`smartscheduler-bench --only 10`, its baseline): `EventWrite::BenchOnlySkip` makes
     /// `POST /api/jobs/{id}/recommendations` store sets without their event. `serve` never sets it.
     #[doc(hidden)]
@@ -65,6 +67,7 @@ impl ServerConfig {
             stream_count_interval: Duration::from_secs(10),
             streams_per_dispatcher: crate::stream::DEFAULT_STREAMS_PER_DISPATCHER,
             connection_limits: None,
+            security: crate::http::security::SecurityConfig::default(),
             bench_only_event_write: crate::recommendations::EventWrite::Write,
         }
     }
@@ -155,6 +158,7 @@ impl Server {
             supervisor,
             event_write: config.bench_only_event_write,
             stream_limits: crate::stream::StreamLimits::new(config.streams_per_dispatcher, limits.max_streams),
+            security: config.security.clone(),
         });
         let app = router(state, config.static_dir.clone());
         Ok(Self { listener, admission: Admission::new(limits), waker, app, tasks, shutdown })

@@ -750,3 +750,104 @@ test(
     }
   },
 );
+
+/** Record, in the page, every Content-Security-Policy violation it reports. */
+function recordCspViolations() {
+  window.__csp = [];
+  document.addEventListener('securitypolicyviolation', (e) =>
+    window.__csp.push({ directive: e.violatedDirective, blocked: e.blockedURI, sample: e.sample }),
+  );
+}
+
+/**
+ * A page server on another port (another origin, the same site): `pages` maps a path to its HTML,
+ * looked up at each request (so the test can add pages once it knows what to put in them).
+ */
+async function startOtherOrigin(pages) {
+  const { createServer: createHttpServer } = await import('node:http');
+  const server = createHttpServer((req, res) => {
+    const html = pages[new URL(req.url, 'http://x').pathname];
+    res.writeHead(html ? 200 : 404, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(html ?? 'not found');
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { base: `http://127.0.0.1:${server.address().port}`, close: () => new Promise((r) => server.close(r)) };
+}
+
+test(
+  'under its CSP the console signs in and streams with no violation; another origin can neither frame it nor post to it with the cookie',
+  { skip: problems.length > 0 ? 'preflight failed (see above)' : false, timeout: 120_000 },
+  async () => {
+    const server = await startServer('server-csp', await freePort());
+    const context = await (await getBrowser()).newContext({ viewport: { width: 1280, height: 800 } });
+    /** @type {Record<string, string>} */
+    const pages = {};
+    const other = await startOtherOrigin(pages);
+    try {
+      // --- the console itself, under its own CSP ---
+      const page = await context.newPage();
+      const consoleErrors = [];
+      page.on('console', (m) => {
+        if (m.type() === 'error') consoleErrors.push(m.text());
+      });
+      page.on('pageerror', (err) => consoleErrors.push(String(err)));
+      await page.addInitScript(recordSseEvents);
+      await page.addInitScript(recordCspViolations);
+      const doc = await page.goto(server.base);
+      const headers = await doc.allHeaders();
+      const csp = headers['content-security-policy'] ?? '';
+      for (const directive of ["default-src 'self'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'"]) {
+        assert.ok(csp.includes(directive), `the console's CSP lacks ${directive}: ${csp}`);
+      }
+      assert.ok(!csp.includes('unsafe-inline') && !csp.includes('unsafe-eval'), `the CSP allows inline code: ${csp}`);
+      assert.equal(headers['x-frame-options'], 'DENY');
+      assert.equal(headers['x-content-type-options'], 'nosniff');
+      await page.getByTestId('signin-alice').click();
+      await page.getByTestId('whoami').waitFor({ timeout: UI_TIMEOUT_MS });
+      await waitStatus(page, 'live');
+      const jobId = await selectFirstJob(page);
+      const set = await generateFromPage(page, jobId);
+      await waitSheetSet(page, set.recommendationSetId, 5_000);
+      assert.deepEqual(await page.evaluate(() => window.__csp), [], 'the console broke its own CSP');
+      const cspErrors = consoleErrors.filter((t) => /Content Security Policy|Refused to/i.test(t));
+      assert.deepEqual(cspErrors, [], 'CSP errors in the console');
+
+      // --- a page of another origin frames the console: the browser refuses, and says why ---
+      pages['/frame'] = `<!doctype html><title>framer</title><iframe src="${server.base}/" width="800" height="600"></iframe>`;
+      pages['/post'] = `<!doctype html><title>poster</title><form method="post" enctype="text/plain"
+        action="${server.base}/api/jobs/${jobId}/recommendations"><input name="x" value="1"></form>`;
+      const framer = await context.newPage();
+      const refused = framer.waitForEvent('console', {
+        predicate: (m) => /frame-ancestors/.test(m.text()),
+        timeout: UI_TIMEOUT_MS,
+      });
+      const loaded = framer.waitForEvent('framenavigated', {
+        predicate: (f) => f !== framer.mainFrame(),
+        timeout: UI_TIMEOUT_MS,
+      });
+      await framer.goto(`${other.base}/frame`);
+      console.log(`# framed by another origin: ${(await refused).text()}`);
+      const frame = await loaded;
+      assert.equal(
+        await frame.locator('[data-testid^="signin-"], [data-testid="whoami"]').count(),
+        0,
+        `the console rendered inside another origin's frame (${frame.url()})`,
+      );
+
+      // --- that origin (same site: SameSite=Lax sends the cookie) posts a form to the API: 403 ---
+      const poster = await context.newPage();
+      await poster.goto(`${other.base}/post`);
+      const answer = poster.waitForResponse((r) => r.url().endsWith(`/api/jobs/${jobId}/recommendations`));
+      await poster.locator('form').evaluate((f) => f.submit());
+      const res = await answer;
+      const body = await res.text();
+      assert.equal(res.status(), 403, `a cross-origin form post with the session cookie: ${res.status()} ${body}`);
+      assert.equal(JSON.parse(body).error.code, 'cross_origin_request');
+      assert.equal(await sheetSetId(page), set.recommendationSetId, 'the refused post made a set');
+    } finally {
+      await context.close();
+      await other.close();
+      await stopServer(server.child);
+    }
+  },
+);

@@ -155,7 +155,8 @@ async function waitReady(proc, probe) {
 
 async function startServe(name) {
   const port = await freePort();
-  const args = ['serve', '--dev', '--addr', `127.0.0.1:${port}`, '--static-dir', DIST];
+  // --trust-proxy: as deploy/README.md says, for the instances behind the proxy of the template.
+  const args = ['serve', '--dev', '--trust-proxy', '--addr', `127.0.0.1:${port}`, '--static-dir', DIST];
   const proc = spawnLogged(name, BIN, args, serverEnv());
   const base = `http://127.0.0.1:${port}`;
   await waitReady(proc, async () => (await fetch(`${base}/readyz`)).status === 200);
@@ -478,9 +479,27 @@ test(
     });
 
     // --- sign in through the proxy, over HTTP/2 ---
-    await page.goto(origin);
+    const documentResponse = await page.goto(origin);
+    const signInResponse = page.waitForResponse((r) => new URL(r.url()).pathname === '/api/dev/session');
     await page.getByTestId('signin-alice').click();
     await page.getByTestId('whoami').waitFor({ timeout: UI_TIMEOUT_MS });
+    // Over https the session cookie is Secure under the __Host- prefix (the proxy says https, the
+    // instances trust it), and the console's security headers come through the proxy.
+    const setCookie = (await (await signInResponse).headerValue('set-cookie')) ?? '';
+    assert.match(setCookie, /^__Host-ss_session=/, `Set-Cookie over https: ${setCookie}`);
+    for (const attribute of ['Secure', 'HttpOnly', 'Path=/', 'SameSite=Lax']) {
+      assert.ok(setCookie.split(/;\s*/).includes(attribute), `Set-Cookie over https lacks ${attribute}: ${setCookie}`);
+    }
+    const cookies = await context.cookies(origin);
+    assert.deepEqual(
+      cookies.map((c) => [c.name, c.secure, c.httpOnly, c.path]),
+      [['__Host-ss_session', true, true, '/']],
+      `the browser's cookies: ${JSON.stringify(cookies)}`,
+    );
+    const docHeaders = await documentResponse.allHeaders();
+    assert.match(docHeaders['content-security-policy'] ?? '', /frame-ancestors 'none'/, 'no CSP through the proxy');
+    assert.equal(docHeaders['x-content-type-options'], 'nosniff');
+    assert.equal(docHeaders['content-type'], 'text/html; charset=utf-8');
     await waitStatus(page, 'live');
     await recordApplied(page);
     assert.equal(await page.evaluate(() => window.isSecureContext), true, 'the page is not a secure context');

@@ -12,9 +12,19 @@ use axum::http::{StatusCode, header};
 use axum_extra::extract::CookieJar;
 use serde::de::DeserializeOwned;
 
+/// The session cookie over plain HTTP (the contract's name).
 pub const SESSION_COOKIE: &str = "ss_session";
+/// The session cookie over HTTPS. The `__Host-` prefix makes the browser accept it only with `Secure`,
+/// `Path=/` and no `Domain`, so that a sibling subdomain or a plain-HTTP page cannot plant or shadow it.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-ss_session";
 
-/// The caller, from `Authorization: Bearer <token>` or the `ss_session` cookie. Groups come from the
+/// The session token from either cookie (the `__Host-` one first: it cannot have been planted).
+pub fn session_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    let jar = CookieJar::from_headers(headers);
+    jar.get(SECURE_SESSION_COOKIE).or_else(|| jar.get(SESSION_COOKIE)).map(|c| c.value().to_owned())
+}
+
+/// The caller, from `Authorization: Bearer <token>` or the session cookie (either name). Groups come from the
 /// database on every request, never from the token.
 pub struct CurrentDispatcher {
     pub dispatcher: Dispatcher,
@@ -42,9 +52,7 @@ impl FromRequestParts<AppState> for CurrentDispatcher {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)
-            .or_else(|| CookieJar::from_headers(&parts.headers).get(SESSION_COOKIE).map(|c| c.value().to_owned()))
-            .ok_or(AuthError::MissingToken)?;
+        let token = bearer(parts).or_else(|| session_token(&parts.headers)).ok_or(AuthError::MissingToken)?;
         let claims = state.secret.verify(&token)?;
         let dispatcher = state
             .dispatchers
@@ -55,13 +63,31 @@ impl FromRequestParts<AppState> for CurrentDispatcher {
     }
 }
 
-/// A JSON body, whatever its Content-Type says; malformed JSON is 400, an oversized body 413.
+/// A JSON body sent as `Content-Type: application/json` (parameters such as `charset` allowed): any other
+/// type is 415, malformed JSON 400, an oversized body 413. The type is required because a cross-site
+/// `<form>` can send a JSON-looking body as `text/plain` without the preflight that `application/json` needs.
 pub struct JsonBody<T>(pub T);
+
+/// Whether the request says its body is JSON.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "this request takes a JSON body: send it with Content-Type: application/json",
+            ));
+        }
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection: BytesRejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(

@@ -8,6 +8,7 @@ mod extract;
 mod health;
 mod jobs;
 mod openapi;
+pub mod security;
 mod session;
 pub(crate) mod stream_connection;
 
@@ -61,6 +62,8 @@ pub struct AppStateInner {
     pub event_write: crate::recommendations::EventWrite,
     /// How many event streams each dispatcher, and the instance, may hold.
     pub stream_limits: crate::stream::StreamLimits,
+    /// How browsers reach this server: the origin check, the security headers, the cookie's `Secure`.
+    pub security: security::SecurityConfig,
 }
 
 impl AppState {
@@ -78,8 +81,9 @@ impl std::ops::Deref for AppState {
 }
 
 /// The whole HTTP surface. The browser console answers every other path: from `static_dir` when given,
-/// else the one embedded at build time.
+/// else the one embedded at build time. Every response, the console's included, gets the security headers.
 pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
+    let headers = security::SecurityHeaders::new(&state.security);
     let api = Router::new()
         .merge(session::router())
         .merge(jobs::router())
@@ -91,14 +95,20 @@ pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
         });
     let app = Router::new()
         .nest("/api", api)
+        // `nest` leaves `/api/` itself out; it is an API path like any other, not a page of the console.
+        .route_service("/api/", axum::routing::any(|| async { ApiError::not_found("no such API route") }))
         .merge(health::router())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), security::refuse_cross_origin))
         .layer(axum::middleware::from_fn_with_state(state.clone(), record_request))
         // Whatever the framework refuses (query, path, body, method, length) leaves in the error shape.
         .layer(axum::middleware::map_response(error::error_shape))
         .layer(TraceLayer::new_for_http())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
-    crate::console::serve(app, static_dir).layer(axum::middleware::from_fn(require_one_host))
+    // The Host rule inside the headers layer, so that its 400 carries the security headers too.
+    crate::console::serve(app, static_dir)
+        .layer(axum::middleware::from_fn(require_one_host))
+        .layer(axum::middleware::map_response_with_state(headers, security::add_headers))
 }
 
 /// RFC 9112, section 3.2: a server must answer 400 to an HTTP/1.1 request without a `Host` header or

@@ -1,10 +1,10 @@
 //! Sessions: exchange a token for the HttpOnly cookie, the demo login under `--dev`, and `GET /api/me`.
 
-use super::extract::{CurrentDispatcher, JsonBody, SESSION_COOKIE};
+use super::extract::{CurrentDispatcher, JsonBody, SECURE_SESSION_COOKIE, SESSION_COOKIE};
 use super::{ApiError, AppState};
 use crate::auth::{self, Dispatcher};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -29,22 +29,46 @@ struct TokenBody {
     token: String,
 }
 
-fn session_cookie(token: String, max_age_secs: i64) -> Cookie<'static> {
-    Cookie::build((SESSION_COOKIE, token))
+/// The session cookie: `Secure` under the `__Host-` name when the browser came over HTTPS (configured, or
+/// said by a trusted proxy), else the plain `ss_session` (a browser would drop a `Secure` cookie over HTTP).
+fn session_cookie(secure: bool, token: String, max_age_secs: i64) -> Cookie<'static> {
+    let name = if secure { SECURE_SESSION_COOKIE } else { SESSION_COOKIE };
+    Cookie::build((name, token))
         .http_only(true)
+        .secure(secure)
         .same_site(SameSite::Lax)
         .path("/")
         .max_age(time_seconds(max_age_secs))
         .build()
 }
 
+/// A Set-Cookie that deletes the cookie `name` (with the attributes it was set with, or the browser keeps it).
+fn cleared(name: &'static str) -> Cookie<'static> {
+    Cookie::build((name, ""))
+        .http_only(true)
+        .secure(name == SECURE_SESSION_COOKIE)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .max_age(time::Duration::ZERO)
+        .expires(time::OffsetDateTime::UNIX_EPOCH)
+        .build()
+}
+
+/// `jar` with the new session cookie; over HTTPS the plain one goes, so that one session is left.
+fn signed_in(state: &AppState, headers: &HeaderMap, jar: CookieJar, token: String, max_age: i64) -> CookieJar {
+    let secure = state.security.is_https(headers);
+    let jar = jar.add(session_cookie(secure, token, max_age));
+    if secure && jar.get(SESSION_COOKIE).is_some() { jar.add(cleared(SESSION_COOKIE)) } else { jar }
+}
+
 fn time_seconds(secs: i64) -> time::Duration {
     time::Duration::seconds(secs.max(0))
 }
 
-/// `POST /api/session {"token"}`: checks the token and stores it in the `ss_session` cookie.
+/// `POST /api/session {"token"}`: checks the token and stores it in the session cookie.
 async fn create_session(
     State(state): State<AppState>,
+    headers: HeaderMap,
     jar: CookieJar,
     JsonBody(body): JsonBody<TokenBody>,
 ) -> Result<Response, ApiError> {
@@ -54,12 +78,14 @@ async fn create_session(
         .ok_or_else(|| ApiError::unauthorized("unknown_dispatcher", "the token's dispatcher does not exist"))?;
     let max_age = claims.exp - chrono::Utc::now().timestamp();
     tracing::info!(dispatcher = %dispatcher.dispatcher_id, "signed in with a token");
-    let jar = jar.add(session_cookie(body.token.trim().to_owned(), max_age));
+    let jar = signed_in(&state, &headers, jar, body.token.trim().to_owned(), max_age);
     Ok((jar, Json(dispatcher)).into_response())
 }
 
+/// `DELETE /api/session`: clears both cookie names, whichever the browser holds (it may hold both after the
+/// console moved behind a TLS proxy).
 async fn end_session(jar: CookieJar) -> Response {
-    let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/").build());
+    let jar = jar.add(cleared(SESSION_COOKIE)).add(cleared(SECURE_SESSION_COOKIE));
     (jar, StatusCode::NO_CONTENT).into_response()
 }
 
@@ -72,6 +98,7 @@ struct DevSessionBody {
 /// `POST /api/dev/session {"dispatcherId"}` (only under `--dev`): signs in as a demo dispatcher.
 async fn dev_session(
     State(state): State<AppState>,
+    headers: HeaderMap,
     jar: CookieJar,
     JsonBody(body): JsonBody<DevSessionBody>,
 ) -> Result<Response, ApiError> {
@@ -84,7 +111,7 @@ async fn dev_session(
         .ok_or_else(|| ApiError::not_found(format!("no dispatcher {}", crate::validate::echo(&body.dispatcher_id))))?;
     let token = state.secret.issue(&dispatcher.dispatcher_id, state.dev_token_ttl)?;
     tracing::info!(dispatcher = %dispatcher.dispatcher_id, "signed in (demo login)");
-    let jar = jar.add(session_cookie(token, state.dev_token_ttl.as_secs() as i64));
+    let jar = signed_in(&state, &headers, jar, token, state.dev_token_ttl.as_secs() as i64);
     Ok((jar, Json(dispatcher)).into_response())
 }
 

@@ -162,7 +162,8 @@ pub(super) fn error_response(status: StatusCode) -> Response<Body> {
 /// Writes the head, then the body: with a length if it has one, else chunk by chunk (`chunked`; an
 /// HTTP/1.0 client gets the bytes as they are, ended by the close) until it ends or the client goes away.
 async fn write_response(stream: &mut TcpStream, response: Response<Body>, chunked: bool) -> std::io::Result<()> {
-    let (parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    super::security::add_transport_headers(&mut parts.headers);
     let length = body.size_hint().exact();
     let chunked = chunked && length.is_none();
     let mut head = Vec::with_capacity(256);

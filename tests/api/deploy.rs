@@ -157,7 +157,7 @@ async fn the_binary_serves_the_console_it_was_built_with_from_any_working_direct
         // The build embeds what frontend/dist holds (cargo reruns build.rs when it changes).
         Ok(built) => {
             assert_eq!(index.status(), 200);
-            assert_eq!(index.headers()["content-type"], "text/html");
+            assert_eq!(index.headers()["content-type"], "text/html; charset=utf-8");
             assert_eq!(index.bytes().await.unwrap(), built, "/ is the index.html of frontend/dist");
             // A client-side route gets the same page; every built asset is served with its type.
             assert_eq!(get("/jobs/anything").await.unwrap().bytes().await.unwrap(), built);
@@ -166,7 +166,7 @@ async fn the_binary_serves_the_console_it_was_built_with_from_any_working_direct
                 let asset = get(&format!("/assets/{name}")).await.unwrap();
                 assert_eq!(asset.status(), 200, "{name}");
                 if name.ends_with(".js") {
-                    assert_eq!(asset.headers()["content-type"], "text/javascript", "{name}");
+                    assert_eq!(asset.headers()["content-type"], "text/javascript; charset=utf-8", "{name}");
                     assert!(asset.headers()["cache-control"].to_str().unwrap().contains("immutable"));
                 }
                 let on_disk = std::fs::read(dist.join("assets").join(&name)).unwrap();

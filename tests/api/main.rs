@@ -3,6 +3,7 @@
 
 mod admission;
 mod app;
+mod browser;
 mod cli;
 mod deploy;
 mod faults;

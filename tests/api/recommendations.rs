@@ -164,7 +164,8 @@ async fn bad_input_gets_the_contract_errors_and_changes_nothing() {
 
     check(401, "unauthorized")(send(http().post(&jobs_url).json(&new_job("north"))).await);
     check(401, "invalid_token")(send(http().get(&jobs_url).bearer_auth("not-a-token")).await);
-    check(400, "invalid_json")(send(http().post(&jobs_url).bearer_auth(&alice).body("{\"title\": ")).await);
+    let malformed = http().post(&jobs_url).bearer_auth(&alice).header("content-type", "application/json");
+    check(400, "invalid_json")(send(malformed.body("{\"title\": ")).await);
     let mut missing = new_job("north");
     missing.as_object_mut().unwrap().remove("windowEnd");
     check(400, "invalid_json")(send(http().post(&jobs_url).bearer_auth(&alice).json(&missing)).await);
