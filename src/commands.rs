@@ -53,13 +53,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 // exp is in whole seconds: a shorter lifetime would print a token that is already expired.
                 return Err(UsageError(format!("--ttl {ttl:?}: a token must live at least 1s")).into());
             }
-            let token = secret.issue(&dispatcher, ttl).map_err(|e| match e {
+            // Checked before the database is asked, so that a lifetime no token can have is a usage error.
+            secret.issue(&dispatcher, 0, ttl).map_err(|e| match e {
                 auth::AuthError::BadTtl(_) => anyhow::Error::new(UsageError(format!("--ttl: {e}"))),
                 other => other.into(),
             })?;
             let pool = connect(&url?).await?;
-            auth::dispatcher(&pool, &dispatcher).await?.with_context(|| format!("no dispatcher {dispatcher:?}"))?;
-            println!("{token}");
+            let record = auth::dispatchers_by_id(&pool, std::slice::from_ref(&dispatcher))
+                .await?
+                .remove(&dispatcher)
+                .with_context(|| format!("no dispatcher {dispatcher:?}"))?;
+            anyhow::ensure!(
+                !record.access.disabled,
+                "dispatcher {dispatcher:?} is disabled: its tokens would be refused (dispatcher enable {dispatcher})"
+            );
+            // Bound to the dispatcher's generation: revoke-tokens (or removing the dispatcher) ends it.
+            println!("{}", secret.issue(&dispatcher, record.access.token_generation, ttl)?);
             Ok(())
         }
         Command::Outbox(OutboxCommand::Status { json }) => {
@@ -82,15 +91,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
+    let jwks = args.identity.config().map_err(UsageError)?;
     let secret = match AuthSecret::from_env() {
-        Ok(secret) => secret,
+        Ok(secret) => Some(secret),
         Err(auth::AuthError::MissingSecret) if args.dev => {
             eprintln!(
                 "serve --dev: generated an ephemeral demo auth secret at start-up (tokens die with this process); \
                  set SMARTSCHEDULER_AUTH_SECRET for a real one"
             );
-            AuthSecret::ephemeral()
+            Some(AuthSecret::ephemeral())
         }
+        // With the identity provider configured, this server's own HS256 tokens are optional.
+        Err(auth::AuthError::MissingSecret) if jwks.is_some() => None,
         Err(e) => return Err(e.into()),
     };
     if let Some(dir) = &args.static_dir {
@@ -117,6 +129,7 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
     let has_console = args.static_dir.is_some() || crate::console::is_embedded();
     config.static_dir = args.static_dir;
     config.relay = args.relay.config();
+    config.jwks = jwks;
     let shutdown = shutdown_on_signal();
     let server = Server::start(pool, config, secret, shutdown).await?;
     let addr = server.local_addr()?;
@@ -184,6 +197,22 @@ async fn dispatcher(pool: &PgPool, command: DispatcherCommand) -> anyhow::Result
                 let d = auth::set_groups(pool, &id, &add, &remove).await.map_err(usage_if_invalid)?;
                 println!("{}: {}", d.dispatcher_id, d.groups.join(", "));
             }
+        }
+        DispatcherCommand::Disable { id } => {
+            auth::disable_dispatcher(pool, &id).await.map_err(usage_if_invalid)?;
+            println!("{id}: disabled (open streams end within 5 s; enable restores access)");
+        }
+        DispatcherCommand::Enable { id } => {
+            auth::enable_dispatcher(pool, &id).await.map_err(usage_if_invalid)?;
+            println!("{id}: enabled");
+        }
+        DispatcherCommand::RevokeTokens { id } => {
+            auth::revoke_tokens(pool, &id).await.map_err(usage_if_invalid)?;
+            println!("{id}: every token issued so far is revoked (open streams end within 5 s)");
+        }
+        DispatcherCommand::Remove { id } => {
+            auth::remove_dispatcher(pool, &id).await.map_err(usage_if_invalid)?;
+            println!("{id}: removed");
         }
         DispatcherCommand::List { json } => {
             let all = auth::list_dispatchers(pool).await?;

@@ -1,7 +1,7 @@
 //! `serve`: wires the pool, hub, relay, retention and HTTP router into one process, and shuts it down
 //! cleanly: stop accepting, end open streams (clients resume elsewhere), finish the relay batch in flight.
 
-use crate::auth::AuthSecret;
+use crate::auth::{AuthSecret, Jwks, JwksConfig, TokenVerifier};
 use crate::http::{AppState, AppStateInner, router, stream_connection};
 use crate::outbox::RelayWaker;
 use crate::relay::{Relay, RelayConfig};
@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub retention_interval: Duration,
     /// How often the number of open event streams is checked; it is logged when it changed.
     pub stream_count_interval: Duration,
+    /// Identity-provider tokens: where its JWKS is and which `iss`/`aud` tokens must carry (`None`: only
+    /// this server's HS256 tokens are accepted).
+    pub jwks: Option<JwksConfig>,
     /// BENCHMARK ONLY (`smartscheduler-bench --only 10`, its baseline): `EventWrite::BenchOnlySkip` makes
     /// `POST /api/jobs/{id}/recommendations` store sets without their event. `serve` never sets it.
     #[doc(hidden)]
@@ -56,6 +59,7 @@ impl ServerConfig {
             dev_token_ttl: Duration::from_secs(8 * 3600),
             retention_interval: Duration::from_secs(3600),
             stream_count_interval: Duration::from_secs(10),
+            jwks: None,
             bench_only_event_write: crate::recommendations::EventWrite::Write,
         }
     }
@@ -71,13 +75,25 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds and starts the background work. `pool` must be migrated.
+    /// Binds and starts the background work. `pool` must be migrated. `secret` checks (and, under `dev`,
+    /// issues) HS256 tokens; `None` accepts only the identity provider's tokens, which then must be
+    /// configured (`config.jwks`). Errors: neither kind of token configured, the JWKS cannot be read, the
+    /// hub cannot start, the address cannot be bound.
     pub async fn start(
         pool: PgPool,
         config: ServerConfig,
-        secret: AuthSecret,
+        secret: impl Into<Option<AuthSecret>>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let secret = secret.into();
+        anyhow::ensure!(
+            secret.is_some() || config.jwks.is_some(),
+            "no way to check tokens: set SMARTSCHEDULER_AUTH_SECRET, or configure the identity provider (--jwks-url or --jwks-file)"
+        );
+        let jwks = match config.jwks.clone() {
+            Some(jwks) => Some(Jwks::load(jwks).await?),
+            None => None,
+        };
         let node_id = Uuid::new_v4();
         let waker = RelayWaker::new();
         // Every background task runs under the supervisor: restarted after a panic, and reported by /readyz
@@ -109,11 +125,14 @@ impl Server {
             },
         ));
         tasks.push(tokio::spawn(log_stream_count(hub.clone(), config.stream_count_interval, shutdown.clone())));
+        if let Some(jwks) = &jwks {
+            tasks.push(tokio::spawn(jwks.clone().refresh_periodically(shutdown.clone())));
+        }
         let state = AppState::new(AppStateInner {
             dispatchers: crate::auth::dispatcher_lookup(pool.clone()),
             pool,
             hub,
-            secret,
+            tokens: TokenVerifier::new(secret, jwks),
             waker: waker.clone(),
             dev: config.dev,
             metrics: crate::metrics::install(),

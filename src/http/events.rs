@@ -105,6 +105,7 @@ async fn events(
         requested_groups: requested,
         groups,
         resume_from,
+        token_generation: current.origin.generation(),
         token_expires_at: Utc.timestamp_opt(current.claims.exp, 0).single().unwrap_or_else(Utc::now),
     };
     let body = Body::from_stream(open_stream(state.hub.clone(), request, meta));

@@ -2,7 +2,7 @@
 //! rejections come in the contract's error shape (axum's own answer in `text/plain`).
 
 use super::{ApiError, AppState};
-use crate::auth::{AuthError, Claims, Dispatcher};
+use crate::auth::{AuthError, Claims, Dispatcher, DispatcherRecord, TokenOrigin};
 use crate::recommendations::region_of_group;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -14,11 +14,14 @@ use serde::de::DeserializeOwned;
 
 pub const SESSION_COOKIE: &str = "ss_session";
 
-/// The caller, from `Authorization: Bearer <token>` or the `ss_session` cookie. Groups come from the
-/// database on every request, never from the token.
+/// The caller, from `Authorization: Bearer <token>` or the `ss_session` cookie. Groups and access
+/// (disabled, token generation) come from the database on every request, in one query, never from the
+/// token.
 pub struct CurrentDispatcher {
     pub dispatcher: Dispatcher,
     pub claims: Claims,
+    /// This server's token (with its generation) or the identity provider's; open streams keep checking it.
+    pub origin: TokenOrigin,
 }
 
 impl CurrentDispatcher {
@@ -45,14 +48,26 @@ impl FromRequestParts<AppState> for CurrentDispatcher {
         let token = bearer(parts)
             .or_else(|| CookieJar::from_headers(&parts.headers).get(SESSION_COOKIE).map(|c| c.value().to_owned()))
             .ok_or(AuthError::MissingToken)?;
-        let claims = state.secret.verify(&token)?;
-        let dispatcher = state
-            .dispatchers
-            .get(claims.sub.clone())
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown_dispatcher", "the token's dispatcher does not exist"))?;
-        Ok(Self { dispatcher, claims })
+        let (record, verified) = authenticate(state, &token).await?;
+        Ok(Self { dispatcher: record.dispatcher, claims: verified.claims, origin: verified.origin })
     }
+}
+
+/// Checks `token` and its dispatcher's access: the one check of every request and of `POST /api/session`.
+/// Errors: 401 (`unauthorized`, `invalid_token`, `token_expired`, `unknown_dispatcher`, `token_revoked`),
+/// 403 `dispatcher_disabled`, 503 when the database cannot be reached.
+pub(super) async fn authenticate(
+    state: &AppState,
+    token: &str,
+) -> Result<(DispatcherRecord, crate::auth::Verified), ApiError> {
+    let verified = state.tokens.verify(token).await?;
+    let record = state
+        .dispatchers
+        .get(verified.claims.sub.clone())
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown_dispatcher", "the token's dispatcher does not exist"))?;
+    record.access.admits(verified.origin)?;
+    Ok((record, verified))
 }
 
 /// A JSON body, whatever its Content-Type says; malformed JSON is 400, an oversized body 413.

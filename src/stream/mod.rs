@@ -7,9 +7,11 @@ mod catchup;
 mod event;
 mod frame;
 mod hub;
+mod revocation;
 mod session;
+mod window;
 
 pub use event::{StreamEvent, fetch_for_groups};
 pub use frame::Frame;
-pub use hub::{Hub, HubConfig, MembershipSource, Memberships};
+pub use hub::{Hub, HubConfig, MembershipSource, Memberships, Revocation};
 pub use session::{ResetReason, StreamRequest, open_stream};

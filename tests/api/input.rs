@@ -14,8 +14,8 @@ async fn seeded() -> (TestDb, TestApp) {
     (db, app)
 }
 
-fn token(id: &str) -> String {
-    secret().issue(id, Duration::from_secs(3600)).unwrap()
+async fn token(db: &TestDb, id: &str) -> String {
+    token_for(db, id, Duration::from_secs(3600)).await
 }
 
 fn new_job() -> Value {
@@ -46,7 +46,7 @@ async fn refusal(response: reqwest::Response) -> (u16, String, String) {
 #[tokio::test]
 async fn values_postgresql_would_refuse_are_400s_in_the_error_shape_and_write_nothing() {
     let (db, app) = seeded().await;
-    let alice = token("alice");
+    let alice = token(&db, "alice").await;
     let jobs = app.url("/api/jobs");
     let post = |body: Value| http().post(&jobs).bearer_auth(&alice).json(&body).send();
     let count_jobs = || sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs").fetch_one(&db.pool);
@@ -168,8 +168,8 @@ async fn a_token_not_yet_valid_or_for_another_audience_is_a_401_invalid_token() 
 
 #[tokio::test]
 async fn a_refused_value_is_echoed_bounded_not_whole() {
-    let (_db, app) = seeded().await;
-    let alice = token("alice");
+    let (db, app) = seeded().await;
+    let alice = token(&db, "alice").await;
     let long = "x".repeat(60_000);
     let mut job = new_job();
     job["requiredSkills"] = json!([long]);
@@ -189,8 +189,8 @@ async fn a_refused_value_is_echoed_bounded_not_whole() {
 
 #[tokio::test]
 async fn framework_rejections_come_in_the_error_shape_with_stable_codes() {
-    let (_db, app) = seeded().await;
-    let alice = token("alice");
+    let (db, app) = seeded().await;
+    let alice = token(&db, "alice").await;
     let get = |path: &str| http().get(app.url(path)).bearer_auth(&alice).send();
 
     // The issue's input: a list the way many HTTP clients send one.

@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL. Each test creates its own database, so they run in parallel.
 //! One binary (this file declares the modules) links once.
 
+mod access;
 mod app;
 mod cli;
 mod deploy;
@@ -8,6 +9,7 @@ mod faults;
 mod foreign_writer;
 mod helpers;
 mod http;
+mod identity;
 mod input;
 mod openapi;
 mod ops;
