@@ -129,10 +129,12 @@ async fn values_postgresql_would_refuse_are_400s_in_the_error_shape_and_write_no
 
 #[tokio::test]
 async fn a_signed_token_whose_claims_are_outside_their_domains_is_a_401_not_a_500() {
-    let (_db, app) = seeded().await;
+    let (db, app) = seeded().await;
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+    // The generation alice's tokens must carry (migration 0011), so that only the claims under test differ.
+    let generation = smartscheduler::auth::token_generation(&db.pool, "alice").await.unwrap();
     let forge = |sub: &str, exp: i64| {
-        let claims = json!({ "sub": sub, "iat": 0, "exp": exp });
+        let claims = json!({ "sub": sub, "iat": 0, "exp": exp, "gen": generation });
         jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
     };
     let in_an_hour = chrono::Utc::now().timestamp() + 3600;
@@ -148,11 +150,12 @@ async fn a_signed_token_whose_claims_are_outside_their_domains_is_a_401_not_a_50
 
 #[tokio::test]
 async fn a_token_not_yet_valid_or_for_another_audience_is_a_401_invalid_token() {
-    let (_db, app) = seeded().await;
+    let (db, app) = seeded().await;
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
     let now = chrono::Utc::now().timestamp();
+    let generation = smartscheduler::auth::token_generation(&db.pool, "alice").await.unwrap();
     let forge = |extra: serde_json::Value| {
-        let mut claims = json!({ "sub": "alice", "iat": now, "exp": now + 7200 });
+        let mut claims = json!({ "sub": "alice", "iat": now, "exp": now + 7200, "gen": generation });
         claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
     };
