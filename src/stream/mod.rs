@@ -7,6 +7,7 @@ mod catchup;
 mod event;
 mod frame;
 mod hub;
+mod registry;
 mod revocation;
 mod session;
 mod window;
