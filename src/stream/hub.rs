@@ -8,6 +8,7 @@
 
 use super::catchup::CatchUpReads;
 use super::event::{Delivery, StreamEvent};
+pub use super::registry::Memberships;
 use super::registry::{ClientEntry, ClientShared, Registry, dispatch_locked, lock};
 pub use super::revocation::Revocation;
 use super::window::Window;
@@ -67,10 +68,6 @@ impl HubConfig {
         Self { window_events: 0, catchup_reads: 0, catchup_cache_bytes: 0, retry_catchup: false, ..self }
     }
 }
-
-/// The current groups and access of some dispatchers, by id. An id absent from the answer is unknown (left
-/// as it is), not a dispatcher without groups.
-pub type Memberships = HashMap<String, crate::auth::Standing>;
 
 type MembershipRead = dyn Fn(PgPool, Vec<String>) -> BoxFuture<'static, Result<Memberships, sqlx::Error>> + Send + Sync;
 

@@ -2,13 +2,16 @@
 //! and access each stream was last checked against.
 
 use super::event::Delivery;
-use super::hub::Memberships;
 use super::revocation::Revocation;
 use crate::position::Epoch;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
+
+/// The current groups and access of some dispatchers, by id. An id absent from the answer is unknown (left
+/// as it is), not a dispatcher without groups.
+pub type Memberships = HashMap<String, crate::auth::Standing>;
 
 /// What a stream shares with the hub.
 #[derive(Debug)]
