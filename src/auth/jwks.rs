@@ -187,7 +187,7 @@ impl Jwks {
             gate: tokio::sync::Mutex::new(None),
             fetches: AtomicU64::new(0),
         }));
-        let keys = jwks.fetch().await?;
+        let keys = jwks.fetch("start").await?;
         jwks.install(keys);
         Ok(jwks)
     }
@@ -208,7 +208,7 @@ impl Jwks {
                 _ = tick.tick() => {}
             }
             let _flight = self.0.gate.lock().await;
-            self.refresh_locked().await;
+            self.refresh_locked("periodic").await;
         }
     }
 
@@ -222,9 +222,10 @@ impl Jwks {
         *slot = Arc::new(KeySet { version, keys });
     }
 
-    /// Fetches and installs; on failure keeps the keys there are. The caller holds the gate.
-    async fn refresh_locked(&self) {
-        match self.fetch().await {
+    /// Fetches and installs; on failure keeps the keys there are. The caller holds the gate; `trigger`
+    /// labels the metric.
+    async fn refresh_locked(&self, trigger: &'static str) {
+        match self.fetch(trigger).await {
             Ok(keys) => {
                 tracing::info!(source = %self.0.config.source, keys = keys.len(), "identity provider keys read");
                 self.install(keys);
@@ -254,7 +255,7 @@ impl Jwks {
             return None;
         }
         *last_on_demand = Some(Instant::now());
-        self.refresh_locked().await;
+        self.refresh_locked("unknown_kid").await;
         self.current().keys.get(kid).cloned()
     }
 
@@ -275,9 +276,16 @@ impl Jwks {
         decode_checked(token, &key.decoding, &validation)
     }
 
-    /// Reads and parses the document. Counts the attempt.
-    async fn fetch(&self) -> Result<HashMap<String, Arc<Key>>, JwksError> {
+    /// Reads and parses the document. Counts the attempt (`trigger` and the outcome label the metric).
+    async fn fetch(&self, trigger: &'static str) -> Result<HashMap<String, Arc<Key>>, JwksError> {
         self.0.fetches.fetch_add(1, Ordering::Relaxed);
+        let result = self.read_and_parse().await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(crate::metrics::JWKS_FETCHES, "trigger" => trigger, "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn read_and_parse(&self) -> Result<HashMap<String, Arc<Key>>, JwksError> {
         let source = self.0.config.source.to_string();
         let failed = |why: String| JwksError::Fetch(source.clone(), why);
         let max = self.0.config.max_bytes;

@@ -168,9 +168,16 @@ async fn tokens_signed_with_rs256_es256_and_eddsa_keys_of_the_jwks_are_accepted_
     write_event(&db.pool, &["region:north"], json!({"n": 1})).await;
     assert_eq!(data_json(&stream.next_data(Duration::from_secs(10)).await)["n"], 1);
 
-    // Disabling is what withdraws identity-provider tokens.
+    // Disabling is what withdraws identity-provider tokens, on requests and on open streams.
     smartscheduler::auth::disable_dispatcher(&db.pool, "carol").await.unwrap();
     assert_eq!(me(&app, &ec.sign(&claims("carol"))).await, (403, Some("dispatcher_disabled".to_owned())));
+    let revoked = loop {
+        let event = stream.next(Duration::from_secs(5)).await;
+        if event.event == "access-revoked" {
+            break event;
+        }
+    };
+    assert_eq!(data_json(&revoked)["reason"], "disabled");
     assert_eq!(idp.fetches(), 1, "every kid was known: no fetch after the first");
 }
 
