@@ -217,13 +217,24 @@ async fn dispatcher(pool: &PgPool, command: DispatcherCommand) -> anyhow::Result
         DispatcherCommand::List { json } => {
             let all = auth::list_dispatchers(pool).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
+                #[derive(serde::Serialize)]
+                #[serde(rename_all = "camelCase")]
+                struct Listed<'a> {
+                    #[serde(flatten)]
+                    dispatcher: &'a auth::Dispatcher,
+                    disabled: bool,
+                }
+                let listed: Vec<Listed> =
+                    all.iter().map(|d| Listed { dispatcher: &d.dispatcher, disabled: d.access.disabled }).collect();
+                println!("{}", serde_json::to_string_pretty(&listed)?);
             } else {
-                let width = all.iter().map(|d| d.dispatcher_id.len()).max().unwrap_or(2).max(2);
-                let name_width = all.iter().map(|d| d.name.len()).max().unwrap_or(4).max(4);
+                let width = all.iter().map(|d| d.dispatcher.dispatcher_id.len()).max().unwrap_or(2).max(2);
+                let name_width = all.iter().map(|d| d.dispatcher.name.len()).max().unwrap_or(4).max(4);
                 println!("{:width$}  {:name_width$}  GROUPS", "ID", "NAME");
-                for d in all {
-                    println!("{:width$}  {:name_width$}  {}", d.dispatcher_id, d.name, d.groups.join(", "));
+                for record in all {
+                    let status = if record.access.disabled { "  (disabled)" } else { "" };
+                    let d = &record.dispatcher;
+                    println!("{:width$}  {:name_width$}  {}{status}", d.dispatcher_id, d.name, d.groups.join(", "));
                 }
             }
         }

@@ -121,17 +121,24 @@ pub fn dispatcher_lookup(pool: PgPool) -> Coalescer<String, DispatcherRecord> {
     })
 }
 
-/// Every dispatcher with their groups, by id.
-pub async fn list_dispatchers(pool: &PgPool) -> Result<Vec<Dispatcher>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, (String, String, Vec<String>)>(
+/// Every dispatcher with their groups and access, by id.
+pub async fn list_dispatchers(pool: &PgPool) -> Result<Vec<DispatcherRecord>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, (String, String, Vec<String>, bool, i64)>(
         "SELECT d.id, d.name,
-                coalesce(array_agg(g.group_key ORDER BY g.group_key) FILTER (WHERE g.group_key IS NOT NULL), '{}')
+                coalesce(array_agg(g.group_key ORDER BY g.group_key) FILTER (WHERE g.group_key IS NOT NULL), '{}'),
+                d.disabled_at IS NOT NULL, d.token_generation
          FROM dispatchers d LEFT JOIN dispatcher_groups g ON g.dispatcher_id = d.id
          GROUP BY d.id ORDER BY d.id",
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|(dispatcher_id, name, groups)| Dispatcher { dispatcher_id, name, groups }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(dispatcher_id, name, groups, disabled, token_generation)| DispatcherRecord {
+            dispatcher: Dispatcher { dispatcher_id, name, groups },
+            access: Access { disabled, token_generation },
+        })
+        .collect())
 }
 
 /// Adds a dispatcher, or renames an existing one; adds `groups` to their membership.

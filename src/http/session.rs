@@ -93,10 +93,12 @@ async fn dev_session(
     Ok((jar, Json(dispatcher)).into_response())
 }
 
-/// `GET /api/dev/dispatchers` (only under `--dev`): who one can sign in as.
+/// `GET /api/dev/dispatchers` (only under `--dev`): who one can sign in as (disabled dispatchers left out).
 async fn dev_dispatchers(State(state): State<AppState>) -> Result<Json<Vec<Dispatcher>>, ApiError> {
     if !state.dev {
         return Err(ApiError::not_found("the demo login exists only under serve --dev"));
     }
-    Ok(Json(auth::list_dispatchers(&state.pool).await?))
+    // A disabled dispatcher cannot sign in, so is not offered.
+    let all = auth::list_dispatchers(&state.pool).await?;
+    Ok(Json(all.into_iter().filter(|d| !d.access.disabled).map(|d| d.dispatcher).collect()))
 }

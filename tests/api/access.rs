@@ -86,6 +86,12 @@ async fn a_disabled_dispatcher_is_refused_everywhere_its_streams_end_and_enable_
     let token = smartscheduler(&db, &["token", "--dispatcher", "carol"]).await;
     assert_eq!(token.status.code(), Some(1), "no token is issued for a disabled dispatcher");
 
+    let listed: Value = serde_json::from_str(&ok(&db, &["dispatcher", "list", "--json"]).await).unwrap();
+    assert_eq!(listed[0]["disabled"], true, "{listed}");
+    assert!(ok(&db, &["dispatcher", "list"]).await.contains("(disabled)"));
+    let offered: Value = http().get(app.url("/api/dev/dispatchers")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(offered, json!([]), "the demo login offers no disabled dispatcher");
+
     // Disable again: idempotent. Enable: the same, unrevoked token works again, streams too.
     ok(&db, &["dispatcher", "disable", "carol"]).await;
     ok(&db, &["dispatcher", "enable", "carol"]).await;
