@@ -421,6 +421,52 @@ mod tests {
         assert_eq!(parse(json!({"nokeys": []})), Err("malformed"));
     }
 
+    #[tokio::test]
+    async fn a_document_over_the_size_cap_or_a_server_that_does_not_answer_is_a_failed_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, json!({"keys": [ec_key("k", json!({}))]}).to_string()).unwrap();
+        let config = |source| JwksConfig::new(source, "iss".into(), "aud".into());
+        assert!(Jwks::load(config(JwksSource::File(path.clone()))).await.is_ok());
+        let small = JwksConfig { max_bytes: 64, ..config(JwksSource::File(path)) };
+        let error = Jwks::load(small).await.unwrap_err().to_string();
+        assert!(error.contains("larger than 64 bytes"), "{error}");
+
+        // Accepts the connection, never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", silent.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((connection, _)) = silent.accept().await {
+                open.push(connection);
+            }
+        });
+        let quick = JwksConfig { fetch_timeout: Duration::from_millis(200), ..config(JwksSource::Url(url)) };
+        let started = Instant::now();
+        let error = Jwks::load(quick).await.unwrap_err().to_string();
+        assert!(error.contains("no answer within"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        held.abort();
+
+        // Answers with a body over the cap.
+        let big = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", big.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if let Ok((mut connection, _)) = big.accept().await {
+                let mut request = [0u8; 1024];
+                let _ = connection.read(&mut request).await;
+                let body = format!("{{\"keys\": [], \"padding\": \"{}\"}}", "x".repeat(10_000));
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                let _ = connection.write_all(format!("{head}{body}").as_bytes()).await;
+            }
+        });
+        let capped = JwksConfig { max_bytes: 1024, ..config(JwksSource::Url(url)) };
+        let error = Jwks::load(capped).await.unwrap_err().to_string();
+        assert!(error.contains("at most 1024 bytes"), "{error}");
+        served.abort();
+    }
+
     #[test]
     fn key_urls_must_be_https_except_to_this_machine() {
         let url = |u: &str| fetcher(&JwksSource::Url(u.to_owned())).err().map(|e| e.to_string());
