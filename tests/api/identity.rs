@@ -77,6 +77,8 @@ struct Idp {
     url: String,
     keys: Arc<Mutex<Vec<Jwk>>>,
     fetches: Arc<AtomicUsize>,
+    /// The number of fetches so far, to await.
+    fetched: Arc<tokio::sync::watch::Sender<usize>>,
     failing: Arc<AtomicBool>,
 }
 
@@ -86,6 +88,7 @@ impl Idp {
             url: String::new(),
             keys: Arc::new(Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect())),
             fetches: Arc::new(AtomicUsize::new(0)),
+            fetched: Arc::new(tokio::sync::watch::channel(0).0),
             failing: Arc::new(AtomicBool::new(false)),
         };
         let served = idp.clone();
@@ -94,12 +97,15 @@ impl Idp {
             get(move || {
                 let idp = served.clone();
                 async move {
-                    idp.fetches.fetch_add(1, Ordering::SeqCst);
-                    if idp.failing.load(Ordering::SeqCst) {
-                        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down".to_owned());
-                    }
-                    let set = JwkSet { keys: idp.keys.lock().unwrap().clone() };
-                    (axum::http::StatusCode::OK, serde_json::to_string(&set).unwrap())
+                    let n = idp.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+                    let answer = if idp.failing.load(Ordering::SeqCst) {
+                        (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down".to_owned())
+                    } else {
+                        let set = JwkSet { keys: idp.keys.lock().unwrap().clone() };
+                        (axum::http::StatusCode::OK, serde_json::to_string(&set).unwrap())
+                    };
+                    idp.fetched.send_replace(n); // once the answer is decided
+                    answer
                 }
             }),
         );
@@ -253,6 +259,24 @@ async fn a_key_published_after_start_is_accepted_without_a_restart() {
     assert_eq!(me(&app, &new.sign(&claims("carol"))).await, (200, None));
     assert_eq!(me(&app, &old.sign(&claims("carol"))).await, (200, None), "the old key is still published");
     assert_eq!(idp.fetches(), 2, "known kids need no fetch");
+}
+
+#[tokio::test]
+async fn the_key_set_is_read_again_periodically_without_any_token_asking() {
+    let db = TestDb::new().await;
+    dispatcher_token(&db, "carol", &["region:north"]).await;
+    let (old, new) = (IdpKey::p256("old"), IdpKey::ed25519("new"));
+    let idp = Idp::start(&[&old]).await;
+    let config = JwksConfig { refresh_every: Duration::from_millis(300), ..idp.config() };
+    let mut fetched = idp.fetched.subscribe();
+    let app = TestApp::spawn_with(&db, |c| c.jwks = Some(config)).await;
+    idp.publish(&new);
+    let refreshed = tokio::time::timeout(Duration::from_secs(5), fetched.wait_for(|n| *n >= 2)).await;
+    assert!(refreshed.is_ok(), "no periodic refresh within 5 s");
+    // From now on every read fails: the new key can only be known from the periodic read that was answered.
+    idp.failing.store(true, Ordering::SeqCst);
+    assert_eq!(me(&app, &new.sign(&claims("carol"))).await, (200, None), "known from the periodic read");
+    assert_eq!(me(&app, &old.sign(&claims("carol"))).await, (200, None));
 }
 
 #[tokio::test]
