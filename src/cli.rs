@@ -115,10 +115,74 @@ pub struct ServeArgs {
     /// console shares one stream between the tabs of a browser, so this allows many browsers and devices.
     #[arg(long, env = "SMARTSCHEDULER_MAX_STREAMS_PER_DISPATCHER", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_streams_per_dispatcher: u32,
+    /// Identity-provider tokens (JWKS, issuer, audience).
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// For the benchmark's comparison only: the stream design before issue 14 (no resume window, no
     /// catch-up queue, a catch-up read that finds the pool busy ends the stream).
     #[arg(long, hide = true)]
     pub bench_only_without_storm_protection: bool,
+}
+
+/// `serve`'s identity-provider flags: tokens signed by the company's identity provider (RS256, ES256,
+/// EdDSA), checked against its JWKS. With a JWKS, `--token-issuer` and `--token-audience` are required (a
+/// key set alone would accept any token its provider signs for any application). HS256 tokens keep working
+/// when `SMARTSCHEDULER_AUTH_SECRET` is set too.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// URL of the identity provider's JWKS document (https; http only to a loopback host).
+    #[arg(long, env = "SMARTSCHEDULER_JWKS_URL", conflicts_with = "jwks_file")]
+    pub jwks_url: Option<String>,
+    /// File holding the identity provider's JWKS document (re-read at every refresh).
+    #[arg(long, env = "SMARTSCHEDULER_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// The `iss` identity-provider tokens must carry (exactly).
+    #[arg(long, env = "SMARTSCHEDULER_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+    /// A value identity-provider tokens' `aud` must hold.
+    #[arg(long, env = "SMARTSCHEDULER_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+    /// How often the JWKS is read again (an unknown `kid` also triggers a read, at most every 30 s).
+    #[arg(long, env = "SMARTSCHEDULER_JWKS_REFRESH", default_value = "5m", value_parser = jwks_refresh)]
+    pub jwks_refresh: std::time::Duration,
+}
+
+/// A JWKS refresh interval: at least 30 s (a provider is not to be polled like a local file).
+fn jwks_refresh(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(30) {
+        return Err("must be at least 30s".into());
+    }
+    Ok(d)
+}
+
+impl IdentityArgs {
+    /// The identity-provider configuration these flags describe, `None` without a JWKS. Errors (usage
+    /// errors): a JWKS without issuer or audience, an issuer or audience without a JWKS, an empty value.
+    pub fn config(&self) -> Result<Option<crate::auth::JwksConfig>, String> {
+        use crate::auth::{JwksConfig, JwksSource};
+        let source = match (&self.jwks_url, &self.jwks_file) {
+            (Some(url), _) => Some(JwksSource::Url(url.clone())),
+            (None, Some(file)) => Some(JwksSource::File(file.clone())),
+            (None, None) => None,
+        };
+        let nonempty =
+            |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+        match (source, nonempty(&self.token_issuer), nonempty(&self.token_audience)) {
+            (None, None, None) => Ok(None),
+            (Some(source), Some(issuer), Some(audience)) => {
+                let mut config = JwksConfig::new(source, issuer, audience);
+                config.refresh_every = self.jwks_refresh;
+                Ok(Some(config))
+            }
+            (Some(_), _, _) => Err("--jwks-url/--jwks-file need both --token-issuer and --token-audience \
+                                    (SMARTSCHEDULER_TOKEN_ISSUER, SMARTSCHEDULER_TOKEN_AUDIENCE)"
+                .into()),
+            (None, _, _) => Err("--token-issuer and --token-audience apply to identity-provider tokens: \
+                                 also set --jwks-url or --jwks-file"
+                .into()),
+        }
+    }
 }
 
 /// How often the relay looks for events from writers that do not wake it (a plain SQL `INSERT INTO outbox`).
@@ -186,6 +250,16 @@ pub enum DispatcherCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Disable a dispatcher: every request is refused (403) and open streams end within 5 seconds. Their
+    /// tokens are kept: `enable` makes them work again.
+    Disable { id: String },
+    /// Enable a disabled dispatcher again.
+    Enable { id: String },
+    /// Revoke every token this server issued for a dispatcher so far (requests with them are 401, streams
+    /// opened with them end within 5 seconds). Identity-provider tokens are withdrawn with `disable`.
+    RevokeTokens { id: String },
+    /// Remove a dispatcher and their groups. Their tokens stay invalid if the id is added again.
+    Remove { id: String },
 }
 
 /// `outbox`'s subcommands.

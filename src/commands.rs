@@ -53,13 +53,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 // exp is in whole seconds: a shorter lifetime would print a token that is already expired.
                 return Err(UsageError(format!("--ttl {ttl:?}: a token must live at least 1s")).into());
             }
-            let token = secret.issue(&dispatcher, ttl).map_err(|e| match e {
+            // Checked before the database is asked, so that a lifetime no token can have is a usage error.
+            secret.issue(&dispatcher, 0, ttl).map_err(|e| match e {
                 auth::AuthError::BadTtl(_) => anyhow::Error::new(UsageError(format!("--ttl: {e}"))),
                 other => other.into(),
             })?;
             let pool = connect(&url?).await?;
-            auth::dispatcher(&pool, &dispatcher).await?.with_context(|| format!("no dispatcher {dispatcher:?}"))?;
-            println!("{token}");
+            let record = auth::dispatchers_by_id(&pool, std::slice::from_ref(&dispatcher))
+                .await?
+                .remove(&dispatcher)
+                .with_context(|| format!("no dispatcher {dispatcher:?}"))?;
+            anyhow::ensure!(
+                !record.access.disabled,
+                "dispatcher {dispatcher:?} is disabled: its tokens would be refused (dispatcher enable {dispatcher})"
+            );
+            // Bound to the dispatcher's generation: revoke-tokens (or removing the dispatcher) ends it.
+            println!("{}", secret.issue(&dispatcher, record.access.token_generation, ttl)?);
             Ok(())
         }
         Command::Outbox(OutboxCommand::Status { json }) => {
@@ -89,15 +98,18 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
         args.public_url.as_deref(),
     )
     .map_err(|e| UsageError(e.to_string()))?;
+    let jwks = args.identity.config().map_err(UsageError)?;
     let secret = match AuthSecret::from_env() {
-        Ok(secret) => secret,
+        Ok(secret) => Some(secret),
         Err(auth::AuthError::MissingSecret) if args.dev => {
             eprintln!(
                 "serve --dev: generated an ephemeral demo auth secret at start-up (tokens die with this process); \
                  set SMARTSCHEDULER_AUTH_SECRET for a real one"
             );
-            AuthSecret::ephemeral()
+            Some(AuthSecret::ephemeral())
         }
+        // With the identity provider configured, this server's own HS256 tokens are optional.
+        Err(auth::AuthError::MissingSecret) if jwks.is_some() => None,
         Err(e) => return Err(e.into()),
     };
     if let Some(dir) = &args.static_dir {
@@ -128,6 +140,7 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
     let has_console = args.static_dir.is_some() || crate::console::is_embedded();
     config.static_dir = args.static_dir;
     config.relay = args.relay.config();
+    config.jwks = jwks;
     let shutdown = shutdown_on_signal();
     let server = Server::start_on(listener, pool, config, secret, shutdown).await?;
     let addr = server.local_addr()?;
@@ -196,16 +209,43 @@ async fn dispatcher(pool: &PgPool, command: DispatcherCommand) -> anyhow::Result
                 println!("{}: {}", d.dispatcher_id, d.groups.join(", "));
             }
         }
+        DispatcherCommand::Disable { id } => {
+            auth::disable_dispatcher(pool, &id).await.map_err(usage_if_invalid)?;
+            println!("{id}: disabled (open streams end within 5 s; enable restores access)");
+        }
+        DispatcherCommand::Enable { id } => {
+            auth::enable_dispatcher(pool, &id).await.map_err(usage_if_invalid)?;
+            println!("{id}: enabled");
+        }
+        DispatcherCommand::RevokeTokens { id } => {
+            auth::revoke_tokens(pool, &id).await.map_err(usage_if_invalid)?;
+            println!("{id}: every token issued so far is revoked (open streams end within 5 s)");
+        }
+        DispatcherCommand::Remove { id } => {
+            auth::remove_dispatcher(pool, &id).await.map_err(usage_if_invalid)?;
+            println!("{id}: removed");
+        }
         DispatcherCommand::List { json } => {
             let all = auth::list_dispatchers(pool).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
+                #[derive(serde::Serialize)]
+                #[serde(rename_all = "camelCase")]
+                struct Listed<'a> {
+                    #[serde(flatten)]
+                    dispatcher: &'a auth::Dispatcher,
+                    disabled: bool,
+                }
+                let listed: Vec<Listed> =
+                    all.iter().map(|d| Listed { dispatcher: &d.dispatcher, disabled: d.access.disabled }).collect();
+                println!("{}", serde_json::to_string_pretty(&listed)?);
             } else {
-                let width = all.iter().map(|d| d.dispatcher_id.len()).max().unwrap_or(2).max(2);
-                let name_width = all.iter().map(|d| d.name.len()).max().unwrap_or(4).max(4);
+                let width = all.iter().map(|d| d.dispatcher.dispatcher_id.len()).max().unwrap_or(2).max(2);
+                let name_width = all.iter().map(|d| d.dispatcher.name.len()).max().unwrap_or(4).max(4);
                 println!("{:width$}  {:name_width$}  GROUPS", "ID", "NAME");
-                for d in all {
-                    println!("{:width$}  {:name_width$}  {}", d.dispatcher_id, d.name, d.groups.join(", "));
+                for record in all {
+                    let status = if record.access.disabled { "  (disabled)" } else { "" };
+                    let d = &record.dispatcher;
+                    println!("{:width$}  {:name_width$}  {}{status}", d.dispatcher_id, d.name, d.groups.join(", "));
                 }
             }
         }

@@ -35,6 +35,9 @@ pub const LISTENER_RECONNECTS: &str = "smartscheduler_listener_reconnects_total"
 pub const OUTBOX_PARKED: &str = "smartscheduler_outbox_parked_total";
 /// Gauge: rows in `outbox_dead_letter` (read at scrape time).
 pub const OUTBOX_DEAD_LETTERS: &str = "smartscheduler_outbox_dead_letters";
+/// Counter, labelled `trigger` (`start`, `periodic`, `unknown_kid`) and `outcome` (`ok`, `error`): reads of
+/// the identity provider's JWKS.
+pub const JWKS_FETCHES: &str = "smartscheduler_jwks_fetches_total";
 pub use crate::supervisor::TASK_RESTARTS;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -1,7 +1,7 @@
 //! `serve`: wires the pool, hub, relay, retention and HTTP router into one process, and shuts it down
 //! cleanly: stop accepting, end open streams (clients resume elsewhere), finish the relay batch in flight.
 
-use crate::auth::AuthSecret;
+use crate::auth::{AuthSecret, Jwks, JwksConfig, TokenVerifier};
 use crate::http::admission::{Admission, ConnectionLimits};
 use crate::http::{AppState, AppStateInner, connection, router};
 use crate::outbox::RelayWaker;
@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub connection_limits: Option<ConnectionLimits>,
     /// How browsers reach this server (origin check, security headers, `Secure` cookies).
     pub security: crate::http::security::SecurityConfig,
+    /// Identity-provider tokens: where its JWKS is and which `iss`/`aud` tokens must carry (`None`: only
+    /// this server's HS256 tokens are accepted).
+    pub jwks: Option<JwksConfig>,
     /// BENCHMARK ONLY (`smartscheduler-bench --only 10`, its baseline): `EventWrite::BenchOnlySkip` makes
     /// `POST /api/jobs/{id}/recommendations` store sets without their event. `serve` never sets it.
     #[doc(hidden)]
@@ -68,6 +71,7 @@ impl ServerConfig {
             streams_per_dispatcher: crate::stream::DEFAULT_STREAMS_PER_DISPATCHER,
             connection_limits: None,
             security: crate::http::security::SecurityConfig::default(),
+            jwks: None,
             bench_only_event_write: crate::recommendations::EventWrite::Write,
         }
     }
@@ -84,11 +88,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `config.addr`, then starts the background work. `pool` must be migrated.
+    /// Binds `config.addr`, then starts the background work; see [`Server::start_on`].
     pub async fn start(
         pool: PgPool,
         config: ServerConfig,
-        secret: AuthSecret,
+        secret: impl Into<Option<AuthSecret>>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let listener = bind(config.addr)?;
@@ -97,13 +101,25 @@ impl Server {
 
     /// Starts the background work and serves on `listener` (from [`bind`], done before anything else so
     /// that a taken port is found before migrations run or a relay starts). `pool` must be migrated.
+    /// `secret` checks (and, under `dev`, issues) HS256 tokens; `None` accepts only the identity
+    /// provider's tokens, which then must be configured (`config.jwks`). Errors: neither kind of token
+    /// configured, the JWKS cannot be read, the hub cannot start.
     pub async fn start_on(
         listener: TcpListener,
         pool: PgPool,
         config: ServerConfig,
-        secret: AuthSecret,
+        secret: impl Into<Option<AuthSecret>>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let secret = secret.into();
+        anyhow::ensure!(
+            secret.is_some() || config.jwks.is_some(),
+            "no way to check tokens: set SMARTSCHEDULER_AUTH_SECRET, or configure the identity provider (--jwks-url or --jwks-file)"
+        );
+        let jwks = match config.jwks.clone() {
+            Some(jwks) => Some(Jwks::load(jwks).await?),
+            None => None,
+        };
         let limits = config.connection_limits.unwrap_or_else(|| {
             let descriptors = crate::http::admission::raise_descriptor_limit().unwrap_or(1024);
             ConnectionLimits::from_descriptors(descriptors, pool.options().get_max_connections())
@@ -146,11 +162,14 @@ impl Server {
             },
         ));
         tasks.push(tokio::spawn(log_stream_count(hub.clone(), config.stream_count_interval, shutdown.clone())));
+        if let Some(jwks) = &jwks {
+            tasks.push(tokio::spawn(jwks.clone().refresh_periodically(shutdown.clone())));
+        }
         let state = AppState::new(AppStateInner {
             dispatchers: crate::auth::dispatcher_lookup(pool.clone()),
             pool,
             hub,
-            secret,
+            tokens: TokenVerifier::new(secret, jwks),
             waker: waker.clone(),
             dev: config.dev,
             metrics: crate::metrics::install(),

@@ -41,6 +41,7 @@ async fn streams_resuming_from_nearby_positions_share_each_read_of_the_log() {
         config.hub.window_events = 0; // every resume reads the log
         config.hub.page_size = PAGE;
         config.run_relay = false;
+        config.streams_per_dispatcher = 10_000; // one dispatcher, many streams
     })
     .await;
     let epoch: String = sqlx::query_scalar("SELECT epoch FROM stream_meta").fetch_one(&db.pool).await.unwrap();

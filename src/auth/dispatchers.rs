@@ -1,5 +1,6 @@
 //! Dispatchers and their groups (`dispatchers`, `dispatcher_groups`).
 
+use super::admission::Access;
 use crate::coalesce::Coalescer;
 use crate::outbox::{GroupKey, OutboxError};
 use crate::validate;
@@ -69,16 +70,29 @@ pub async fn dispatcher(pool: &PgPool, id: &str) -> Result<Option<Dispatcher>, s
     .map(|row| row.map(|(dispatcher_id, name, groups)| Dispatcher { dispatcher_id, name, groups }))
 }
 
-/// The dispatchers among `ids` that exist, with their current groups, by id (one query for all of them).
-/// Ids outside the column's pattern are left out without asking the database.
-pub async fn dispatchers_by_id(pool: &PgPool, ids: &[String]) -> Result<HashMap<String, Dispatcher>, sqlx::Error> {
+/// A dispatcher as a request needs them: who they are and whether their token is honoured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatcherRecord {
+    /// Id, name and groups.
+    pub dispatcher: Dispatcher,
+    /// Disabled and token generation.
+    pub access: Access,
+}
+
+/// The dispatchers among `ids` that exist, with their current groups and access, by id (one query for all
+/// of them). Ids outside the column's pattern are left out without asking the database.
+pub async fn dispatchers_by_id(
+    pool: &PgPool,
+    ids: &[String],
+) -> Result<HashMap<String, DispatcherRecord>, sqlx::Error> {
     let ids: Vec<&String> = ids.iter().filter(|id| valid_id(id)).collect();
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = sqlx::query_as::<_, (String, String, Vec<String>)>(
+    let rows = sqlx::query_as::<_, (String, String, Vec<String>, bool, i64)>(
         "SELECT d.id, d.name,
-                coalesce(array_agg(g.group_key ORDER BY g.group_key) FILTER (WHERE g.group_key IS NOT NULL), '{}')
+                coalesce(array_agg(g.group_key ORDER BY g.group_key) FILTER (WHERE g.group_key IS NOT NULL), '{}'),
+                d.disabled_at IS NOT NULL, d.token_generation
          FROM dispatchers d LEFT JOIN dispatcher_groups g ON g.dispatcher_id = d.id
          WHERE d.id = ANY($1) GROUP BY d.id",
     )
@@ -87,31 +101,44 @@ pub async fn dispatchers_by_id(pool: &PgPool, ids: &[String]) -> Result<HashMap<
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, name, groups)| (id.clone(), Dispatcher { dispatcher_id: id, name, groups }))
+        .map(|(id, name, groups, disabled, token_generation)| {
+            let record = DispatcherRecord {
+                dispatcher: Dispatcher { dispatcher_id: id.clone(), name, groups },
+                access: Access { disabled, token_generation },
+            };
+            (id, record)
+        })
         .collect())
 }
 
 /// Looks dispatchers up for requests, sharing one query among the requests that arrive together (a reconnect
 /// storm, many tabs); each request is still answered by a read that began after it arrived, so a change of
-/// membership counts from the next request on, as with a query of its own.
-pub fn dispatcher_lookup(pool: PgPool) -> Coalescer<String, Dispatcher> {
+/// membership or access counts from the next request on, as with a query of its own.
+pub fn dispatcher_lookup(pool: PgPool) -> Coalescer<String, DispatcherRecord> {
     Coalescer::new(move |ids: Vec<String>| {
         let pool = pool.clone();
         Box::pin(async move { dispatchers_by_id(&pool, &ids).await })
     })
 }
 
-/// Every dispatcher with their groups, by id.
-pub async fn list_dispatchers(pool: &PgPool) -> Result<Vec<Dispatcher>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, (String, String, Vec<String>)>(
+/// Every dispatcher with their groups and access, by id.
+pub async fn list_dispatchers(pool: &PgPool) -> Result<Vec<DispatcherRecord>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, (String, String, Vec<String>, bool, i64)>(
         "SELECT d.id, d.name,
-                coalesce(array_agg(g.group_key ORDER BY g.group_key) FILTER (WHERE g.group_key IS NOT NULL), '{}')
+                coalesce(array_agg(g.group_key ORDER BY g.group_key) FILTER (WHERE g.group_key IS NOT NULL), '{}'),
+                d.disabled_at IS NOT NULL, d.token_generation
          FROM dispatchers d LEFT JOIN dispatcher_groups g ON g.dispatcher_id = d.id
          GROUP BY d.id ORDER BY d.id",
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|(dispatcher_id, name, groups)| Dispatcher { dispatcher_id, name, groups }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(dispatcher_id, name, groups, disabled, token_generation)| DispatcherRecord {
+            dispatcher: Dispatcher { dispatcher_id, name, groups },
+            access: Access { disabled, token_generation },
+        })
+        .collect())
 }
 
 /// Adds a dispatcher, or renames an existing one; adds `groups` to their membership.
@@ -178,20 +205,4 @@ pub async fn set_groups(
     grant_groups(&mut tx, id, &add).await?;
     tx.commit().await?;
     dispatcher(pool, id).await?.ok_or_else(|| DispatcherError::NotFound(id.to_owned()))
-}
-
-/// The current groups of each of `ids`, for open streams. Every id asked about is in the answer: a
-/// dispatcher without groups (or no longer known) maps to an empty list.
-pub async fn current_groups(pool: &PgPool, ids: &[String]) -> Result<HashMap<String, Vec<String>>, sqlx::Error> {
-    let rows: Vec<(String, Vec<String>)> = sqlx::query_as(
-        "SELECT d.id, coalesce(array_agg(g.group_key ORDER BY g.group_key)
-                               FILTER (WHERE g.group_key IS NOT NULL), '{}')
-         FROM unnest($1::text[]) AS d(id)
-         LEFT JOIN dispatcher_groups g ON g.dispatcher_id = d.id
-         GROUP BY d.id",
-    )
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().collect())
 }

@@ -48,6 +48,11 @@ pub struct Claims {
     /// Not valid before (seconds since the epoch), when the issuer set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
+    /// The dispatcher's token generation when this server issued the token (`dispatchers.token_generation`;
+    /// see [`super::TokenOrigin`]). Absent in tokens issued before generations existed (they count as 0),
+    /// and ignored in identity-provider tokens.
+    #[serde(rename = "gen", default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 /// How far in the future a token's `nbf` and `iat` may lie, in seconds: the issuer's clock may run a
@@ -91,14 +96,18 @@ impl AuthSecret {
         Self { encoding: EncodingKey::from_secret(&bytes), decoding: DecodingKey::from_secret(&bytes) }
     }
 
-    /// A token for `dispatcher_id`, valid for `ttl`. Refuses what [`AuthSecret::verify`] would refuse: an
-    /// id that is not a dispatcher id, a lifetime under a second or one that ends after 9999-12-31.
-    pub fn issue(&self, dispatcher_id: &str, ttl: Duration) -> Result<String, AuthError> {
+    /// A token for `dispatcher_id` at their token generation `generation` (see [`super::token_generation`]),
+    /// valid for `ttl`. Refuses what [`AuthSecret::verify`] would refuse: an id that is not a dispatcher id,
+    /// a negative generation, a lifetime that ends after 9999-12-31.
+    pub fn issue(&self, dispatcher_id: &str, generation: i64, ttl: Duration) -> Result<String, AuthError> {
         validate::dispatcher_id("dispatcher", dispatcher_id).map_err(|e| AuthError::Signing(e.to_string()))?;
+        if generation < 0 {
+            return Err(AuthError::Signing(format!("a token generation is at least 0, not {generation}")));
+        }
         let now = chrono::Utc::now().timestamp();
         let exp = i64::try_from(ttl.as_secs()).ok().and_then(|ttl| now.checked_add(ttl));
         let exp = exp.filter(|exp| validate::unix_seconds("exp", *exp).is_ok()).ok_or(AuthError::BadTtl(ttl))?;
-        let claims = Claims { sub: dispatcher_id.to_owned(), iat: now, exp, nbf: None };
+        let claims = Claims { sub: dispatcher_id.to_owned(), iat: now, exp, nbf: None, generation: Some(generation) };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Signing(e.to_string()))
     }
@@ -113,14 +122,20 @@ impl AuthSecret {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0; // expiry is exact: the stream ends at exp with auth-expired
         validation.set_required_spec_claims(&["exp", "sub"]);
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid,
-            })?;
-        if claims_in_force(&claims, chrono::Utc::now().timestamp()) { Ok(claims) } else { Err(AuthError::Invalid) }
+        decode_checked(token, &self.decoding, &validation)
     }
+}
+
+/// Decodes and checks a token with `key` under `validation` (whose leeway must be 0), then checks that its
+/// claims are in their domains and in force ([`claims_in_force`]). Errors: `Expired` past `exp`, `Invalid`
+/// for anything else.
+pub(super) fn decode_checked(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Claims, AuthError> {
+    let claims =
+        jsonwebtoken::decode::<Claims>(token, key, validation).map(|data| data.claims).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid,
+        })?;
+    if claims_in_force(&claims, chrono::Utc::now().timestamp()) { Ok(claims) } else { Err(AuthError::Invalid) }
 }
 
 /// Whether verified `claims` are in their domains and in force at `now` (seconds since the epoch); `exp`
@@ -133,6 +148,7 @@ fn claims_in_force(claims: &Claims, now: i64) -> bool {
         && time_ok("iat", claims.iat)
         && not_ahead(claims.iat)
         && claims.nbf.is_none_or(|nbf| time_ok("nbf", nbf) && not_ahead(nbf))
+        && claims.generation.is_none_or(|generation| generation >= 0)
 }
 
 #[cfg(test)]
@@ -142,15 +158,16 @@ mod tests {
     #[test]
     fn a_token_round_trips_and_names_its_dispatcher() {
         let secret = AuthSecret::new(&[7u8; 32]).unwrap();
-        let token = secret.issue("alice", Duration::from_secs(60)).unwrap();
+        let token = secret.issue("alice", 1, Duration::from_secs(60)).unwrap();
         let claims = secret.verify(&token).unwrap();
         assert_eq!(claims.sub, "alice");
         assert_eq!(claims.exp - claims.iat, 60);
+        assert_eq!(claims.generation, Some(1));
     }
 
     #[test]
     fn a_token_from_another_secret_is_invalid() {
-        let token = AuthSecret::new(&[1u8; 32]).unwrap().issue("alice", Duration::from_secs(60)).unwrap();
+        let token = AuthSecret::new(&[1u8; 32]).unwrap().issue("alice", 1, Duration::from_secs(60)).unwrap();
         assert_eq!(AuthSecret::new(&[2u8; 32]).unwrap().verify(&token), Err(AuthError::Invalid));
         assert_eq!(AuthSecret::new(&[2u8; 32]).unwrap().verify("garbage"), Err(AuthError::Invalid));
     }
@@ -158,7 +175,7 @@ mod tests {
     #[test]
     fn an_expired_token_says_so() {
         let secret = AuthSecret::new(&[3u8; 40]).unwrap();
-        let token = secret.issue("bob", Duration::ZERO).unwrap();
+        let token = secret.issue("bob", 1, Duration::ZERO).unwrap();
         std::thread::sleep(Duration::from_millis(1100)); // exp is in whole seconds
         assert_eq!(secret.verify(&token), Err(AuthError::Expired));
     }
@@ -167,7 +184,7 @@ mod tests {
     fn signed_tokens_whose_claims_are_outside_their_domains_are_invalid() {
         let secret = AuthSecret::new(&[4u8; 32]).unwrap();
         let forge = |sub: &str, exp: i64| {
-            let claims = Claims { sub: sub.to_owned(), iat: 0, exp, nbf: None };
+            let claims = Claims { sub: sub.to_owned(), iat: 0, exp, nbf: None, generation: None };
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &secret.encoding).unwrap()
         };
         let in_an_hour = chrono::Utc::now().timestamp() + 3600;
@@ -217,9 +234,9 @@ mod tests {
     fn tokens_are_issued_only_for_lifetimes_that_a_verify_accepts() {
         let secret = AuthSecret::new(&[5u8; 32]).unwrap();
         let ten_thousand_years = Duration::from_secs(10_000 * 366 * 86_400);
-        assert!(matches!(secret.issue("alice", ten_thousand_years), Err(AuthError::BadTtl(_))));
-        assert!(matches!(secret.issue("alice", Duration::MAX), Err(AuthError::BadTtl(_))));
-        assert!(secret.issue("not an id", Duration::from_secs(60)).is_err());
+        assert!(matches!(secret.issue("alice", 1, ten_thousand_years), Err(AuthError::BadTtl(_))));
+        assert!(matches!(secret.issue("alice", 1, Duration::MAX), Err(AuthError::BadTtl(_))));
+        assert!(secret.issue("not an id", 1, Duration::from_secs(60)).is_err());
     }
 
     #[test]

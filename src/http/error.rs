@@ -1,7 +1,7 @@
 //! One error type for the edge, rendered as `{"error": {"code": "snake_case", "message": "..."}}`.
 //! Internal errors are logged with their cause and answered without it.
 
-use crate::auth::{AuthError, DispatcherError};
+use crate::auth::{AuthError, DispatcherError, Refusal};
 use crate::recommendations::RecommendationError;
 use crate::validate::InvalidInput;
 use axum::Json;
@@ -164,6 +164,15 @@ impl From<AuthError> for ApiError {
                 tracing::error!(error = %other, "token handling failed");
                 Self::internal()
             }
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::TokensRevoked => Self::unauthorized("token_revoked", refusal.to_string()),
+            Refusal::Disabled => Self::new(StatusCode::FORBIDDEN, "dispatcher_disabled", refusal.to_string()),
         }
     }
 }

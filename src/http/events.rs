@@ -111,6 +111,7 @@ async fn events(
         requested_groups: requested,
         groups,
         resume_from,
+        token_generation: current.origin.generation(),
         token_expires_at: Utc.timestamp_opt(current.claims.exp, 0).single().unwrap_or_else(Utc::now),
     };
     // The permit lives as long as the body: the stream's place is freed when its connection ends.

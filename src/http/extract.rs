@@ -2,7 +2,7 @@
 //! rejections come in the contract's error shape (axum's own answer in `text/plain`).
 
 use super::{ApiError, AppState};
-use crate::auth::{AuthError, Claims, Dispatcher};
+use crate::auth::{AuthError, Claims, Dispatcher, DispatcherRecord, TokenOrigin};
 use crate::recommendations::region_of_group;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -24,11 +24,14 @@ pub fn session_token(headers: &axum::http::HeaderMap) -> Option<String> {
     jar.get(SECURE_SESSION_COOKIE).or_else(|| jar.get(SESSION_COOKIE)).map(|c| c.value().to_owned())
 }
 
-/// The caller, from `Authorization: Bearer <token>` or the session cookie (either name). Groups come from the
-/// database on every request, never from the token.
+/// The caller, from `Authorization: Bearer <token>` or the session cookie (either name). Groups and access
+/// (disabled, token generation) come from the database on every request, in one query, never from the
+/// token.
 pub struct CurrentDispatcher {
     pub dispatcher: Dispatcher,
     pub claims: Claims,
+    /// This server's token (with its generation) or the identity provider's; open streams keep checking it.
+    pub origin: TokenOrigin,
 }
 
 impl CurrentDispatcher {
@@ -53,14 +56,26 @@ impl FromRequestParts<AppState> for CurrentDispatcher {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).or_else(|| session_token(&parts.headers)).ok_or(AuthError::MissingToken)?;
-        let claims = state.secret.verify(&token)?;
-        let dispatcher = state
-            .dispatchers
-            .get(claims.sub.clone())
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown_dispatcher", "the token's dispatcher does not exist"))?;
-        Ok(Self { dispatcher, claims })
+        let (record, verified) = authenticate(state, &token).await?;
+        Ok(Self { dispatcher: record.dispatcher, claims: verified.claims, origin: verified.origin })
     }
+}
+
+/// Checks `token` and its dispatcher's access: the one check of every request and of `POST /api/session`.
+/// Errors: 401 (`unauthorized`, `invalid_token`, `token_expired`, `unknown_dispatcher`, `token_revoked`),
+/// 403 `dispatcher_disabled`, 503 when the database cannot be reached.
+pub(super) async fn authenticate(
+    state: &AppState,
+    token: &str,
+) -> Result<(DispatcherRecord, crate::auth::Verified), ApiError> {
+    let verified = state.tokens.verify(token).await?;
+    let record = state
+        .dispatchers
+        .get(verified.claims.sub.clone())
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown_dispatcher", "the token's dispatcher does not exist"))?;
+    record.access.admits(verified.origin)?;
+    Ok((record, verified))
 }
 
 /// A JSON body sent as `Content-Type: application/json` (parameters such as `charset` allowed): any other

@@ -14,7 +14,7 @@ pub(crate) mod stream_connection;
 
 pub use error::{ApiError, code_for_status};
 
-use crate::auth::AuthSecret;
+use crate::auth::TokenVerifier;
 use crate::metrics as m;
 use crate::outbox::RelayWaker;
 use crate::stream::Hub;
@@ -43,10 +43,12 @@ pub struct AppStateInner {
     pub pool: PgPool,
     /// The stream hub: every SSE connection of this process subscribes to it.
     pub hub: Hub,
-    /// Verifies (and, in dev mode, issues) dispatcher tokens.
-    pub secret: AuthSecret,
-    /// Dispatchers and their groups, read fresh for each request (concurrent requests share the query).
-    pub dispatchers: crate::coalesce::Coalescer<String, crate::auth::Dispatcher>,
+    /// Verifies dispatcher tokens (HS256 and the identity provider's), and holds the secret the demo login
+    /// issues tokens with.
+    pub tokens: TokenVerifier,
+    /// Dispatchers with their groups and access, read fresh for each request (concurrent requests share the
+    /// query).
+    pub dispatchers: crate::coalesce::Coalescer<String, crate::auth::DispatcherRecord>,
     /// Rung after a write to the outbox commits, so that the relay in this process publishes at once.
     pub waker: RelayWaker,
     /// Enables `/api/dev/*` (demo login).

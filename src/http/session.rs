@@ -72,11 +72,9 @@ async fn create_session(
     jar: CookieJar,
     JsonBody(body): JsonBody<TokenBody>,
 ) -> Result<Response, ApiError> {
-    let claims = state.secret.verify(body.token.trim())?;
-    let dispatcher = auth::dispatcher(&state.pool, &claims.sub)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("unknown_dispatcher", "the token's dispatcher does not exist"))?;
-    let max_age = claims.exp - chrono::Utc::now().timestamp();
+    let (record, verified) = super::extract::authenticate(&state, body.token.trim()).await?;
+    let dispatcher = record.dispatcher;
+    let max_age = verified.claims.exp - chrono::Utc::now().timestamp();
     tracing::info!(dispatcher = %dispatcher.dispatcher_id, "signed in with a token");
     let jar = signed_in(&state, &headers, jar, body.token.trim().to_owned(), max_age);
     Ok((jar, Json(dispatcher)).into_response())
@@ -106,19 +104,28 @@ async fn dev_session(
         return Err(ApiError::not_found("the demo login exists only under serve --dev"));
     }
     crate::validate::dispatcher_id("dispatcherId", &body.dispatcher_id)?;
-    let dispatcher = auth::dispatcher(&state.pool, &body.dispatcher_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no dispatcher {}", crate::validate::echo(&body.dispatcher_id))))?;
-    let token = state.secret.issue(&dispatcher.dispatcher_id, state.dev_token_ttl)?;
+    let record =
+        state.dispatchers.get(body.dispatcher_id.clone()).await?.ok_or_else(|| {
+            ApiError::not_found(format!("no dispatcher {}", crate::validate::echo(&body.dispatcher_id)))
+        })?;
+    let generation = record.access.token_generation;
+    record.access.admits(auth::TokenOrigin::Issued { generation })?; // a disabled dispatcher cannot sign in
+    let dispatcher = record.dispatcher;
+    let secret = state.tokens.secret().ok_or_else(|| {
+        ApiError::not_found("the demo login needs an HS256 secret (SMARTSCHEDULER_AUTH_SECRET or serve --dev)")
+    })?;
+    let token = secret.issue(&dispatcher.dispatcher_id, generation, state.dev_token_ttl)?;
     tracing::info!(dispatcher = %dispatcher.dispatcher_id, "signed in (demo login)");
     let jar = signed_in(&state, &headers, jar, token, state.dev_token_ttl.as_secs() as i64);
     Ok((jar, Json(dispatcher)).into_response())
 }
 
-/// `GET /api/dev/dispatchers` (only under `--dev`): who one can sign in as.
+/// `GET /api/dev/dispatchers` (only under `--dev`): who one can sign in as (disabled dispatchers left out).
 async fn dev_dispatchers(State(state): State<AppState>) -> Result<Json<Vec<Dispatcher>>, ApiError> {
     if !state.dev {
         return Err(ApiError::not_found("the demo login exists only under serve --dev"));
     }
-    Ok(Json(auth::list_dispatchers(&state.pool).await?))
+    // A disabled dispatcher cannot sign in, so is not offered.
+    let all = auth::list_dispatchers(&state.pool).await?;
+    Ok(Json(all.into_iter().filter(|d| !d.access.disabled).map(|d| d.dispatcher).collect()))
 }

@@ -8,6 +8,10 @@
 
 use super::catchup::CatchUpReads;
 use super::event::{Delivery, StreamEvent};
+pub use super::registry::Memberships;
+use super::registry::{ClientEntry, ClientShared, Registry, dispatch_locked, lock};
+pub use super::revocation::Revocation;
+use super::window::Window;
 use crate::coalesce::Coalescer;
 use crate::db::reconnect_backoff;
 use crate::event_log::{EVENTS_CHANNEL, PublishedBatch, StreamMeta, fetch_after};
@@ -17,9 +21,9 @@ use crate::supervisor::{Progress, Supervisor};
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -38,8 +42,8 @@ pub struct HubConfig {
     pub membership_poll: Duration,
     /// Heartbeat interval (the contract asks for at least every 15 s).
     pub heartbeat: Duration,
-    /// Where membership refreshes read the current groups of dispatchers. `None`: the database
-    /// ([`crate::auth::current_groups`]). A seam for wrapping the read, for example to hold it at a chosen moment.
+    /// Where membership refreshes read the current groups and access of dispatchers. `None`: the database
+    /// ([`crate::auth::current_access`]). A seam for wrapping the read, for example to hold it at a chosen moment.
     pub membership_source: Option<MembershipSource>,
     /// Most events the resume window keeps (the latest fanned out); 0 turns the window off and every
     /// resume reads the database.
@@ -65,13 +69,9 @@ impl HubConfig {
     }
 }
 
-/// The current groups of some dispatchers, by id. An id absent from the answer is unknown (left as it
-/// is), not a dispatcher without groups.
-pub type Memberships = HashMap<String, Vec<String>>;
-
 type MembershipRead = dyn Fn(PgPool, Vec<String>) -> BoxFuture<'static, Result<Memberships, sqlx::Error>> + Send + Sync;
 
-/// Reads the current groups of the given dispatchers for the membership refresh.
+/// Reads the current groups and access of the given dispatchers for the membership refresh.
 #[derive(Clone)]
 pub struct MembershipSource(pub Arc<MembershipRead>);
 
@@ -99,172 +99,6 @@ impl Default for HubConfig {
     }
 }
 
-/// What a stream shares with the hub.
-#[derive(Debug)]
-pub(crate) struct ClientShared {
-    groups: Mutex<Vec<String>>,
-    lagged: AtomicBool,
-    /// Set when the dispatcher no longer holds any group the stream delivers: the stream must end instead
-    /// of moving its position over events it can no longer check against real groups.
-    revoked: AtomicBool,
-}
-
-impl ClientShared {
-    pub(crate) fn groups(&self) -> Vec<String> {
-        lock(&self.groups).clone()
-    }
-    pub(crate) fn take_lagged(&self) -> bool {
-        self.lagged.swap(false, Ordering::AcqRel)
-    }
-    pub(crate) fn is_revoked(&self) -> bool {
-        self.revoked.load(Ordering::Acquire)
-    }
-}
-
-struct ClientEntry {
-    dispatcher_id: String,
-    /// The groups the client asked for (None: all of the dispatcher's groups).
-    requested: Option<Vec<String>>,
-    /// requested ∩ membership, as of the last membership poll.
-    groups: Vec<String>,
-    /// Some while attached to the live fan-out.
-    tx: Option<mpsc::Sender<Delivery>>,
-    shared: Arc<ClientShared>,
-    /// `Registry::membership_reads` when the stream was added: a membership read that began before this
-    /// (lower or equal number) may not know of the stream's request and is not applied to it.
-    added_after_read: u64,
-}
-
-struct Registry {
-    epoch: Epoch,
-    /// The last seq fanned out. Every event after it reaches attached clients through their queues.
-    head: i64,
-    clients: HashMap<u64, ClientEntry>,
-    /// Membership reads started so far (each refresh takes the next number before it queries).
-    membership_reads: u64,
-    by_group: HashMap<String, HashMap<u64, mpsc::Sender<Delivery>>>,
-}
-
-impl Registry {
-    fn link(&mut self, id: u64) {
-        let Some(entry) = self.clients.get(&id) else { return };
-        let Some(tx) = entry.tx.clone() else { return };
-        for g in &entry.groups {
-            self.by_group.entry(g.clone()).or_default().insert(id, tx.clone());
-        }
-    }
-
-    fn unlink(&mut self, id: u64) {
-        let Some(entry) = self.clients.get(&id) else { return };
-        for g in &entry.groups {
-            if let Some(subs) = self.by_group.get_mut(g) {
-                subs.remove(&id);
-                if subs.is_empty() {
-                    self.by_group.remove(g);
-                }
-            }
-        }
-    }
-
-    /// Takes a client off the live fan-out because its queue is full; it will catch up from the database.
-    fn detach_lagging(&mut self, id: u64) {
-        self.unlink(id);
-        if let Some(entry) = self.clients.get_mut(&id) {
-            entry.tx = None; // closing the queue wakes the stream, which sees `lagged`
-            entry.shared.lagged.store(true, Ordering::Release);
-        }
-    }
-
-    /// Starts a membership read: the dispatchers of the streams open now, and the read's number.
-    fn begin_membership_read(&mut self) -> (u64, Vec<String>) {
-        self.membership_reads += 1;
-        let ids: HashSet<&String> = self.clients.values().map(|c| &c.dispatcher_id).collect();
-        (self.membership_reads, ids.into_iter().cloned().collect())
-    }
-
-    /// Applies the answer of membership read `read` to the streams that were open when it began. Streams
-    /// added meanwhile keep the groups their own request read, and dispatchers missing from the answer are
-    /// left alone: a stream is never given groups from a read that did not ask about it. A stream whose
-    /// groups become empty is revoked and closed.
-    fn apply_membership(&mut self, read: u64, membership: &Memberships) {
-        let ids: Vec<u64> = self.clients.keys().copied().collect();
-        for id in ids {
-            let Some(entry) = self.clients.get(&id) else { continue };
-            if entry.added_after_read >= read {
-                continue;
-            }
-            let Some(held) = membership.get(&entry.dispatcher_id) else { continue };
-            let effective = effective_groups(entry.requested.as_deref(), held);
-            if effective == entry.groups {
-                continue;
-            }
-            tracing::info!(dispatcher = %entry.dispatcher_id, groups = ?effective, "stream groups changed");
-            self.unlink(id);
-            let Some(entry) = self.clients.get_mut(&id) else { continue };
-            *lock(&entry.shared.groups) = effective.clone();
-            if effective.is_empty() {
-                entry.shared.revoked.store(true, Ordering::Release);
-                entry.tx = None; // wakes the stream, which sees `revoked` and ends
-            }
-            entry.groups = effective;
-            self.link(id);
-        }
-    }
-}
-
-/// The latest events fanned out, contiguous in seq: a resume inside it is served without reading the
-/// database. Written under the registry lock (in seq order, with the head), read under its own lock only.
-struct Window {
-    epoch: Epoch,
-    events: VecDeque<Delivery>,
-    bytes: usize,
-}
-
-impl Window {
-    fn new(epoch: Epoch) -> Self {
-        Self { epoch, events: VecDeque::new(), bytes: 0 }
-    }
-
-    /// Appends the event fanned out after the last one. Anything that breaks the run (another epoch, a seq
-    /// that does not follow) starts the window afresh: it never holds a gap, so it can tell exactly what it
-    /// covers.
-    fn push(&mut self, epoch: Epoch, event: Delivery, max_events: usize, max_bytes: usize) {
-        if max_events == 0 {
-            return;
-        }
-        let follows = self.events.back().is_none_or(|last| last.seq + 1 == event.seq);
-        if self.epoch != epoch || !follows {
-            *self = Window::new(epoch);
-        }
-        self.bytes += event.size;
-        self.events.push_back(event);
-        while self.events.len() > max_events || (self.bytes > max_bytes && self.events.len() > 1) {
-            if let Some(old) = self.events.pop_front() {
-                self.bytes -= old.size;
-            }
-        }
-    }
-
-    /// The events of `groups` in `(after, through]`, if the window holds every seq of that range; `None`
-    /// sends the reader to the database.
-    fn read(&self, epoch: Epoch, groups: &[String], after: i64, through: i64) -> Option<Vec<Delivery>> {
-        if through <= after {
-            return Some(Vec::new());
-        }
-        let (first, last) = (self.events.front()?.seq, self.events.back()?.seq);
-        if self.epoch != epoch || after + 1 < first || through > last {
-            return None;
-        }
-        // Contiguous: the event of seq s sits at s - first.
-        let (start, end) = ((after + 1 - first) as usize, (through - first + 1) as usize);
-        Some(self.events.range(start..end).filter(|e| e.groups.iter().any(|g| groups.contains(g))).cloned().collect())
-    }
-
-    fn clear(&mut self, epoch: Epoch) {
-        *self = Window::new(epoch);
-    }
-}
-
 struct HubInner {
     pool: PgPool,
     /// `stream_meta` reads for connecting streams: one query for the streams that connect together.
@@ -289,12 +123,6 @@ struct HubInner {
 /// Handle to the process's hub. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub(Arc<HubInner>);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the registry half-updated in a way that matters more
-    // than stopping delivery would, so keep going with the data as it is.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A listener that makes no progress for this long (no successful read of the log, including the safety
 /// poll) makes the process not ready.
@@ -404,18 +232,21 @@ impl Hub {
         dispatcher_id: &str,
         requested: Option<Vec<String>>,
         groups: Vec<String>,
+        token_generation: Option<i64>,
     ) -> (u64, Arc<ClientShared>) {
         let id = self.0.next_client.fetch_add(1, Ordering::Relaxed);
+        let revoked = if groups.is_empty() { Revocation::NoGroups.code() } else { 0 };
         let shared = Arc::new(ClientShared {
             groups: Mutex::new(groups.clone()),
             lagged: AtomicBool::new(false),
-            revoked: AtomicBool::new(groups.is_empty()),
+            revoked: AtomicU8::new(revoked),
         });
         let mut reg = lock(&self.0.registry);
         let entry = ClientEntry {
             dispatcher_id: dispatcher_id.to_owned(),
             requested,
             groups,
+            token_generation,
             tx: None,
             shared: shared.clone(),
             added_after_read: reg.membership_reads,
@@ -630,7 +461,7 @@ impl Hub {
         }
     }
 
-    /// Applies group membership changes to open streams, and records that this listener is alive.
+    /// Applies group membership and access changes to open streams, and records that this listener is alive.
     async fn membership_loop(self, progress: Progress) {
         let mut tick = tokio::time::interval(self.0.config.membership_poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -662,7 +493,7 @@ impl Hub {
         }
         let membership = match &self.0.config.membership_source {
             Some(source) => (source.0)(self.0.pool.clone(), dispatcher_ids).await?,
-            None => crate::auth::current_groups(&self.0.pool, &dispatcher_ids).await?,
+            None => crate::auth::current_access(&self.0.pool, &dispatcher_ids).await?,
         };
         lock(&self.0.registry).apply_membership(read, &membership);
         Ok(())
@@ -678,38 +509,6 @@ impl Drop for ListeningFlag<'_> {
     }
 }
 
-/// Fans events out in seq order to the attached streams of their groups; skips what is at or below the head.
-fn dispatch_locked(reg: &mut Registry, events: Vec<Delivery>) {
-    let mut lagging = Vec::new();
-    for event in events {
-        if event.seq <= reg.head {
-            continue;
-        }
-        let mut deliver = |id: u64, tx: &mpsc::Sender<Delivery>| {
-            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event.clone()) {
-                lagging.push(id);
-            }
-        };
-        if let [only] = event.groups.as_slice() {
-            if let Some(subs) = reg.by_group.get(only) {
-                subs.iter().for_each(|(id, tx)| deliver(*id, tx));
-            }
-        } else {
-            // A client in several of the event's groups gets it once.
-            let mut reached = HashSet::new();
-            for g in &event.groups {
-                if let Some(subs) = reg.by_group.get(g) {
-                    subs.iter().filter(|(id, _)| reached.insert(**id)).for_each(|(id, tx)| deliver(*id, tx));
-                }
-            }
-        }
-        reg.head = event.seq;
-        for id in lagging.drain(..) {
-            reg.detach_lagging(id);
-        }
-    }
-}
-
 /// What a NOTIFY tells the hub.
 enum News {
     /// Nothing after the head.
@@ -718,60 +517,4 @@ enum News {
     Ahead,
     /// Another epoch, or a payload that is not a position: check `stream_meta` first.
     Unknown,
-}
-
-/// The groups a stream receives: what it asked for, limited to what the dispatcher holds now.
-pub(crate) fn effective_groups(requested: Option<&[String]>, held: &[String]) -> Vec<String> {
-    let mut groups: Vec<String> = match requested {
-        None => held.to_vec(),
-        Some(req) => req.iter().filter(|g| held.contains(g)).cloned().collect(),
-    };
-    groups.sort();
-    groups.dedup();
-    groups
-}
-
-#[cfg(test)]
-mod window_tests {
-    use super::*;
-
-    fn event(seq: i64, group: &str) -> Delivery {
-        let frame = bytes::Bytes::from_static(b"data: x\n\n");
-        Arc::new(StreamEvent {
-            seq,
-            published_at: chrono::Utc::now(),
-            groups: vec![group.to_owned()],
-            frame,
-            groups_array: 0..0,
-            size: 100,
-        })
-    }
-
-    fn seqs(events: Option<Vec<Delivery>>) -> Option<Vec<i64>> {
-        events.map(|e| e.iter().map(|e| e.seq).collect())
-    }
-
-    #[test]
-    fn the_window_serves_only_ranges_it_holds_whole_and_restarts_after_a_hole() {
-        let (epoch, north) = (Epoch(1), vec!["north".to_owned()]);
-        let mut window = Window::new(epoch);
-        for seq in 1..=6 {
-            window.push(epoch, event(seq, if seq % 2 == 0 { "south" } else { "north" }), 4, 1 << 20);
-        }
-        // Holds 3..=6: a resume after 2 (its first seq - 1) is inside, after 1 is not.
-        assert_eq!(seqs(window.read(epoch, &north, 2, 6)), Some(vec![3, 5]));
-        assert_eq!(seqs(window.read(epoch, &north, 1, 6)), None);
-        assert_eq!(seqs(window.read(epoch, &north, 2, 7)), None, "past its last seq");
-        assert_eq!(seqs(window.read(Epoch(2), &north, 2, 6)), None, "another epoch");
-        // A hole (7 never came): the window starts again at 8 and never serves across the hole.
-        window.push(epoch, event(8, "north"), 4, 1 << 20);
-        assert_eq!(seqs(window.read(epoch, &north, 6, 8)), None);
-        assert_eq!(seqs(window.read(epoch, &north, 7, 8)), Some(vec![8]));
-        // The byte bound drops the oldest first.
-        for seq in 9..=11 {
-            window.push(epoch, event(seq, "north"), 100, 250);
-        }
-        assert_eq!(seqs(window.read(epoch, &north, 9, 11)), Some(vec![10, 11]));
-        assert_eq!(seqs(window.read(epoch, &north, 8, 11)), None);
-    }
 }

@@ -8,10 +8,13 @@ mod event;
 mod frame;
 mod hub;
 mod limits;
+mod registry;
+mod revocation;
 mod session;
+mod window;
 
 pub use event::{StreamEvent, fetch_for_groups};
 pub use frame::Frame;
-pub use hub::{Hub, HubConfig, MembershipSource, Memberships};
+pub use hub::{Hub, HubConfig, MembershipSource, Memberships, Revocation};
 pub use limits::{DEFAULT_STREAMS_PER_DISPATCHER, StreamLimitError, StreamLimits, StreamPermit};
 pub use session::{ResetReason, StreamRequest, open_stream};

@@ -3,7 +3,7 @@
 
 use super::event::Delivery;
 use super::frame::Frame;
-use super::hub::Hub;
+use super::hub::{Hub, Revocation};
 use crate::event_log::StreamMeta;
 use crate::metrics as m;
 use crate::position::Position;
@@ -45,6 +45,9 @@ pub struct StreamRequest {
     pub resume_from: Option<Position>,
     /// When the token expires: the stream then sends `auth-expired` and ends.
     pub token_expires_at: DateTime<Utc>,
+    /// The generation of the stream's token if this server issued it (`None`: the identity provider's):
+    /// the stream ends with `access-revoked` once it is no longer the dispatcher's.
+    pub token_generation: Option<i64>,
 }
 
 /// Decides where a resuming client starts: its own seq, or a reset.
@@ -65,11 +68,13 @@ fn reconnect_delay() -> Duration {
     Duration::from_millis(rand::random_range(2000..=5000))
 }
 
-/// `event: access-revoked`: the dispatcher no longer holds any group this stream delivers, so it ends. The
-/// position is what the client has every event of its groups up to; a reconnect with the same groups is
-/// refused (403) until membership changes.
-fn access_revoked(position: Position) -> Bytes {
-    let data = json!({ "reason": "no_groups", "position": position.to_string() }).to_string();
+/// `event: access-revoked` with `data: {"reason", "position"}`: the stream ends because the dispatcher no
+/// longer holds any group it delivers (`no_groups`; a reconnect with the same groups is 403 until membership
+/// changes), was disabled (`disabled`; 403 `dispatcher_disabled` until enabled) or its token was revoked
+/// (`token_revoked`; 401 until the client has a new token). The position is what the client has every
+/// event of its groups up to.
+fn access_revoked(position: Position, reason: Revocation) -> Bytes {
+    let data = json!({ "reason": reason.as_str(), "position": position.to_string() }).to_string();
     named("access-revoked", &data, None)
 }
 
@@ -117,7 +122,12 @@ pub fn open_stream(
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     async_stream::stream! {
         let epoch = meta.epoch;
-        let (id, shared) = hub.add_client(&request.dispatcher_id, request.requested_groups.clone(), request.groups.clone());
+        let (id, shared) = hub.add_client(
+            &request.dispatcher_id,
+            request.requested_groups.clone(),
+            request.groups.clone(),
+            request.token_generation,
+        );
         let _guard = ClientGuard { hub: hub.clone(), id };
         // Pinned once: a fresh `cancelled()` per loop turn would register with (and leave) the token's
         // waiter list, which every stream shares, on every delivery.
@@ -157,8 +167,8 @@ pub fn open_stream(
         'stream: loop {
             // The position only moves over events checked against the stream's real groups: a stream whose
             // dispatcher lost them ends here, and its client learns why.
-            if shared.is_revoked() {
-                yield Ok(access_revoked(Position::new(epoch, sent_through)));
+            if let Some(reason) = shared.revocation() {
+                yield Ok(access_revoked(Position::new(epoch, sent_through), reason));
                 break;
             }
             // Backlog (at start, and after falling behind): from the hub's window of recent events when it

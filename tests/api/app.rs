@@ -93,7 +93,13 @@ impl Drop for TestApp {
 pub async fn dispatcher_token(db: &TestDb, id: &str, groups: &[&str]) -> String {
     let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
     auth::add_dispatcher(&db.pool, id, &format!("Dispatcher {id}"), &groups).await.unwrap();
-    secret().issue(id, Duration::from_secs(3600)).unwrap()
+    token_for(db, id, Duration::from_secs(3600)).await
+}
+
+/// A token for the existing dispatcher `id`, at their current token generation, valid for `ttl`.
+pub async fn token_for(db: &TestDb, id: &str, ttl: Duration) -> String {
+    let generation = auth::token_generation(&db.pool, id).await.unwrap().expect("the dispatcher exists");
+    secret().issue(id, generation, ttl).unwrap()
 }
 
 pub fn http() -> reqwest::Client {

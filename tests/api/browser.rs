@@ -18,8 +18,8 @@ async fn seeded_with(configure: impl FnOnce(&mut smartscheduler::server::ServerC
     (db, app)
 }
 
-fn token(id: &str) -> String {
-    secret().issue(id, Duration::from_secs(3600)).unwrap()
+async fn token(db: &TestDb, id: &str) -> String {
+    token_for(db, id, Duration::from_secs(3600)).await
 }
 
 async fn north_job(db: &TestDb) -> String {
@@ -57,7 +57,7 @@ async fn cross_origin_writes_with_the_session_cookie_are_refused_and_nothing_is_
     })
     .await;
     let job = north_job(&db).await;
-    let cookie = format!("ss_session={}", token("alice"));
+    let cookie = format!("ss_session={}", token(&db, "alice").await);
     let generate = app.url(&format!("/api/jobs/{job}/recommendations"));
     let refused = |(status, code, _): (u16, String, HeaderMap)| {
         assert_eq!((status, code.as_str()), (403, "cross_origin_request"));
@@ -69,7 +69,7 @@ async fn cross_origin_writes_with_the_session_cookie_are_refused_and_nothing_is_
     let form_job = format!("{}=", new_job());
     let forged_job = http().post(app.url("/api/jobs")).header("cookie", &cookie).header("origin", EVIL);
     refused(outcome(forged_job.header("content-type", "text/plain").body(form_job)).await);
-    let login = json!({ "token": token("bob") });
+    let login = json!({ "token": token(&db, "bob").await });
     let (status, code, headers) =
         outcome(http().post(app.url("/api/session")).header("origin", EVIL).json(&login)).await;
     assert_eq!((status, code.as_str()), (403, "cross_origin_request"));
@@ -96,7 +96,8 @@ async fn cross_origin_writes_with_the_session_cookie_are_refused_and_nothing_is_
     assert_eq!(ok(site("same-origin")).await, 201);
     let referer = http().post(&generate).header("cookie", &cookie).header("referer", format!("{own}/jobs"));
     assert_eq!(ok(referer).await, 201);
-    let bearer = http().post(&generate).bearer_auth(token("alice")).header("cookie", &cookie).header("origin", EVIL);
+    let bearer =
+        http().post(&generate).bearer_auth(token(&db, "alice").await).header("cookie", &cookie).header("origin", EVIL);
     assert_eq!(ok(bearer).await, 201);
     assert_eq!(ok(http().post(&generate).header("cookie", &cookie)).await, 201);
     assert_eq!(ok(http().post(app.url("/api/session")).header("origin", &own).json(&login)).await, 200);
@@ -105,14 +106,15 @@ async fn cross_origin_writes_with_the_session_cookie_are_refused_and_nothing_is_
 
 #[tokio::test]
 async fn every_json_body_needs_the_json_content_type() {
-    let (_db, app) = seeded_with(|_| {}).await;
+    let (db, app) = seeded_with(|_| {}).await;
+    let alice = token(&db, "alice").await;
     let bodies = [
-        ("/api/session", json!({ "token": token("alice") }), 200),
+        ("/api/session", json!({ "token": token(&db, "alice").await }), 200),
         ("/api/dev/session", json!({ "dispatcherId": "alice" }), 200),
         ("/api/jobs", new_job(), 201),
     ];
     for (path, body, success) in bodies {
-        let post = || http().post(app.url(path)).bearer_auth(token("alice"));
+        let post = || http().post(app.url(path)).bearer_auth(&alice);
         for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("text/json")] {
             let mut request = post().body(body.to_string());
             if let Some(t) = content_type {
@@ -206,7 +208,7 @@ async fn the_session_cookie_is_secure_with_the_host_prefix_over_https_and_read_u
     let value = cookie.split(';').next().unwrap().to_owned();
     // Signing in over https with a plain cookie left over from http drops the plain one.
     let over = http().post(proxied.url("/api/session")).header("x-forwarded-proto", "https");
-    let over = over.header("cookie", "ss_session=old").json(&json!({"token": token("bob")}));
+    let over = over.header("cookie", "ss_session=old").json(&json!({"token": token(&db, "bob").await}));
     let cookies = set_cookies(over.send().await.unwrap().headers());
     assert!(cookies.iter().any(|c| c.starts_with("__Host-ss_session=") && c.contains("Secure")), "{cookies:?}");
     assert!(cookies.iter().any(|c| c.starts_with("ss_session=;") && c.contains("Max-Age=0")), "{cookies:?}");
@@ -228,7 +230,11 @@ async fn the_session_cookie_is_secure_with_the_host_prefix_over_https_and_read_u
     // Both names sign in; sign-out clears both.
     let me = |cookie: String| http().get(direct.url("/api/me")).header("cookie", cookie).send();
     assert_eq!(me(value.clone()).await.unwrap().status(), 200, "the __Host- cookie");
-    assert_eq!(me(format!("ss_session={}", token("alice"))).await.unwrap().status(), 200, "the plain cookie");
+    assert_eq!(
+        me(format!("ss_session={}", token(&db, "alice").await)).await.unwrap().status(),
+        200,
+        "the plain cookie"
+    );
     let out = http().delete(direct.url("/api/session")).header("cookie", value).send().await.unwrap();
     assert_eq!(out.status(), 204);
     let cleared = set_cookies(out.headers());

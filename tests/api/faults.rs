@@ -41,7 +41,7 @@ impl HeldMembershipRead {
                     let _ = began.send(());
                     let _ = release.await;
                 }
-                smartscheduler::auth::current_groups(&pool, &ids).await
+                smartscheduler::auth::current_access(&pool, &ids).await
             }
             .boxed()
         }))

@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL. Each test creates its own database, so they run in parallel.
 //! One binary (this file declares the modules) links once.
 
+mod access;
 mod admission;
 mod app;
 mod browser;
@@ -10,6 +11,7 @@ mod faults;
 mod foreign_writer;
 mod helpers;
 mod http;
+mod identity;
 mod input;
 mod openapi;
 mod ops;

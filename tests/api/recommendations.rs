@@ -49,14 +49,14 @@ async fn seeded() -> (TestDb, TestApp) {
     (db, app)
 }
 
-fn token(id: &str) -> String {
-    secret().issue(id, Duration::from_secs(3600)).unwrap()
+async fn token(db: &TestDb, id: &str) -> String {
+    token_for(db, id, Duration::from_secs(3600)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_post_produces_a_ranked_set_and_its_event_reaches_exactly_the_jobs_region() {
-    let (_db, app) = seeded().await;
-    let (alice, bob, dana) = (token("alice"), token("bob"), token("dana"));
+    let (db, app) = seeded().await;
+    let (alice, bob, dana) = (token(&db, "alice").await, token(&db, "bob").await, token(&db, "dana").await);
     let mut north = Connect::new(&alice).open(&app.base).await;
     let mut everywhere = Connect::new(&dana).open(&app.base).await;
     let mut south = Connect::new(&bob).open(&app.base).await;
@@ -108,7 +108,7 @@ async fn one_post_produces_a_ranked_set_and_its_event_reaches_exactly_the_jobs_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_generations_arrive_in_position_order_and_later_generations_have_higher_positions() {
     let (db, app) = seeded().await;
-    let dana = token("dana");
+    let dana = token(&db, "dana").await;
     let mut client = Connect::new(&dana).open(&app.base).await;
     let jobs: Vec<String> =
         sqlx::query_scalar("SELECT id::text FROM jobs ORDER BY id LIMIT 12").fetch_all(&db.pool).await.unwrap();
@@ -147,7 +147,7 @@ async fn concurrent_generations_arrive_in_position_order_and_later_generations_h
 #[tokio::test]
 async fn bad_input_gets_the_contract_errors_and_changes_nothing() {
     let (db, app) = seeded().await;
-    let (alice, bob) = (token("alice"), token("bob"));
+    let (alice, bob) = (token(&db, "alice").await, token(&db, "bob").await);
     let check = |status: u16, code: &'static str| {
         move |(actual, body): (u16, Value)| {
             assert_eq!(actual, status, "{body}");
@@ -208,8 +208,8 @@ async fn bad_input_gets_the_contract_errors_and_changes_nothing() {
 
 #[tokio::test]
 async fn sessions_me_and_the_dev_login() {
-    let (_db, app) = seeded().await;
-    let me = http().get(app.url("/api/me")).bearer_auth(token("carol")).send().await.unwrap();
+    let (db, app) = seeded().await;
+    let me = http().get(app.url("/api/me")).bearer_auth(token(&db, "carol").await).send().await.unwrap();
     assert_eq!(me.status(), 200);
     let me: Value = me.json().await.unwrap();
     assert_eq!(me["dispatcherId"], "carol");
@@ -224,8 +224,12 @@ async fn sessions_me_and_the_dev_login() {
     let me: Value = cookie_client.get(app.url("/api/me")).send().await.unwrap().json().await.unwrap();
     assert_eq!(me["dispatcherId"], "bob");
 
-    let with_token =
-        cookie_client.post(app.url("/api/session")).json(&json!({"token": token("dana")})).send().await.unwrap();
+    let with_token = cookie_client
+        .post(app.url("/api/session"))
+        .json(&json!({"token": token(&db, "dana").await}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(with_token.status(), 200);
     let me: Value = cookie_client.get(app.url("/api/me")).send().await.unwrap().json().await.unwrap();
     assert_eq!(me["dispatcherId"], "dana");

@@ -234,7 +234,7 @@ async fn when_the_token_expires_the_stream_says_auth_expired_and_ends() {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db).await;
     dispatcher_token(&db, "alice", &["region:north"]).await;
-    let short = secret().issue("alice", Duration::from_secs(2)).unwrap();
+    let short = token_for(&db, "alice", Duration::from_secs(2)).await;
     let mut client = Connect::new(&short).open(&app.base).await;
     let event = client.next_data(Duration::from_secs(5)).await;
     assert_eq!(event.event, "auth-expired");

@@ -39,7 +39,8 @@ async fn start(ctx: &Ctx, event_write: EventWrite) -> anyhow::Result<(Api, Strin
     let jobs = populate(&db.pool, REGION, BENCH_CONTRACTORS, JOBS).await?;
     add_dispatcher(&db.pool, "bench-api", "Bench API", &[format!("region:{REGION}")]).await?;
     let secret = AuthSecret::new(SECRET)?;
-    let token = secret.issue("bench-api", Duration::from_secs(4 * 3600))?;
+    let generation = smartscheduler::auth::token_generation(&db.pool, "bench-api").await?.unwrap_or(0);
+    let token = secret.issue("bench-api", generation, Duration::from_secs(4 * 3600))?;
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?);
     config.streams_per_dispatcher = usize::MAX; // thousands of streams, one token
     config.bench_only_event_write = event_write;

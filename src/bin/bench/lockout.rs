@@ -7,6 +7,7 @@
 
 use crate::common::{Ctx, Report, fmt_int, histogram, ms, open_files_limit, pass_word};
 use crate::stream::SECRET;
+use anyhow::Context;
 use smartscheduler::auth::{AuthSecret, add_dispatcher};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -40,8 +41,12 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let secret = AuthSecret::new(SECRET)?;
     add_dispatcher(&db.pool, "mallory", "Mallory", &["region:north".to_owned()]).await?;
     add_dispatcher(&db.pool, "bob", "Bob", &["region:south".to_owned()]).await?;
-    let mallory = secret.issue("mallory", Duration::from_secs(3600))?;
-    let bob = secret.issue("bob", Duration::from_secs(3600))?;
+    let generation = |id: &'static str| {
+        let pool = db.pool.clone();
+        async move { smartscheduler::auth::token_generation(&pool, id).await?.context("the dispatcher was just added") }
+    };
+    let mallory = secret.issue("mallory", generation("mallory").await?, Duration::from_secs(3600))?;
+    let bob = secret.issue("bob", generation("bob").await?, Duration::from_secs(3600))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = Command::new(&exe)

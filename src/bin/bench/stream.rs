@@ -38,8 +38,10 @@ pub async fn region_dispatchers(pool: &PgPool) -> anyhow::Result<Vec<String>> {
     let secret = AuthSecret::new(SECRET)?;
     let mut tokens = Vec::new();
     for r in REGIONS {
-        add_dispatcher(pool, &format!("bench-{r}"), &format!("Bench {r}"), &[format!("region:{r}")]).await?;
-        tokens.push(secret.issue(&format!("bench-{r}"), Duration::from_secs(4 * 3600))?);
+        let id = format!("bench-{r}");
+        add_dispatcher(pool, &id, &format!("Bench {r}"), &[format!("region:{r}")]).await?;
+        let generation = smartscheduler::auth::token_generation(pool, &id).await?.unwrap_or(0);
+        tokens.push(secret.issue(&id, generation, Duration::from_secs(4 * 3600))?);
     }
     Ok(tokens)
 }

@@ -155,7 +155,12 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
     rng.fill_bytes(&mut secret_bytes);
     let secret: String = secret_bytes.iter().map(|b| format!("{b:02x}")).collect();
     let signer = AuthSecret::new(secret.as_bytes())?;
-    let token = |dispatcher: &str| signer.issue(dispatcher, Duration::from_secs(24 * 3600));
+    // Tokens are bound to their dispatcher's generation (migration 0011).
+    let generations: std::collections::HashMap<String, i64> =
+        sqlx::query_as("SELECT id, token_generation FROM dispatchers").fetch_all(&control).await?.into_iter().collect();
+    let token = |dispatcher: &str| {
+        signer.issue(dispatcher, generations.get(dispatcher).copied().unwrap_or(0), Duration::from_secs(24 * 3600))
+    };
 
     let cluster = Cluster::new(
         ClusterConfig {
