@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 
 /// The probe target: every probe answers within this.
 const TARGET_MS: f64 = 100.0;
@@ -49,16 +48,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let bob = secret.issue("bob", generation("bob").await?, Duration::from_secs(3600))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(&exe)
-        .args(["serve", "--addr", &addr])
-        .env("DATABASE_URL", &db.url)
-        .env("SMARTSCHEDULER_AUTH_SECRET", std::str::from_utf8(SECRET)?)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = crate::memory::serve_command(&exe, &addr, &db.url)?.stderr(Stdio::null()).spawn()?;
     if let Some(stdout) = child.stdout.take() {
         let mut lines = BufReader::new(stdout).lines();
         while let Some(line) = lines.next_line().await? {

@@ -11,6 +11,21 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
+/// `smartscheduler serve --addr <addr>` on `database_url` with the bench's secret, quiet logs, stdout piped
+/// (it prints the listening line) and killed when dropped; the caller sets stderr and anything else.
+pub fn serve_command(exe: &std::path::Path, addr: &str, database_url: &str) -> anyhow::Result<Command> {
+    let mut command = Command::new(exe);
+    command
+        .args(["serve", "--addr", addr])
+        .env("DATABASE_URL", database_url)
+        .env("SMARTSCHEDULER_AUTH_SECRET", std::str::from_utf8(SECRET)?)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    Ok(command)
+}
+
 pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
@@ -61,16 +76,9 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         let tokens = region_dispatchers(&db.pool).await?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
-        let mut child = Command::new(&exe)
-            .args(["serve", "--addr", &addr])
+        let mut child = serve_command(&exe, &addr, &db.url)?
             .env("SMARTSCHEDULER_MAX_STREAMS_PER_DISPATCHER", "1000000") // thousands of streams, one token
-            .env("DATABASE_URL", &db.url)
-            .env("SMARTSCHEDULER_AUTH_SECRET", std::str::from_utf8(SECRET)?)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()?;
         let pid = child.id().unwrap_or(0);
         let log = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -243,17 +251,10 @@ impl ServeChild {
         anyhow::ensure!(exe.is_file(), "{} not found: build it with `cargo build --release`", exe.display());
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
-        let mut child = Command::new(&exe)
-            .args(["serve", "--addr", &addr])
+        let mut child = serve_command(&exe, &addr, db_url)?
             .env("SMARTSCHEDULER_MAX_STREAMS_PER_DISPATCHER", "1000000") // thousands of streams, one token
             .args(extra)
-            .env("DATABASE_URL", db_url)
-            .env("SMARTSCHEDULER_AUTH_SECRET", std::str::from_utf8(SECRET)?)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()?;
         let pid = child.id().unwrap_or(0);
         until_listening(&mut child).await?;
