@@ -79,6 +79,11 @@ cd "$work"
     --request-timeout 10 --workers 2 --no-color \
     || status=$?
 echo "schemathesis: seed $seed, $examples examples per operation, $(($(date +%s) - started)) s"
+if [ "$status" -ne 0 ]; then
+    # What the server logged about the failures (a 500 says only "it has been logged").
+    echo "fuzz-api.sh: the server's errors and warnings during the run:" >&2
+    grep -E " (ERROR|WARN) " "$work/server.log" | grep -v "built without the browser console" | tail -n 40 >&2 || true
+fi
 if grep -q "panicked" "$work/server.log"; then
     echo "fuzz-api.sh: the server panicked:" >&2
     grep -A5 "panicked" "$work/server.log" >&2
