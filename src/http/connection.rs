@@ -149,6 +149,7 @@ fn refuse_full(stream: TcpStream) {
 /// The whole 503 answer to a connection there is no room for, written without a task or a buffer.
 const fn busy_response() -> &'static [u8] {
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\n\
+x-content-type-options: nosniff\r\nreferrer-policy: strict-origin-when-cross-origin\r\n\
 connection: close\r\ncontent-length: 91\r\n\r\n\
 {\"error\":{\"code\":\"server_busy\",\"message\":\"this server has no room for another connection\"}}"
 }
@@ -264,6 +265,9 @@ mod tests {
         assert_eq!(body.len(), length);
         let json: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(json["error"]["code"], "server_busy");
+        // Like every other response (security::add_transport_headers).
+        assert!(head.contains("\r\nx-content-type-options: nosniff\r\n"), "{head}");
+        assert!(head.contains("\r\nreferrer-policy: strict-origin-when-cross-origin\r\n"), "{head}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `GET /api/events`: the SSE stream. Validates and authorises here; the stream itself is `crate::stream`.
 
-use super::extract::{CurrentDispatcher, Query};
+use super::extract::{Query, VerifiedCaller};
 use super::{ApiError, AppState};
 use crate::outbox::GroupKey;
 use crate::position::Position;
@@ -91,10 +91,16 @@ pub(super) fn requested_groups(raw: Option<&str>, held: &[String]) -> Result<Opt
 
 async fn events(
     State(state): State<AppState>,
-    current: CurrentDispatcher,
+    caller: VerifiedCaller,
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
+    // A dispatcher at its limit is refused on its token alone, before its record is read: a token that
+    // floods streams then costs the database nothing, and everyone else's lookups do not queue behind its.
+    if let Err(refusal) = state.stream_limits.check(caller.subject()) {
+        return Ok(stream_refused(&refusal));
+    }
+    let current = caller.into_current(&state).await?;
     let resume_from = resume_position(&headers, query.last_event_id.as_deref())?;
     let requested = requested_groups(query.groups.as_deref(), &current.dispatcher.groups)?;
     let groups = requested.clone().unwrap_or_else(|| current.dispatcher.groups.clone());

@@ -55,9 +55,34 @@ impl FromRequestParts<AppState> for CurrentDispatcher {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        VerifiedCaller::from_request_parts(parts, state).await?.into_current(state).await
+    }
+}
+
+/// The caller's token, checked (signature, times, audience) but with its dispatcher not yet read: for a
+/// request that may be refused on the token's subject alone, before it costs the database a read (a token
+/// opening streams in a loop past its limit, issue 22). [`VerifiedCaller::into_current`] finishes the check.
+pub struct VerifiedCaller(crate::auth::Verified);
+
+impl VerifiedCaller {
+    /// The dispatcher id the token names (not yet known to exist).
+    pub fn subject(&self) -> &str {
+        &self.0.claims.sub
+    }
+
+    /// The dispatcher, with groups and access read now. Errors as [`authenticate`]'s.
+    pub async fn into_current(self, state: &AppState) -> Result<CurrentDispatcher, ApiError> {
+        let record = admitted_dispatcher(state, &self.0).await?;
+        Ok(CurrentDispatcher { dispatcher: record.dispatcher, claims: self.0.claims, origin: self.0.origin })
+    }
+}
+
+impl FromRequestParts<AppState> for VerifiedCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).or_else(|| session_token(&parts.headers)).ok_or(AuthError::MissingToken)?;
-        let (record, verified) = authenticate(state, &token).await?;
-        Ok(Self { dispatcher: record.dispatcher, claims: verified.claims, origin: verified.origin })
+        Ok(Self(state.tokens.verify(&token).await?))
     }
 }
 
@@ -69,13 +94,19 @@ pub(super) async fn authenticate(
     token: &str,
 ) -> Result<(DispatcherRecord, crate::auth::Verified), ApiError> {
     let verified = state.tokens.verify(token).await?;
+    let record = admitted_dispatcher(state, &verified).await?;
+    Ok((record, verified))
+}
+
+/// The dispatcher a verified token names, if it exists and the token is still in force for it.
+async fn admitted_dispatcher(state: &AppState, verified: &crate::auth::Verified) -> Result<DispatcherRecord, ApiError> {
     let record = state
         .dispatchers
         .get(verified.claims.sub.clone())
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown_dispatcher", "the token's dispatcher does not exist"))?;
     record.access.admits(verified.origin)?;
-    Ok((record, verified))
+    Ok(record)
 }
 
 /// A JSON body sent as `Content-Type: application/json` (parameters such as `charset` allowed): any other

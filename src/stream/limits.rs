@@ -71,25 +71,34 @@ impl StreamLimits {
     /// limit is reached (counted in `smartscheduler_sse_streams_refused_total` by `reason`).
     pub fn acquire(&self, dispatcher_id: &str) -> Result<StreamPermit, StreamLimitError> {
         let mut counts = self.lock();
-        let held = counts.by_dispatcher.get(dispatcher_id).copied().unwrap_or(0);
-        let refusal = if held >= self.inner.per_dispatcher {
-            Some(StreamLimitError::PerDispatcher(self.inner.per_dispatcher))
-        } else if counts.total >= self.inner.total {
-            Some(StreamLimitError::Total(self.inner.total))
-        } else {
-            None
-        };
-        if let Some(refusal) = refusal {
-            let reason = match refusal {
-                StreamLimitError::PerDispatcher(_) => "per_dispatcher",
-                StreamLimitError::Total(_) => "instance",
-            };
-            metrics::counter!(m::SSE_STREAMS_REFUSED, "reason" => reason).increment(1);
-            return Err(refusal);
-        }
+        self.refusal(&counts, dispatcher_id)?;
         counts.total += 1;
         *counts.by_dispatcher.entry(dispatcher_id.to_owned()).or_default() += 1;
         Ok(StreamPermit { limits: self.clone(), dispatcher_id: dispatcher_id.to_owned() })
+    }
+
+    /// Whether [`acquire`](Self::acquire) would refuse `dispatcher_id` now, without taking a place: to refuse a
+    /// stream before any work is spent on it. Errors and metric as `acquire`'s; `Ok` promises nothing (the
+    /// place may be gone by the time it is acquired).
+    pub fn check(&self, dispatcher_id: &str) -> Result<(), StreamLimitError> {
+        self.refusal(&self.lock(), dispatcher_id)
+    }
+
+    fn refusal(&self, counts: &Counts, dispatcher_id: &str) -> Result<(), StreamLimitError> {
+        let held = counts.by_dispatcher.get(dispatcher_id).copied().unwrap_or(0);
+        let refusal = if held >= self.inner.per_dispatcher {
+            StreamLimitError::PerDispatcher(self.inner.per_dispatcher)
+        } else if counts.total >= self.inner.total {
+            StreamLimitError::Total(self.inner.total)
+        } else {
+            return Ok(());
+        };
+        let reason = match refusal {
+            StreamLimitError::PerDispatcher(_) => "per_dispatcher",
+            StreamLimitError::Total(_) => "instance",
+        };
+        metrics::counter!(m::SSE_STREAMS_REFUSED, "reason" => reason).increment(1);
+        Err(refusal)
     }
 
     fn lock(&self) -> MutexGuard<'_, Counts> {

@@ -69,6 +69,27 @@ async fn a_dispatcher_at_its_stream_limit_gets_a_429_while_others_stream_on() {
     }
 }
 
+/// The refusal is decided on the token alone: with the dispatchers table locked (every lookup would wait),
+/// a stream over the limit is still refused at once. So a token flooding streams costs the database nothing
+/// and the other dispatchers' lookups do not queue behind its own.
+#[tokio::test]
+async fn a_stream_over_the_limit_is_refused_before_the_dispatcher_is_read() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn_with(&db, |c| c.streams_per_dispatcher = 2).await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let _open = [Connect::new(&alice).open(&app.base).await, Connect::new(&alice).open(&app.base).await];
+
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE dispatchers IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), Connect::new(&alice).send(&app.base))
+        .await
+        .expect("a stream over the limit waited for the dispatcher's record");
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams", "{body}");
+    lock.rollback().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_flood_of_half_sent_heads_evicts_itself_and_health_checks_still_answer() {
     let db = TestDb::new().await;
