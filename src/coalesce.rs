@@ -78,12 +78,15 @@ where
     }
 
     async fn read_while_waited_for(self) {
-        let _reset = ResetOnExit(&self.0.state);
+        let mut reset = ResetOnExit { state: &self.0.state, armed: true };
         loop {
             let batch = {
                 let mut state = lock(&self.0.state);
                 if state.waiting.is_empty() {
                     state.reading = false;
+                    // From here on `reading` belongs to whoever comes next: it may be on again, for a new
+                    // reader, before this task has ended.
+                    reset.armed = false;
                     return;
                 }
                 std::mem::take(&mut state.waiting)
@@ -112,14 +115,19 @@ where
     }
 }
 
-/// Whatever ends the reader task (a panic in `read`, the runtime shutting down), the next caller must find
-/// `reading` off and start a new one; callers left waiting are answered with an error by dropping them.
-struct ResetOnExit<'a, K, V>(&'a Mutex<State<K, V>>);
+/// Whatever else ends the reader task (a panic in `read`, the runtime shutting down), the next caller must
+/// find `reading` off and start a new one; callers left waiting are answered with an error by dropping them.
+/// Disarmed when the reader ends normally: it has handed `reading` on by then, and a new reader's callers
+/// are not its to drop.
+struct ResetOnExit<'a, K, V> {
+    state: &'a Mutex<State<K, V>>,
+    armed: bool,
+}
 
 impl<K, V> Drop for ResetOnExit<'_, K, V> {
     fn drop(&mut self) {
-        let mut state = lock(self.0);
-        if state.reading {
+        if self.armed {
+            let mut state = lock(self.state);
             state.reading = false;
             state.waiting.clear();
         }
@@ -154,6 +162,46 @@ mod tests {
     /// A read that counts its calls and holds each one until released, so that the test decides who
     /// arrives while a read is in flight.
     type Batches = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// A reader that finds no one waiting ends; a caller arriving right then starts the next reader. The
+    /// old reader's exit must not take the new caller with it (it used to clear `waiting` whenever it saw
+    /// `reading` on, which the new caller had just set: a lost answer, a 500 under the fuzzer in CI).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_reader_that_ends_never_drops_a_caller_who_arrived_as_it_ended() {
+        let coalescer: Coalescer<u32, u32> = Coalescer::new(|keys: Vec<u32>| {
+            Box::pin(async move { Ok(keys.into_iter().map(|k| (k, k)).collect()) }) as BoxFuture<'static, _>
+        });
+        let callers: Vec<_> = (0..8u32)
+            .map(|task| {
+                let coalescer = coalescer.clone();
+                tokio::spawn(async move {
+                    for round in 0..20_000u32 {
+                        let key = task * 100_000 + round;
+                        match coalescer.get(key).await {
+                            Ok(Some(value)) => assert_eq!(value, key),
+                            other => panic!("caller {key} was answered {other:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.expect("every caller is answered with its value");
+        }
+    }
+
+    /// A read that panics fails its callers (they are not left waiting) and the next caller gets a new read.
+    #[tokio::test]
+    async fn a_read_that_panics_fails_its_callers_and_the_next_read_works() {
+        let coalescer: Coalescer<u32, u32> = Coalescer::new(|keys: Vec<u32>| {
+            Box::pin(async move {
+                assert!(!keys.contains(&13), "a bug in the read");
+                Ok(keys.into_iter().map(|k| (k, k)).collect())
+            }) as BoxFuture<'static, _>
+        });
+        assert!(matches!(coalescer.get(13).await, Err(sqlx::Error::WorkerCrashed)));
+        assert_eq!(coalescer.get(7).await.unwrap(), Some(7), "the next caller starts a new read");
+    }
 
     fn gated() -> (Coalescer<u32, u32>, Arc<AtomicUsize>, Arc<Notify>, Batches) {
         let batches: Batches = Arc::default();
