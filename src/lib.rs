@@ -31,3 +31,4 @@ pub mod stream;
 pub mod supervisor;
 pub mod telemetry;
 pub mod validate;
+pub mod watches;

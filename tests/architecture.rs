@@ -24,6 +24,9 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("event_log", "stream"),
     ("auth", "http"),
     ("auth", "stream"),
+    ("watches", "http"),
+    ("watches", "stream"),
+    ("watches", "relay"),
 ];
 
 /// A file of the library, by module path (`stream::hub`), and the module paths it names.

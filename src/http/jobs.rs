@@ -24,7 +24,7 @@ fn job_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 /// The job, if it exists and the caller may act on its region.
-async fn visible_job(state: &AppState, current: &CurrentDispatcher, raw_id: &str) -> Result<Job, ApiError> {
+pub(super) async fn visible_job(state: &AppState, current: &CurrentDispatcher, raw_id: &str) -> Result<Job, ApiError> {
     let id = job_id(raw_id)?;
     let job = recs::get_job(&state.pool, id).await?.ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
     if !current.may_see_region(&job.region) {

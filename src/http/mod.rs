@@ -11,6 +11,7 @@ mod openapi;
 pub mod security;
 mod session;
 pub(crate) mod stream_connection;
+mod watches;
 
 pub use error::{ApiError, code_for_status};
 
@@ -89,6 +90,7 @@ pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
     let api = Router::new()
         .merge(session::router())
         .merge(jobs::router())
+        .merge(watches::router())
         .merge(events::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::not_found("no such API route") })

@@ -25,3 +25,4 @@ mod seed;
 mod storm;
 mod stream;
 mod transport;
+mod watches;

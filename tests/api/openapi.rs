@@ -64,3 +64,59 @@ async fn the_served_document_matches_the_router() {
         }
     }
 }
+
+/// A JSON object with the same key twice parses, silently keeping the last one (serde_json, and the
+/// fuzzer's parser alike): a response documented twice would lose one description without a word.
+#[test]
+fn the_document_names_no_key_twice_in_one_object() {
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+    struct NoDuplicates;
+    impl<'de> serde::Deserialize<'de> for NoDuplicates {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(NoDuplicates)
+        }
+    }
+    impl<'de> Visitor<'de> for NoDuplicates {
+        type Value = NoDuplicates;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = BTreeSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    return Err(serde::de::Error::custom(format!("key {key:?} twice in one object")));
+                }
+                map.next_value::<NoDuplicates>()?;
+            }
+            Ok(NoDuplicates)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<NoDuplicates>()?.is_some() {}
+            Ok(NoDuplicates)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(NoDuplicates)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(NoDuplicates)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(NoDuplicates)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(NoDuplicates)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(NoDuplicates)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(NoDuplicates)
+        }
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/openapi.json");
+    let text = std::fs::read_to_string(path).expect("openapi.json");
+    if let Err(error) = serde_json::from_str::<NoDuplicates>(&text) {
+        panic!("src/http/openapi.json: {error}");
+    }
+}
