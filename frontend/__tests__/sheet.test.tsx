@@ -54,6 +54,9 @@ function fakeApi(overrides: Partial<Api> = {}): Api & { [K in keyof Api]: Return
     recommendations: vi.fn(async () => set('set-1', ['Ada', 'Grace'])),
     generate: vi.fn(async () => set('set-gen', ['Linus'])),
     streamRefusal: vi.fn(async () => null),
+    watches: vi.fn(async () => ({ jobIds: [] })),
+    watch: vi.fn(async () => undefined),
+    unwatch: vi.fn(async () => undefined),
     ...overrides,
   } as never;
 }

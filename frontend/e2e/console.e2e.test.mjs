@@ -851,3 +851,118 @@ test(
     }
   },
 );
+
+/**
+ * Headless Chromium reports every page as visible whatever is in front, so the test steers
+ * `document.visibilityState` of each page (and fires `visibilitychange`, as a browser does); the rest is
+ * real: the notification permission, `Notification` (wrapped to record what was shown), Web Locks across
+ * the tabs, the shared stream and its leader, the server's stars.
+ */
+function steerVisibilityAndRecordNotifications() {
+  let hidden = false;
+  Object.defineProperty(Document.prototype, 'visibilityState', { get: () => (hidden ? 'hidden' : 'visible') });
+  Object.defineProperty(Document.prototype, 'hidden', { get: () => hidden });
+  window.__setHidden = (value) => {
+    hidden = value;
+    document.dispatchEvent(new Event('visibilitychange'));
+  };
+  window.__notifications = [];
+  const Native = window.Notification;
+  class Recorded extends Native {
+    constructor(title, options) {
+      super(title, options);
+      window.__notifications.push({ title, body: options?.body, tag: options?.tag, instance: this });
+    }
+  }
+  window.Notification = Recorded;
+}
+
+const notificationsOf = (page) =>
+  page.evaluate(() => window.__notifications.map(({ title, body, tag }) => ({ title, body, tag })));
+const setHidden = (page, value) => page.evaluate((v) => window.__setHidden(v), value);
+
+/** Generate from `page`, then wait until every page applied the set's event; returns that event's id. */
+async function generateAndApply(page, pages, jobId) {
+  const set = await generateFromPage(page, jobId);
+  const id = set.recommendationSetId;
+  const applied = (p) =>
+    p.waitForFunction((s) => window.__applied.find((a) => a.setId === s)?.eventId, id, { timeout: UI_TIMEOUT_MS });
+  const ids = await Promise.all(pages.map(async (p) => (await applied(p)).jsonValue()));
+  assert.equal(new Set(ids).size, 1, `the tabs applied different events for one set: ${ids}`);
+  return ids[0];
+}
+
+test(
+  'a watched job notifies once across two tabs while the console is hidden, never while a tab is visible, and the click opens the job',
+  { skip: problems.length > 0 ? 'preflight failed (see above)' : false, timeout: 120_000 },
+  async () => {
+    const server = await startServer('server-watch', await freePort());
+    const context = await (await getBrowser()).newContext({ viewport: { width: 1024, height: 700 } });
+    try {
+      await context.grantPermissions(['notifications'], { origin: server.base });
+      await context.addInitScript(steerVisibilityAndRecordNotifications);
+      const pages = await openTabs(context, server.base, 'alice', 2);
+      await Promise.all(pages.map((p) => waitStatus(p, 'live')));
+
+      // Star the first job in one tab; the star is the dispatcher's, so a reload of the other shows it.
+      const rows = pages[1].locator('[data-testid^="job-row-"]');
+      await rows.first().waitFor({ timeout: UI_TIMEOUT_MS });
+      const [watched, other] = await Promise.all([0, 1].map(async (i) => (await rows.nth(i).getAttribute('data-testid')).slice(8)));
+      const title = await pages[1].getByTestId(`job-row-${watched}`).locator('.job__title').evaluate((e) => e.firstChild.textContent);
+      await pages[1].getByTestId(`job-star-${watched}`).click();
+      await pages[1].waitForFunction(
+        (id) => fetch('/api/watches').then((r) => r.json()).then((w) => w.jobIds.includes(id)),
+        watched,
+        { timeout: UI_TIMEOUT_MS },
+      );
+      await pages[0].reload();
+      await pages[0].getByTestId(`job-star-${watched}`).waitFor({ timeout: UI_TIMEOUT_MS });
+      await pages[0].waitForFunction(
+        (id) => document.querySelector(`[data-testid="job-star-${id}"]`)?.getAttribute('aria-pressed') === 'true',
+        watched,
+        { timeout: UI_TIMEOUT_MS },
+      );
+      await recordApplied(pages[0]);
+      await Promise.all(pages.map((p) => waitStatus(p, 'live')));
+      const roles = await Promise.all(pages.map(role));
+      assert.deepEqual([...roles].sort(), ['follower', 'leader'], `roles: ${roles}`);
+      const leaderNow = pages[roles.indexOf('leader')];
+      const followerNow = pages[roles.indexOf('follower')];
+
+      // Visible: no notification.
+      await generateAndApply(pages[0], pages, watched);
+      // One tab visible (the follower), the leader hidden: still none (a tab of the console is in view).
+      await setHidden(leaderNow, true);
+      await generateAndApply(pages[0], pages, watched);
+      for (const page of pages) assert.deepEqual(await notificationsOf(page), [], 'a notification while a tab was visible');
+
+      // Every tab hidden: exactly one notification, from the leader, tagged with the event id.
+      await setHidden(followerNow, true);
+      await followerNow.getByTestId(`job-row-${other}`).click();
+      await leaderNow.getByTestId(`job-row-${other}`).click();
+      const eventId = await generateAndApply(pages[0], pages, watched);
+      await leaderNow.waitForFunction(() => window.__notifications.length > 0, null, { timeout: UI_TIMEOUT_MS });
+      const shown = [...(await notificationsOf(leaderNow)), ...(await notificationsOf(followerNow))];
+      assert.equal(shown.length, 1, `notifications: ${JSON.stringify(shown)}`);
+      assert.equal(shown[0].tag, eventId);
+      assert.equal(shown[0].title, `New recommendations: ${title}`);
+      assert.match(shown[0].body, /contractors? recommended|No contractor/);
+
+      // An event for a job nobody starred: nothing.
+      await generateAndApply(pages[0], pages, other);
+      assert.equal((await notificationsOf(leaderNow)).length + (await notificationsOf(followerNow)).length, 1);
+
+      // The click brings the tab forward on the watched job.
+      await leaderNow.evaluate(() => window.__notifications[0].instance.onclick(new Event('click')));
+      await leaderNow.waitForFunction(
+        (id) => document.querySelector(`[data-testid="job-row-${id}"]`)?.getAttribute('aria-pressed') === 'true',
+        watched,
+        { timeout: UI_TIMEOUT_MS },
+      );
+      await leaderNow.waitForSelector('[data-testid="sheet-row"], [data-testid="sheet-empty"]', { timeout: UI_TIMEOUT_MS });
+    } finally {
+      await context.close();
+      await stopServer(server.child);
+    }
+  },
+);

@@ -114,6 +114,10 @@ export const api = {
     request<RecommendationSet>('GET', `/api/jobs/${encodeURIComponent(jobId)}/recommendations`),
   generate: (jobId: string) =>
     request<RecommendationSet>('POST', `/api/jobs/${encodeURIComponent(jobId)}/recommendations`),
+  /** The signed-in dispatcher's starred jobs (regions they hold now). */
+  watches: () => request<{ jobIds: string[] }>('GET', '/api/watches'),
+  watch: (jobId: string) => request<void>('PUT', `/api/jobs/${encodeURIComponent(jobId)}/watch`),
+  unwatch: (jobId: string) => request<void>('DELETE', `/api/jobs/${encodeURIComponent(jobId)}/watch`),
   streamRefusal,
 };
 

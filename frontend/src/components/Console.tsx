@@ -1,9 +1,10 @@
-import { useCallback, useEffect, useRef, useState } from 'react';
+import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
 import { ApiError, type Api, type Job, type Me } from '../api';
 import type { RealtimeClient, RecommendationReadyEvent } from '../realtime';
 import { POLL_MS, type ConnectionView } from '../connectionView';
 import { usePollWhileDegraded, useRealtimeEvents, useStreamEvent } from '../useRealtime';
 import { JobList } from './JobList';
+import { askPermissionOnce, browserNotifierDeps, holdVisibleLockWhileVisible, WatchNotifier } from '../notifications';
 import { RecommendationsSheet, type SheetState } from './RecommendationsSheet';
 
 interface Props {
@@ -12,6 +13,8 @@ interface Props {
   client: RealtimeClient;
   /** The page's view of the connection (derived once, in App). */
   connection: ConnectionView;
+  /** Desktop notifications for watched jobs (tests inject one; by default the browser's). */
+  notifier?: WatchNotifier;
 }
 
 function message(err: unknown): string {
@@ -19,7 +22,7 @@ function message(err: unknown): string {
 }
 
 /** Jobs list + recommendations sheet, kept current by the realtime client. */
-export function Console({ me, api, client, connection }: Props) {
+export function Console({ me, api, client, connection, notifier: injected }: Props) {
   const regions = me.groups.filter((g) => g.startsWith('region:')).map((g) => g.slice(7));
   const [region, setRegion] = useState<string>('');
   const [jobs, setJobs] = useState<Job[] | null>(null);
@@ -31,11 +34,15 @@ export function Console({ me, api, client, connection }: Props) {
   const [flashKey, setFlashKey] = useState(0);
   const [generating, setGenerating] = useState(false);
   const [generateError, setGenerateError] = useState<string | null>(null);
+  const [watched, setWatched] = useState<ReadonlySet<string>>(new Set());
+  const notifier = useMemo(() => injected ?? new WatchNotifier(browserNotifierDeps(() => client.role)), [injected, client]);
 
   const selectedRef = useRef<string | null>(null);
   selectedRef.current = selectedJobId;
   const jobsRef = useRef<Job[] | null>(null);
   jobsRef.current = jobs;
+  const watchedRef = useRef(watched);
+  watchedRef.current = watched;
   const shownSetRef = useRef<string | null>(null);
   shownSetRef.current = sheet.kind === 'loaded' ? sheet.set.recommendationSetId : null;
 
@@ -52,6 +59,57 @@ export function Console({ me, api, client, connection }: Props) {
   useEffect(() => {
     void loadJobs();
   }, [loadJobs]);
+
+  const loadWatches = useCallback(async () => {
+    try {
+      setWatched(new Set((await api.watches()).jobIds));
+    } catch {
+      /* the stars are a convenience: the list works without them, and the next reset reloads them */
+    }
+  }, [api]);
+
+  useEffect(() => {
+    void loadWatches();
+  }, [loadWatches]);
+
+  // Other tabs ask whether any console tab is visible before they notify (see notifications.ts).
+  useEffect(() => holdVisibleLockWhileVisible(), []);
+
+  async function toggleWatch(jobId: string) {
+    const on = !watchedRef.current.has(jobId);
+    const flip = (set: ReadonlySet<string>, add: boolean) => {
+      const next = new Set(set);
+      if (add) next.add(jobId);
+      else next.delete(jobId);
+      return next;
+    };
+    setWatched((w) => flip(w, on));
+    // Asked only here, from the click that sets a star: a page may not ask unprompted.
+    if (on) void askPermissionOnce();
+    try {
+      await (on ? api.watch(jobId) : api.unwatch(jobId));
+    } catch (err) {
+      setWatched((w) => flip(w, !on));
+      setJobsError(`Could not ${on ? 'watch' : 'stop watching'} the job: ${message(err)}`);
+    }
+  }
+
+  function notifyIfWatched(ev: RecommendationReadyEvent) {
+    if (!watchedRef.current.has(ev.jobId)) return;
+    const title = jobsRef.current?.find((j) => j.id === ev.jobId)?.title ?? 'a watched job';
+    const best = ev.summary.top[0];
+    const count = ev.summary.count;
+    const body =
+      count === 0
+        ? 'No contractor is available.'
+        : `${count} contractor${count === 1 ? '' : 's'} recommended${best ? `, best: ${best.name}` : ''}`;
+    void notifier.notify({
+      title: `New recommendations: ${title}`,
+      body,
+      tag: ev.eventId,
+      onClick: () => select(ev.jobId),
+    });
+  }
 
   /** (Re)load the sheet of `jobId`; ignores the answer if another job was selected meanwhile. */
   const loadSheet = useCallback(
@@ -104,6 +162,7 @@ export function Console({ me, api, client, connection }: Props) {
 
   async function onRecommendationReady(ev: RecommendationReadyEvent) {
     const jobId = ev.jobId;
+    notifyIfWatched(ev);
     if (jobId === selectedRef.current) {
       if (ev.summary.recommendationSetId !== shownSetRef.current) {
         await loadSheet(jobId, { quiet: true });
@@ -120,6 +179,7 @@ export function Console({ me, api, client, connection }: Props) {
     onReset: () => {
       // Our view may be stale: reload everything over REST.
       void loadJobs();
+      void loadWatches();
       const jobId = selectedRef.current;
       if (jobId) void loadSheet(jobId, { quiet: true });
     },
@@ -161,7 +221,14 @@ export function Console({ me, api, client, connection }: Props) {
         )}
         {jobs === null && !jobsError && <p className="muted">Loading jobs…</p>}
         {jobs !== null && (
-          <JobList jobs={jobs} selectedJobId={selectedJobId} badges={badges} onSelect={select} />
+          <JobList
+            jobs={jobs}
+            selectedJobId={selectedJobId}
+            badges={badges}
+            watched={watched}
+            onSelect={select}
+            onToggleWatch={(jobId) => void toggleWatch(jobId)}
+          />
         )}
       </aside>
       <div className="console__sheet">

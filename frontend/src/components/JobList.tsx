@@ -5,10 +5,13 @@ interface Props {
   jobs: Job[];
   selectedJobId: string | null;
   badges: Record<string, number>;
+  /** Starred job ids. */
+  watched: ReadonlySet<string>;
   onSelect: (jobId: string) => void;
+  onToggleWatch: (jobId: string) => void;
 }
 
-export function JobList({ jobs, selectedJobId, badges, onSelect }: Props) {
+export function JobList({ jobs, selectedJobId, badges, watched, onSelect, onToggleWatch }: Props) {
   if (jobs.length === 0) {
     return (
       <p className="muted" data-testid="job-list">
@@ -21,8 +24,9 @@ export function JobList({ jobs, selectedJobId, badges, onSelect }: Props) {
       {[...jobs].sort(byTimeWindow).map((job) => {
         const count = badges[job.id] ?? 0;
         const selected = job.id === selectedJobId;
+        const starred = watched.has(job.id);
         return (
-          <li key={job.id}>
+          <li key={job.id} className="jobs__item">
             <button
               type="button"
               className={`job${selected ? ' job--selected' : ''}`}
@@ -49,6 +53,18 @@ export function JobList({ jobs, selectedJobId, badges, onSelect }: Props) {
               {job.requiredSkills.length > 0 && (
                 <span className="job__skills">{job.requiredSkills.join(' · ')}</span>
               )}
+            </button>
+            {/* A sibling of the row's button, not inside it: a button may not hold another. */}
+            <button
+              type="button"
+              className={`star${starred ? ' star--on' : ''}`}
+              aria-pressed={starred}
+              aria-label={starred ? `Stop watching ${job.title}` : `Watch ${job.title}`}
+              title={starred ? 'Watched: new recommendations notify you while the console is hidden' : 'Watch this job'}
+              data-testid={`job-star-${job.id}`}
+              onClick={() => onToggleWatch(job.id)}
+            >
+              {starred ? '★' : '☆'}
             </button>
           </li>
         );
