@@ -346,6 +346,19 @@ fn no_test_helper_ships_in_the_library() {
     assert!(helpers.is_empty(), "test or bench code compiled into the library: {helpers:?}");
 }
 
+/// The product crate holds the product: the benchmark and the fault suite are workspace members of their own
+/// (crates/), with their own dependencies, and the product depends on none of them.
+#[test]
+fn the_tools_live_in_crates_of_their_own() {
+    assert!(!src_dir().join("bin").exists(), "src/bin: tools belong in crates/ (crates/bench, crates/chaos)");
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    let dependencies = manifest.split("[dependencies]").nth(1).unwrap_or_default();
+    let dependencies = dependencies.split("\n[").next().unwrap_or_default();
+    for tool in ["smartscheduler-bench", "smartscheduler-chaos", "smartscheduler-sse-client", "hdrhistogram"] {
+        assert!(!dependencies.contains(tool), "the product depends on a tool's crate: {tool}");
+    }
+}
+
 #[test]
 fn the_scanner_reads_paths_groups_and_super() {
     let code = code_only(

@@ -4,30 +4,20 @@
 //! (`ss_bench_<uuid>`) created on the admin server and dropped at the end. Every loop is bounded in count
 //! and in time; everything talks to 127.0.0.1 only.
 
-#[path = "bench/api_cost.rs"]
 mod api_cost;
-#[path = "bench/common.rs"]
 mod common;
-#[path = "bench/generation.rs"]
 mod generation;
-#[path = "bench/lockout.rs"]
 mod lockout;
-#[path = "bench/memory.rs"]
 mod memory;
-#[path = "bench/peer.rs"]
 mod peer;
-#[path = "bench/relay_drain.rs"]
 mod relay_drain;
-#[path = "bench/scale_out.rs"]
 mod scale_out;
-#[path = "bench/sse_client.rs"]
-mod sse_client;
-#[path = "bench/storm.rs"]
 mod storm;
-#[path = "bench/stream.rs"]
 mod stream;
-#[path = "bench/writer.rs"]
 mod writer;
+
+// The lean SSE client is shared with the fault suite (crates/sse-client).
+use smartscheduler_sse_client as sse_client;
 
 use anyhow::Context;
 use clap::Parser;
@@ -112,7 +102,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Section 8: the generation benchmark (bench/generation.rs) on a fresh database.
+/// Section 8: the generation benchmark (crates/bench/src/generation.rs) on a fresh database.
 async fn generation(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let db = ctx.fresh_db(4).await?;
     let iterations = if ctx.quick { 30 } else { 200 };

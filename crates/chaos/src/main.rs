@@ -6,22 +6,14 @@
 //! faults at moments drawn from the seed, and then checks that every client received exactly the committed
 //! events of its groups. One line per run; the process exits 1 if any run found a violation.
 
-// Shared with the benchmark, which uses more of it than the suite does.
-#[allow(dead_code)]
-#[path = "bench/sse_client.rs"]
-mod sse_client;
+// The lean SSE client is shared with the benchmark (crates/sse-client).
+use smartscheduler_sse_client as sse_client;
 
-#[path = "chaos/clients.rs"]
 mod clients;
-#[path = "chaos/cluster.rs"]
 mod cluster;
-#[path = "chaos/faults.rs"]
 mod faults;
-#[path = "chaos/run.rs"]
 mod run;
-#[path = "chaos/verify.rs"]
 mod verify;
-#[path = "chaos/writers.rs"]
 mod writers;
 
 use clap::Parser;

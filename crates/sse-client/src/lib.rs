@@ -34,7 +34,7 @@ pub struct Frame<'a> {
     pub event: &'a [u8],
     pub data: &'a [u8],
     /// The `id:` line, if the frame has one (events, the opening line, a heartbeat that moves the position).
-    #[allow(dead_code)] // read by the fault suite, which resumes from it; the benchmark does not
+    /// The `id:` line, if any (the fault suite resumes from it; the benchmark does not read it).
     pub id: Option<&'a [u8]>,
 }
 

@@ -543,7 +543,7 @@ async fn latency_and_steps_on(ctx: &Ctx, rig: &Rig, report: &mut Report, steps: 
          (`Authorization: Bearer`), {per_region} per region dispatcher (`region:north|south|east|west`), in the \
          same process on a 2-worker tokio runtime, so the clients' CPU is part of the figure. The clients are \
          lean (one `TcpStream` each, chunked decoding and SSE framing over one buffer, no allocation per event: \
-         `src/bin/bench/sse_client.rs`) and delay their ACKs (`TCP_QUICKACK` off after each read): over loopback \
+         `crates/sse-client`) and delay their ACKs (`TCP_QUICKACK` off after each read): over loopback \
          a client's ACK segments are sent and received on the server's two cores, and a receiver on another host \
          would pay for them there. The second row repeats the run with the kernel's default of one ACK per \
          read. Each event is its own transaction (`outbox::enqueue` + `COMMIT`), round-robin over the regions; \
