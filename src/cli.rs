@@ -284,10 +284,11 @@ pub struct ReplayArgs {
     /// Last position to replay (inclusive).
     #[arg(long, requires = "from")]
     pub to: Option<String>,
-    /// Replay events published at or after this time (RFC 3339, for example 2026-11-25T08:00:00Z).
+    /// Replay events published at or after this time: RFC 3339 (for example 2026-11-25T08:00:00Z), or a
+    /// duration before now (1h, 30m, 1h30m, 2days).
     #[arg(long)]
     pub since: Option<String>,
-    /// Replay events published before this time (RFC 3339).
+    /// Replay events published before this time (RFC 3339, or a duration before now such as 30m).
     #[arg(long, requires = "since")]
     pub until: Option<String>,
     /// Only events for this group (repeatable).

@@ -43,8 +43,11 @@ pub enum ReplayError {
         #[source]
         source: PositionError,
     },
-    /// `--since`/`--until` is not an RFC 3339 time.
-    #[error("{flag} {value:?} is not an RFC 3339 time (for example 2026-11-25T08:00:00Z): {source}")]
+    /// `--since`/`--until` is neither an RFC 3339 time nor a duration before now.
+    #[error(
+        "{flag} {value:?} is neither an RFC 3339 time (for example 2026-11-25T08:00:00Z) nor a time before now \
+         (for example 1h, 30m, 1h30m, 2days): {source}"
+    )]
     BadTime {
         /// The flag that carried it (`--since` or `--until`).
         flag: &'static str,
@@ -117,9 +120,9 @@ pub struct ReplayInput {
     pub from: Option<String>,
     /// Last position to replay (inclusive); only with `from`.
     pub to: Option<String>,
-    /// Replay originals published at or after this time (RFC 3339).
+    /// Replay originals published at or after this time (RFC 3339, or a duration before now: `1h`, `30m`).
     pub since: Option<String>,
-    /// Replay originals published before this time (RFC 3339); only with `since`.
+    /// Replay originals published before this time (the same forms); only with `since`.
     pub until: Option<String>,
     /// Group keys: only originals whose groups overlap these (empty: every group).
     pub groups: Vec<String>,
@@ -138,11 +141,25 @@ pub struct ReplayRequest {
     pub job: Option<Uuid>,
 }
 
+/// `now` minus `text` read as a duration (`1h`, `30m`), if it is one and the result is a time.
+fn before(now: DateTime<Utc>, text: &str) -> Option<DateTime<Utc>> {
+    let duration = humantime::parse_duration(text).ok()?;
+    now.checked_sub_signed(chrono::TimeDelta::from_std(duration).ok()?)
+}
+
 impl ReplayRequest {
     /// Validates the operator's selection (no database access). Every error is a usage error
     /// ([`ReplayError::is_usage`]): malformed positions, times or groups, or a range that is empty or
     /// mixes positions and times.
     pub fn parse(args: &ReplayInput) -> Result<Self, ReplayError> {
+        Self::parse_at(args, Utc::now())
+    }
+
+    /// [`Self::parse`] with `now` as the instant that relative times (`--since 1h`) count back from.
+    ///
+    /// # Errors
+    /// As [`Self::parse`].
+    pub fn parse_at(args: &ReplayInput, now: DateTime<Utc>) -> Result<Self, ReplayError> {
         let position = |flag: &'static str, value: &str| {
             value.parse::<Position>().map_err(|source| ReplayError::BadPosition {
                 flag,
@@ -151,10 +168,16 @@ impl ReplayRequest {
             })
         };
         // An RFC 3339 time with an offset can still fall outside years 1..=9999 once in UTC.
+        // A relative time ("1h", "30m", "1h30m", "2days": humantime's units) is that long before `now`.
         let time = |flag: &'static str, value: &str| {
-            let time = DateTime::parse_from_rfc3339(value)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|source| ReplayError::BadTime { flag, value: value.to_owned(), source })?;
+            let time = match DateTime::parse_from_rfc3339(value) {
+                Ok(time) => time.with_timezone(&Utc),
+                Err(source) => before(now, value.trim()).ok_or_else(|| ReplayError::BadTime {
+                    flag,
+                    value: value.to_owned(),
+                    source,
+                })?,
+            };
             crate::validate::timestamp(flag, time).map_err(|e| ReplayError::BadRange(e.to_string()))
         };
         let range = match (&args.from, &args.since) {
@@ -467,5 +490,52 @@ pub async fn execute(
         if progress.complete {
             return Ok(progress);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn times(since: &str, until: Option<&str>, now: DateTime<Utc>) -> Result<ReplayRange, ReplayError> {
+        let input =
+            ReplayInput { since: Some(since.into()), until: until.map(str::to_owned), ..ReplayInput::default() };
+        ReplayRequest::parse_at(&input, now).map(|r| r.range)
+    }
+
+    #[test]
+    fn relative_times_count_back_from_now_and_rfc3339_still_works() {
+        let now = DateTime::parse_from_rfc3339("2026-12-05T12:00:00Z").unwrap().with_timezone(&Utc);
+        let at = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc);
+        let cases = [
+            ("1h", Some("30m"), at("2026-12-05T11:00:00Z"), Some(at("2026-12-05T11:30:00Z"))),
+            ("1h30m", None, at("2026-12-05T10:30:00Z"), None),
+            ("90s", Some("0s"), at("2026-12-05T11:58:30Z"), Some(now)),
+            ("2days", None, at("2026-12-03T12:00:00Z"), None),
+            (" 15m ", None, at("2026-12-05T11:45:00Z"), None),
+            ("2026-12-01T08:00:00Z", Some("10m"), at("2026-12-01T08:00:00Z"), Some(at("2026-12-05T11:50:00Z"))),
+        ];
+        for (since, until, want_since, want_until) in cases {
+            assert_eq!(
+                times(since, until, now).unwrap(),
+                ReplayRange::Times { since: want_since, until: want_until },
+                "--since {since:?} --until {until:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_is_neither_a_time_nor_a_duration_is_a_usage_error_that_names_both_forms() {
+        let now = Utc::now();
+        for bad in ["yesterday", "1 fortnight", "-1h", "", "h"] {
+            let error = times(bad, None, now).unwrap_err();
+            assert!(matches!(error, ReplayError::BadTime { flag: "--since", .. }), "{bad:?}: {error}");
+            assert!(error.is_usage());
+            assert!(error.to_string().contains("RFC 3339") && error.to_string().contains("1h"), "{error}");
+        }
+        // A reversed relative range is refused like a reversed absolute one.
+        assert!(matches!(times("30m", Some("1h"), now), Err(ReplayError::BadRange(_))));
+        // So large that it falls before year 1: a usage error, never a panic.
+        assert!(times("100000000days", None, now).unwrap_err().is_usage());
     }
 }

@@ -294,6 +294,25 @@ async fn replay_by_time_range() {
 }
 
 #[tokio::test]
+async fn replay_by_a_time_relative_to_now() {
+    let db = TestDb::new().await;
+    publish(&db.pool, 3, &["region:north"]).await;
+    let resolve = |since: &str, until: Option<&str>| {
+        let args = ReplayArgs { since: Some(since.into()), until: until.map(str::to_owned), ..args() };
+        let request = ReplayRequest::try_from(&args).unwrap();
+        let pool = db.pool.clone();
+        async move {
+            let resolved = replay::resolve(&pool, &request).await.unwrap();
+            let matched = replay::plan(&pool, &resolved).await.unwrap().matched;
+            (resolved.after_seq, resolved.through_seq, matched)
+        }
+    };
+    assert_eq!(resolve("1h", None).await, (0, 3, 3), "--since 1h: the three events of the last minute");
+    assert_eq!(resolve("1h", Some("0s")).await, (0, 3, 3), "--until 0s is now");
+    assert_eq!(resolve("2h", Some("1h")).await.2, 0, "an hour-long window that ended an hour ago: nothing");
+}
+
+#[tokio::test]
 async fn replay_filters_by_group_and_job() {
     let db = TestDb::new().await;
     let job = Uuid::new_v4();
