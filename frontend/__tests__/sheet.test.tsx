@@ -256,6 +256,51 @@ describe('console', () => {
     expect(FakeEventSource.last.searchParams.get('lastEventId')).toBe(`${E}-5`);
   });
 
+  it('access-revoked names the group lost, stops reconnecting when none is left, and is not a session expiry', async () => {
+    const carol: Me = { dispatcherId: 'carol', name: 'Carol', groups: ['region:north', 'region:south'] };
+    const api = fakeApi({ me: vi.fn(async () => carol) });
+    await openSheet(api);
+    const es = FakeEventSource.last;
+    act(() => es.open());
+    api.me.mockResolvedValue({ ...carol, groups: [] });
+    act(() => es.emit('access-revoked', { reason: 'no_groups', position: `${E}-7` }));
+    expect((await screen.findByTestId('access-revoked')).textContent).toBe(
+      'You no longer belong to North and South. Ask an administrator to add you to a group, then reload.',
+    );
+    expect(es.closed).toBe(true);
+    expect(screen.queryByTestId('signin-notice')).toBeNull();
+    expect(screen.getByTestId('connection-status').textContent).toBe('offline');
+    expect(FakeEventSource.instances).toHaveLength(1); // no reconnect loop
+  });
+
+  it('access-revoked with a group left says which was lost and reconnects from the position', async () => {
+    const carol: Me = { dispatcherId: 'carol', name: 'Carol', groups: ['region:north', 'region:south'] };
+    const api = fakeApi({ me: vi.fn(async () => carol) });
+    await openSheet(api);
+    act(() => FakeEventSource.last.open());
+    api.me.mockResolvedValue({ ...carol, groups: ['region:north'] });
+    act(() => FakeEventSource.last.emit('access-revoked', { reason: 'no_groups', position: `${E}-9` }));
+    expect((await screen.findByTestId('access-revoked')).textContent).toBe('You no longer belong to South.');
+    await waitFor(() => expect(FakeEventSource.instances).toHaveLength(2));
+    expect(FakeEventSource.last.searchParams.get('lastEventId')).toBe(`${E}-9`);
+  });
+
+  it('access-revoked for a disabled dispatcher or a revoked token returns to sign-in and says why', async () => {
+    for (const [error, text] of [
+      [new ApiError(403, 'dispatcher_disabled', 'disabled'), 'Your access was disabled by an administrator.'],
+      [new ApiError(401, 'token_revoked', 'revoked'), 'Your sign-in was withdrawn: sign in again.'],
+    ] as const) {
+      FakeEventSource.reset();
+      const api = fakeApi();
+      await openSheet(api);
+      act(() => FakeEventSource.last.open());
+      api.me.mockRejectedValue(error);
+      act(() => FakeEventSource.last.emit('access-revoked', { reason: 'disabled', position: `${E}-3` }));
+      expect((await screen.findByTestId('signin-notice')).textContent).toBe(text);
+      cleanup();
+    }
+  });
+
   it('polls the open sheet over REST while the stream is down for long', async () => {
     vi.useFakeTimers({ shouldAdvanceTime: true });
     try {

@@ -1,6 +1,6 @@
 import { useCallback, useEffect, useRef, useSyncExternalStore } from 'react';
 import { connectionView, type ConnectionView } from './connectionView';
-import type { ConnectionStatus, RealtimeClient, ResetInfo, StreamEventOf } from './realtime';
+import type { AccessRevoked, ConnectionStatus, RealtimeClient, ResetInfo, StreamEventOf } from './realtime';
 
 /** Current connection status of the client (re-renders on change). */
 export function useConnectionStatus(client: RealtimeClient): ConnectionStatus {
@@ -25,6 +25,7 @@ export function useConnectionView(client: RealtimeClient): ConnectionView {
 export interface RealtimeHandlers {
   onReset?: (info: ResetInfo) => void;
   onAuthExpired?: () => void;
+  onAccessRevoked?: (info: AccessRevoked) => void;
   onClosed?: () => void;
 }
 
@@ -36,6 +37,7 @@ export function useRealtimeEvents(client: RealtimeClient, handlers: RealtimeHand
     const offs = [
       client.onReset((info) => ref.current.onReset?.(info)),
       client.onAuthExpired(() => ref.current.onAuthExpired?.()),
+      client.onAccessRevoked((info) => ref.current.onAccessRevoked?.(info)),
       client.onClosed(() => ref.current.onClosed?.()),
     ];
     return () => offs.forEach((off) => off());

@@ -53,7 +53,15 @@ export type StreamEventOf<K extends string> = K extends keyof StreamEventMap ? S
 export const KNOWN_EVENT_TYPES: readonly string[] = ['RecommendationReady'] satisfies (keyof StreamEventMap)[];
 
 /** SSE event names the connection itself uses; they are not events of the log and `on()` refuses them. */
-export const CONTROL_EVENT_TYPES: readonly string[] = ['open', 'error', 'message', 'heartbeat', 'reset', 'auth-expired'];
+export const CONTROL_EVENT_TYPES: readonly string[] = [
+  'open',
+  'error',
+  'message',
+  'heartbeat',
+  'reset',
+  'auth-expired',
+  'access-revoked',
+];
 
 /**
  * `live`: the stream is open and has spoken within the watchdog window.
@@ -75,6 +83,14 @@ export type ResetReason = 'epoch' | 'expired' | 'epoch-changed' | 'unknown-posit
 export interface ResetInfo {
   reason: ResetReason;
   /** Position the client continues from (null if unknown). */
+  position: string | null;
+}
+
+/** `event: access-revoked`: the server withdrew this stream's access and ended it. `reason` is `no_groups`
+ * (no group of the stream is the dispatcher's any more), `disabled` or `token_revoked` (docs/event-stream.md);
+ * `position` is what the client has every event of its former groups up to. */
+export interface AccessRevoked {
+  reason: string;
   position: string | null;
 }
 
@@ -147,6 +163,9 @@ export interface RealtimeClient {
   readonly status: ConnectionStatus;
   readonly degraded: boolean;
   readonly authExpired: boolean;
+  /** Set while the stream is stopped because the server withdrew access (`access-revoked`): like
+   * `authExpired`, the client does not reconnect until `resume()`. */
+  readonly accessRevoked: AccessRevoked | null;
   readonly lastPosition: string | null;
   readonly role: RealtimeRole;
   onStatus(cb: (status: ConnectionStatus) => void): Unsubscribe;
@@ -159,6 +178,8 @@ export interface RealtimeClient {
   onEvent(cb: (ev: StreamEvent, eventType: string) => void): Unsubscribe;
   onReset(cb: (info: ResetInfo) => void): Unsubscribe;
   onAuthExpired(cb: () => void): Unsubscribe;
+  /** The server withdrew access (`access-revoked`); the stream stays closed until `resume()`. */
+  onAccessRevoked(cb: (info: AccessRevoked) => void): Unsubscribe;
   /** A heartbeat arrived; `position` is the one the client now has everything up to. */
   onHeartbeat(cb: (position: string | null) => void): Unsubscribe;
   /** The EventSource was closed for good (e.g. a non-200 answer such as 401); the
@@ -324,6 +345,7 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
   const listening = new Set<string>([...KNOWN_EVENT_TYPES, ...(options.eventTypes ?? [])]);
   const resetEm = new Emitter<ResetInfo>();
   const authEm = new Emitter<void>();
+  const revokedEm = new Emitter<AccessRevoked>();
   const closedEm = new Emitter<void>();
   const beatEm = new Emitter<string | null>();
   const pollers = new Pollers();
@@ -332,6 +354,7 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
   let es: EventSourceLike | null = null;
   let running = false;
   let authExpired = false;
+  let accessRevoked: AccessRevoked | null = null;
   /** The stream is open and not stale. The status is derived from this and the browser's state. */
   let connected = false;
   let status: ConnectionStatus = 'reconnecting';
@@ -470,6 +493,7 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     for (const eventType of listening) listenFor(source, eventType);
     source.addEventListener('reset', mine((ev) => onResetEvent(ev as MessageEvent)));
     source.addEventListener('auth-expired', mine(() => onAuthExpiredEvent()));
+    source.addEventListener('access-revoked', mine((ev) => onAccessRevokedEvent(ev as MessageEvent)));
   }
 
   /** Makes `source` deliver events of `eventType` (while it is the current source). */
@@ -563,7 +587,28 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     resetEm.emit({ reason, position: order.position });
   }
 
+  /** Reconnecting would be refused (403, or 401 with this token): stop, like `auth-expired`, and say why
+   * before the status changes, so that whoever watches the status already knows the cause. */
+  function onAccessRevokedEvent(ev: MessageEvent): void {
+    let data: { reason?: unknown; position?: unknown } = {};
+    try {
+      data = JSON.parse(String(ev.data)) as typeof data;
+    } catch {
+      /* a malformed body still ends the stream */
+    }
+    const position = typeof data.position === 'string' ? data.position : null;
+    if (position) order.advanceTo(position);
+    accessRevoked = { reason: typeof data.reason === 'string' ? data.reason : 'unknown', position: order.position };
+    stopUntilResume();
+    revokedEm.emit(accessRevoked);
+  }
+
   function onAuthExpiredEvent(): void {
+    stopUntilResume();
+    authEm.emit();
+  }
+
+  function stopUntilResume(): void {
     authExpired = true;
     clearRecreate();
     closeSource();
@@ -571,7 +616,6 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     watchdogTimer = null;
     // Not reconnecting until resume(): offline, and no polling (REST would answer 401 too).
     setConnected(false);
-    authEm.emit();
   }
 
   function onOnlineChange(isOnline: boolean): void {
@@ -614,6 +658,7 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     },
     resume() {
       authExpired = false;
+      accessRevoked = null;
       if (!running) {
         start();
         return;
@@ -631,6 +676,9 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     get authExpired() {
       return authExpired;
     },
+    get accessRevoked() {
+      return accessRevoked;
+    },
     get lastPosition() {
       return order.position;
     },
@@ -645,6 +693,7 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     onEvent: (cb) => events.onAll(cb),
     onReset: (cb) => resetEm.on(cb),
     onAuthExpired: (cb) => authEm.on(() => cb()),
+    onAccessRevoked: (cb) => revokedEm.on(cb),
     onHeartbeat: (cb) => beatEm.on(cb),
     onClosed: (cb) => closedEm.on(() => cb()),
     whileDegraded(poll, intervalMs = 5000) {

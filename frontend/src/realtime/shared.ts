@@ -25,6 +25,7 @@ import {
   EventListeners,
   KNOWN_EVENT_TYPES,
   Pollers,
+  type AccessRevoked,
   type ConnectionStatus,
   type RealtimeClient,
   type RealtimeClientOptions,
@@ -90,6 +91,7 @@ type Message =
   | { t: 'reset'; from: string; info: ResetInfo }
   | { t: 'beat'; from: string; position: string | null }
   | { t: 'auth-expired'; from: string }
+  | { t: 'access-revoked'; from: string; info: AccessRevoked }
   | { t: 'resume'; from: string }
   | { t: 'positions?'; from: string; ask: string }
   | { t: 'position'; from: string; ask: string; position: string | null };
@@ -153,6 +155,7 @@ function sharedClient(
   const eventTypes = new Set<string>(KNOWN_EVENT_TYPES);
   const resetEm = new Emitter<ResetInfo>();
   const authEm = new Emitter<void>();
+  const revokedEm = new Emitter<AccessRevoked>();
   const closedEm = new Emitter<void>();
   const beatEm = new Emitter<string | null>();
   const pollers = new Pollers();
@@ -164,6 +167,7 @@ function sharedClient(
   let status: ConnectionStatus = 'reconnecting';
   let degraded = false;
   let authExpired = false;
+  let accessRevoked: AccessRevoked | null = null;
   let channel: ChannelLike | null = null;
   let inner: RealtimeClient | null = null;
   let innerSubs: (() => void)[] = [];
@@ -193,7 +197,8 @@ function sharedClient(
       pollers.setActive(degraded);
       degradedEm.emit(degraded);
     }
-    if (authExpired && !wasExpired) authEm.emit();
+    if (!authExpired) accessRevoked = null;
+    if (authExpired && !wasExpired && !accessRevoked) authEm.emit();
   }
 
   function post(msg: Message): void {
@@ -206,6 +211,12 @@ function sharedClient(
 
   function postState(): void {
     post({ t: 'state', from: me, status, degraded, authExpired, position: order.position });
+  }
+
+  function applyRevoked(info: AccessRevoked): void {
+    if (info.position) order.advanceTo(info.position);
+    accessRevoked = info;
+    revokedEm.emit(info);
   }
 
   /** Apply an event to this tab (at most once), whether it came from our stream or a relay. */
@@ -294,6 +305,11 @@ function sharedClient(
       conn.onAuthExpired(() => {
         post({ t: 'auth-expired', from: me });
         sync();
+      }),
+      // Emitted before the stream's status changes, so the other tabs learn the cause first.
+      conn.onAccessRevoked((info) => {
+        post({ t: 'access-revoked', from: me, info });
+        applyRevoked(info);
       }),
       conn.onClosed(() => closedEm.emit()),
     ];
@@ -396,6 +412,10 @@ function sharedClient(
       case 'auth-expired':
         setState({ status: 'offline', degraded: false, authExpired: true });
         break;
+      case 'access-revoked':
+        applyRevoked(msg.info);
+        setState({ status: 'offline', degraded: false, authExpired: true });
+        break;
     }
   }
 
@@ -489,6 +509,7 @@ function sharedClient(
     resume() {
       if (!running) {
         authExpired = false;
+        accessRevoked = null;
         start(name === baseName ? undefined : name.slice(baseName.length + 1));
         return;
       }
@@ -504,6 +525,9 @@ function sharedClient(
     },
     get authExpired() {
       return authExpired;
+    },
+    get accessRevoked() {
+      return accessRevoked;
     },
     get lastPosition() {
       return order.position;
@@ -524,6 +548,7 @@ function sharedClient(
     onEvent: (cb) => events.onAll(cb),
     onReset: (cb) => resetEm.on(cb),
     onAuthExpired: (cb) => authEm.on(() => cb()),
+    onAccessRevoked: (cb) => revokedEm.on(cb),
     onHeartbeat: (cb) => beatEm.on(cb),
     onClosed: (cb) => closedEm.on(() => cb()),
     whileDegraded(poll, intervalMs = 5000) {
