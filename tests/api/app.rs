@@ -102,6 +102,19 @@ pub async fn token_for(db: &TestDb, id: &str, ttl: Duration) -> String {
     secret().issue(id, generation, ttl).unwrap()
 }
 
+/// A fresh database with the demo data (`seed --demo`) and a server on it.
+pub async fn seeded_app() -> (TestDb, TestApp) {
+    let db = TestDb::new().await;
+    smartscheduler::recommendations::seed::seed_demo(&db.pool).await.expect("seed");
+    let app = TestApp::spawn(&db).await;
+    (db, app)
+}
+
+/// A token for dispatcher `id`, valid for an hour.
+pub async fn hour_token(db: &TestDb, id: &str) -> String {
+    token_for(db, id, Duration::from_secs(3600)).await
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }

@@ -7,17 +7,6 @@ use crate::helpers::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-async fn seeded() -> (TestDb, TestApp) {
-    let db = TestDb::new().await;
-    smartscheduler::recommendations::seed::seed_demo(&db.pool).await.expect("seed");
-    let app = TestApp::spawn(&db).await;
-    (db, app)
-}
-
-async fn token(db: &TestDb, id: &str) -> String {
-    token_for(db, id, Duration::from_secs(3600)).await
-}
-
 fn new_job() -> Value {
     json!({
         "title": "Fix boiler",
@@ -45,8 +34,8 @@ async fn refusal(response: reqwest::Response) -> (u16, String, String) {
 
 #[tokio::test]
 async fn values_postgresql_would_refuse_are_400s_in_the_error_shape_and_write_nothing() {
-    let (db, app) = seeded().await;
-    let alice = token(&db, "alice").await;
+    let (db, app) = seeded_app().await;
+    let alice = hour_token(&db, "alice").await;
     let jobs = app.url("/api/jobs");
     let post = |body: Value| http().post(&jobs).bearer_auth(&alice).json(&body).send();
     let count_jobs = || sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs").fetch_one(&db.pool);
@@ -129,7 +118,7 @@ async fn values_postgresql_would_refuse_are_400s_in_the_error_shape_and_write_no
 
 #[tokio::test]
 async fn a_signed_token_whose_claims_are_outside_their_domains_is_a_401_not_a_500() {
-    let (db, app) = seeded().await;
+    let (db, app) = seeded_app().await;
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
     // The generation alice's tokens must carry (migration 0011), so that only the claims under test differ.
     let generation = smartscheduler::auth::token_generation(&db.pool, "alice").await.unwrap();
@@ -150,7 +139,7 @@ async fn a_signed_token_whose_claims_are_outside_their_domains_is_a_401_not_a_50
 
 #[tokio::test]
 async fn a_token_not_yet_valid_or_for_another_audience_is_a_401_invalid_token() {
-    let (db, app) = seeded().await;
+    let (db, app) = seeded_app().await;
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
     let now = chrono::Utc::now().timestamp();
     let generation = smartscheduler::auth::token_generation(&db.pool, "alice").await.unwrap();
@@ -171,8 +160,8 @@ async fn a_token_not_yet_valid_or_for_another_audience_is_a_401_invalid_token() 
 
 #[tokio::test]
 async fn a_refused_value_is_echoed_bounded_not_whole() {
-    let (db, app) = seeded().await;
-    let alice = token(&db, "alice").await;
+    let (db, app) = seeded_app().await;
+    let alice = hour_token(&db, "alice").await;
     let long = "x".repeat(60_000);
     let mut job = new_job();
     job["requiredSkills"] = json!([long]);
@@ -192,8 +181,8 @@ async fn a_refused_value_is_echoed_bounded_not_whole() {
 
 #[tokio::test]
 async fn framework_rejections_come_in_the_error_shape_with_stable_codes() {
-    let (db, app) = seeded().await;
-    let alice = token(&db, "alice").await;
+    let (db, app) = seeded_app().await;
+    let alice = hour_token(&db, "alice").await;
     let get = |path: &str| http().get(app.url(path)).bearer_auth(&alice).send();
 
     // The input: a list the way many HTTP clients send one.

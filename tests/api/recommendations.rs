@@ -3,7 +3,6 @@
 //! contract's errors.
 
 use crate::app::*;
-use crate::helpers::*;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -42,21 +41,11 @@ async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::R
     http().post(app.url(path)).bearer_auth(token).json(&body).send().await.unwrap()
 }
 
-async fn seeded() -> (TestDb, TestApp) {
-    let db = TestDb::new().await;
-    smartscheduler::recommendations::seed::seed_demo(&db.pool).await.expect("seed");
-    let app = TestApp::spawn(&db).await;
-    (db, app)
-}
-
-async fn token(db: &TestDb, id: &str) -> String {
-    token_for(db, id, Duration::from_secs(3600)).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_post_produces_a_ranked_set_and_its_event_reaches_exactly_the_jobs_region() {
-    let (db, app) = seeded().await;
-    let (alice, bob, dana) = (token(&db, "alice").await, token(&db, "bob").await, token(&db, "dana").await);
+    let (db, app) = seeded_app().await;
+    let (alice, bob, dana) =
+        (hour_token(&db, "alice").await, hour_token(&db, "bob").await, hour_token(&db, "dana").await);
     let mut north = Connect::new(&alice).open(&app.base).await;
     let mut everywhere = Connect::new(&dana).open(&app.base).await;
     let mut south = Connect::new(&bob).open(&app.base).await;
@@ -107,8 +96,8 @@ async fn one_post_produces_a_ranked_set_and_its_event_reaches_exactly_the_jobs_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_generations_arrive_in_position_order_and_later_generations_have_higher_positions() {
-    let (db, app) = seeded().await;
-    let dana = token(&db, "dana").await;
+    let (db, app) = seeded_app().await;
+    let dana = hour_token(&db, "dana").await;
     let mut client = Connect::new(&dana).open(&app.base).await;
     let jobs: Vec<String> =
         sqlx::query_scalar("SELECT id::text FROM jobs ORDER BY id LIMIT 12").fetch_all(&db.pool).await.unwrap();
@@ -146,8 +135,8 @@ async fn concurrent_generations_arrive_in_position_order_and_later_generations_h
 
 #[tokio::test]
 async fn bad_input_gets_the_contract_errors_and_changes_nothing() {
-    let (db, app) = seeded().await;
-    let (alice, bob) = (token(&db, "alice").await, token(&db, "bob").await);
+    let (db, app) = seeded_app().await;
+    let (alice, bob) = (hour_token(&db, "alice").await, hour_token(&db, "bob").await);
     let check = |status: u16, code: &'static str| {
         move |(actual, body): (u16, Value)| {
             assert_eq!(actual, status, "{body}");
@@ -208,8 +197,8 @@ async fn bad_input_gets_the_contract_errors_and_changes_nothing() {
 
 #[tokio::test]
 async fn sessions_me_and_the_dev_login() {
-    let (db, app) = seeded().await;
-    let me = http().get(app.url("/api/me")).bearer_auth(token(&db, "carol").await).send().await.unwrap();
+    let (db, app) = seeded_app().await;
+    let me = http().get(app.url("/api/me")).bearer_auth(hour_token(&db, "carol").await).send().await.unwrap();
     assert_eq!(me.status(), 200);
     let me: Value = me.json().await.unwrap();
     assert_eq!(me["dispatcherId"], "carol");
@@ -226,7 +215,7 @@ async fn sessions_me_and_the_dev_login() {
 
     let with_token = cookie_client
         .post(app.url("/api/session"))
-        .json(&json!({"token": token(&db, "dana").await}))
+        .json(&json!({"token": hour_token(&db, "dana").await}))
         .send()
         .await
         .unwrap();

@@ -2,22 +2,9 @@
 //! and refused for jobs they may not see, exactly like `GET /api/jobs/{id}`.
 
 use crate::app::*;
-use crate::helpers::*;
 use reqwest::StatusCode;
 use serde_json::Value;
 use smartscheduler::recommendations::seed::demo_uuid;
-use std::time::Duration;
-
-async fn seeded() -> (TestDb, TestApp) {
-    let db = TestDb::new().await;
-    smartscheduler::recommendations::seed::seed_demo(&db.pool).await.expect("seed");
-    let app = TestApp::spawn(&db).await;
-    (db, app)
-}
-
-async fn token(db: &TestDb, id: &str) -> String {
-    token_for(db, id, Duration::from_secs(3600)).await
-}
 
 async fn watched(app: &TestApp, token: &str) -> Vec<String> {
     let response = http().get(app.url("/api/watches")).bearer_auth(token).send().await.unwrap();
@@ -40,8 +27,8 @@ async fn error_code(response: reqwest::Response) -> (StatusCode, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_star_is_kept_per_dispatcher_idempotently_and_removed() {
-    let (db, app) = seeded().await;
-    let (alice, carol) = (token(&db, "alice").await, token(&db, "carol").await);
+    let (db, app) = seeded_app().await;
+    let (alice, carol) = (hour_token(&db, "alice").await, hour_token(&db, "carol").await);
     let (first, second) = (demo_uuid("north/job/0").to_string(), demo_uuid("north/job/1").to_string());
     assert!(watched(&app, &alice).await.is_empty());
 
@@ -62,8 +49,8 @@ async fn a_star_is_kept_per_dispatcher_idempotently_and_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_one_may_not_see_cannot_be_starred_and_unknown_ids_are_the_same_404_as_a_job_read() {
-    let (db, app) = seeded().await;
-    let alice = token(&db, "alice").await;
+    let (db, app) = seeded_app().await;
+    let alice = hour_token(&db, "alice").await;
     let south = demo_uuid("south/job/0").to_string();
     for on in [true, false] {
         assert_eq!(error_code(star(&app, &alice, &south, on).await).await, (StatusCode::FORBIDDEN, "forbidden".into()));
@@ -84,8 +71,8 @@ async fn a_job_one_may_not_see_cannot_be_starred_and_unknown_ids_are_the_same_40
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stars_of_a_region_one_left_are_hidden_until_one_is_back_and_go_with_the_job() {
-    let (db, app) = seeded().await;
-    let carol = token(&db, "carol").await;
+    let (db, app) = seeded_app().await;
+    let carol = hour_token(&db, "carol").await;
     let (north, south) = (demo_uuid("north/job/0"), demo_uuid("south/job/0"));
     for job in [north, south] {
         assert_eq!(star(&app, &carol, &job.to_string(), true).await.status(), StatusCode::NO_CONTENT);
