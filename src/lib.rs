@@ -12,6 +12,7 @@
 //! to a callback that [`server`] wires to the hub. `tests/architecture.rs` checks these rules.
 
 pub mod auth;
+pub mod broker;
 pub mod cli;
 pub mod coalesce;
 pub mod commands;
