@@ -361,12 +361,18 @@ static PLAN_PER_GROUP: LazyLock<String> = LazyLock::new(|| {
 static COPY_BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH batch AS (
-             SELECT e.seq, e.event_type, e.aggregate_id, e.groups, e.payload FROM event_log e
+             SELECT e.seq, e.event_type, e.aggregate_id, e.groups, e.payload, e.occurred_at FROM event_log e
              WHERE e.seq > $1 AND e.seq <= $2 AND e.replay_of IS NULL
                AND ($3::text[] IS NULL OR e.groups && $3) AND ($4::uuid IS NULL OR e.aggregate_id = $4)
              ORDER BY e.seq LIMIT $6
          ), copies AS MATERIALIZED ({copies}), to_copy AS (
-             SELECT b.seq AS ordinal, b.event_type, b.aggregate_id, b.groups, b.payload, $7 || '-' || b.seq AS replay_of
+             SELECT b.seq AS ordinal, b.event_type, b.aggregate_id, b.groups,
+                    -- The copy's occurredAt is the replay's time; the original's travels with it, in the
+                    -- same form as occurredAt (RFC 3339, milliseconds, UTC), so a sheet sorted by occurrence
+                    -- does not reorder after a replay. Originals only are copied, so it is always the first.
+                    b.payload || jsonb_build_object('originalOccurredAt',
+                        to_char(b.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')) AS payload,
+                    $7 || '-' || b.seq AS replay_of
              FROM batch b
              WHERE NOT EXISTS (SELECT 1 FROM copies c WHERE c.seq = b.seq)
          ), inserted AS ({insert})

@@ -219,9 +219,11 @@ async fn replay_by_position_range_copies_only_the_range_in_order() {
     assert_eq!(outbox_copies(&db.pool).await, seqs(&epoch, 6..=12));
 
     assert_eq!(publish_all_pending(&db.pool, 1000).await.unwrap(), 7);
-    type Row = (i64, Uuid, String, Uuid, Vec<String>, serde_json::Value, Option<String>);
+    type Row = (i64, Uuid, String, Uuid, Vec<String>, serde_json::Value, Option<String>, String);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT seq, event_id, event_type, aggregate_id, groups, payload, replay_of FROM event_log ORDER BY seq",
+        "SELECT seq, event_id, event_type, aggregate_id, groups, payload, replay_of,
+                to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')
+         FROM event_log ORDER BY seq",
     )
     .fetch_all(&db.pool)
     .await
@@ -233,7 +235,13 @@ async fn replay_by_position_range_copies_only_the_range_in_order() {
         let original = by_seq[&(6 + i as i64)];
         assert_eq!(copy.6.as_deref(), Some(format!("{epoch}-{}", original.0).as_str()), "new positions after the end");
         assert_ne!(copy.1, original.1, "a copy is a new event");
-        assert_eq!((&copy.2, copy.3, &copy.4, &copy.5), (&original.2, original.3, &original.4, &original.5));
+        // The copy carries the original's occurrence time (its own occurredAt is the replay's), and
+        // otherwise the original's payload unchanged.
+        let mut payload = copy.5.clone();
+        let carried = payload.as_object_mut().and_then(|p| p.remove("originalOccurredAt"));
+        assert_eq!(carried, Some(serde_json::Value::String(original.7.clone())), "copy of seq {}", original.0);
+        assert_eq!((&copy.2, copy.3, &copy.4, &payload), (&original.2, original.3, &original.4, &original.5));
+        assert!(original.5.get("originalOccurredAt").is_none(), "an original carries no originalOccurredAt");
     }
 }
 

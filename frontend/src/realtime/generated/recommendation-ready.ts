@@ -34,6 +34,10 @@ export interface RecommendationReadyEvent {
    */
   occurredAt: string;
   /**
+   * On a replayed copy only: RFC 3339 time the original event was written (occurredAt is the time of the replay). Absent on originals.
+   */
+  originalOccurredAt?: string;
+  /**
    * Position of the original event when this is a replayed copy, else null.
    */
   replayOf: null | StreamPosition;
