@@ -17,7 +17,7 @@ RUNS ?= 20
 FAULTS ?= all
 SEED ?=
 
-.PHONY: help run port-free test test-rust test-chaos test-frontend test-e2e test-topology test-fuzz-api lint bench nchan chaos frontend frontend-deps chromium nginx pg-stop clean
+.PHONY: nats-server help run port-free test test-rust test-chaos test-frontend test-e2e test-topology test-fuzz-api lint bench nchan chaos frontend frontend-deps chromium nginx pg-stop clean
 
 help:
 	@echo "make run     build everything and serve the console with demo data on http://$(ADDR) (ADDR=host:port to change)"
@@ -51,7 +51,7 @@ port-free:
 test: frontend lint test-rust test-chaos test-frontend test-e2e test-topology test-fuzz-api
 	@echo "make test: all suites passed"
 
-test-rust:
+test-rust: nats-server
 	@server=$$(scripts/postgres.sh url); \
 	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" $(CARGO) test --all-targets --locked
 
@@ -86,6 +86,14 @@ test-e2e: chromium frontend
 	scripts/create-db.sh "$$server" "$$db"; \
 	trap '$(CURDIR)/scripts/create-db.sh --drop "$$server" "$$db"' EXIT; \
 	cd frontend && SMARTSCHEDULER_BIN="$(CURDIR)/$(BIN)" DATABASE_URL="$$server/$$db" npm run test:e2e
+
+# Debian's nats-server (2.9, JetStream) for the broker tests, which start their own servers on free ports.
+# RUNLEVEL=1: the package's scripts start no system-wide service.
+nats-server:
+	@command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "the broker tests need Debian's nats-server: install it with 'sudo apt-get install nats-server'" >&2; exit 1; fi; \
+	  echo "installing Debian's nats-server for the broker tests"; \
+	  apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; }
 
 # Debian's nginx for the topology test. RUNLEVEL=1 keeps the package's scripts from starting the
 # system-wide nginx service on a machine without systemd (the test runs its own nginx).

@@ -26,9 +26,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// HTTP API, event stream, relay and retention in one process.
-    Serve(ServeArgs),
-    /// Run only the relay (outbox → event_log), for deployments that split roles.
-    Relay(RelayArgs),
+    Serve(Box<ServeArgs>),
+    /// Run only the relay (outbox → event_log, and on to JetStream with --broker), for deployments that split roles.
+    Relay(RelayCommandArgs),
     /// Apply the database migrations (serve and relay also do this at start-up).
     Migrate,
     /// Load demo data (regions, contractors, jobs, dispatchers alice, bob, carol, dana). Idempotent.
@@ -97,6 +97,9 @@ pub struct ServeArgs {
     /// The relay's flags (serve runs a relay unless `--no-relay`).
     #[command(flatten)]
     pub relay: RelayArgs,
+    /// NATS JetStream between the relay and the SSE nodes (off unless --broker is given).
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// Connections to PostgreSQL this process may open.
     #[arg(long, env = "SMARTSCHEDULER_DB_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(4..))]
     pub db_pool_size: u32,
@@ -183,6 +186,58 @@ impl IdentityArgs {
                 .into()),
         }
     }
+}
+
+/// `relay`'s flags.
+#[derive(Debug, Clone, Args)]
+pub struct RelayCommandArgs {
+    /// How the relay polls.
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    /// Where it publishes on to (off unless --broker is given).
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// The broker: NATS JetStream (nats-server 2.9 or later, JetStream enabled).
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// NATS server URL (nats://host:4222); repeat it or separate with commas for a cluster. With it, the
+    /// relay of this process also publishes every event to JetStream (stream SS_EVENTS_<epoch>).
+    #[arg(long = "broker", env = "SMARTSCHEDULER_BROKER", value_delimiter = ',', value_name = "URL")]
+    pub urls: Vec<String>,
+    /// Replicas of the JetStream stream, when this process creates it (3 on a three-node cluster).
+    #[arg(long, env = "SMARTSCHEDULER_BROKER_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub broker_replicas: u8,
+    /// How long JetStream keeps an event (resumes from older positions read PostgreSQL).
+    #[arg(long, env = "SMARTSCHEDULER_BROKER_MAX_AGE", default_value = "24h", value_parser = broker_max_age)]
+    pub broker_max_age: std::time::Duration,
+}
+
+impl BrokerArgs {
+    /// The broker configuration, or `None` without `--broker`.
+    pub fn config(&self) -> Option<crate::broker::BrokerConfig> {
+        if self.urls.is_empty() {
+            return None;
+        }
+        Some(crate::broker::BrokerConfig {
+            urls: self.urls.clone(),
+            publisher: crate::broker::PublisherConfig {
+                replicas: self.broker_replicas as usize,
+                max_age: self.broker_max_age,
+                ..crate::broker::PublisherConfig::default()
+            },
+        })
+    }
+}
+
+/// A stream age limit: at least a minute (JetStream would expire events before slow nodes read them).
+fn broker_max_age(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(60) {
+        return Err("must be at least 1m".into());
+    }
+    Ok(d)
 }
 
 /// How often the relay looks for events from writers that do not wake it (a plain SQL `INSERT INTO outbox`).
@@ -311,11 +366,37 @@ mod tests {
         let cli = Cli::try_parse_from(["smartscheduler", "relay", "--relay-poll", "50ms", "--relay-busy-for", "0s"])
             .expect("valid flags");
         let Command::Relay(relay) = cli.command else { panic!("not the relay command") };
-        let config = relay.config();
+        let config = relay.relay.config();
         assert_eq!(config.poll_interval, std::time::Duration::from_millis(50));
         assert_eq!(config.busy_for, std::time::Duration::ZERO);
         assert_eq!(config.busy_poll_interval, crate::relay::RelayConfig::default().busy_poll_interval);
         assert!(Cli::try_parse_from(["smartscheduler", "serve", "--relay-busy-poll", "0ms"]).is_err());
+    }
+
+    #[test]
+    fn broker_flags_take_a_cluster_and_refuse_what_jetstream_cannot_do() {
+        let cli = Cli::try_parse_from([
+            "smartscheduler",
+            "relay",
+            "--broker",
+            "nats://a:4222,nats://b:4222",
+            "--broker",
+            "nats://c:4222",
+            "--broker-replicas",
+            "3",
+        ])
+        .expect("valid flags");
+        let Command::Relay(relay) = cli.command else { panic!("not the relay command") };
+        let broker = relay.broker.config().expect("a broker");
+        assert_eq!(broker.urls, ["nats://a:4222", "nats://b:4222", "nats://c:4222"]);
+        assert_eq!(broker.publisher.replicas, 3);
+        let Command::Relay(plain) = Cli::try_parse_from(["smartscheduler", "relay"]).unwrap().command else {
+            panic!("not the relay command")
+        };
+        assert!(plain.broker.config().is_none(), "no --broker: no broker (make run needs no NATS)");
+        for bad in [["--broker-replicas", "0"], ["--broker-replicas", "6"], ["--broker-max-age", "10s"]] {
+            assert!(Cli::try_parse_from(["smartscheduler", "serve", bad[0], bad[1]]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -33,11 +33,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = connect_and_migrate(&url?).await?;
             let shutdown = shutdown_on_signal();
             let supervisor = crate::supervisor::Supervisor::new();
-            let relay = Relay::new(pool, relay.config(), RelayWaker::new(), uuid::Uuid::new_v4());
-            let _ = relay.spawn_supervised(&supervisor, shutdown).await;
+            let mut relay_task =
+                Relay::new(pool.clone(), relay.relay.config(), RelayWaker::new(), uuid::Uuid::new_v4());
+            let mut publisher_task = None;
+            if let Some(broker) = relay.broker.config() {
+                let client = crate::broker::connect(&broker.urls).await.map_err(|e| UsageError(e.to_string()))?;
+                let publisher = crate::broker::Publisher::new(pool, client, broker.publisher);
+                relay_task = relay_task.on_published(publisher.waker_for_batches());
+                publisher_task = Some(publisher.spawn_supervised(&supervisor, shutdown.clone()));
+            }
+            let _ = relay_task.spawn_supervised(&supervisor, shutdown).await;
+            if let Some(task) = publisher_task {
+                let _ = task.await;
+            }
             Ok(())
         }
-        Command::Serve(args) => serve(&url?, args).await,
+        Command::Serve(args) => serve(&url?, *args).await,
         Command::Seed { demo: _ } => {
             let pool = connect_and_migrate(&url?).await?;
             let report = crate::recommendations::seed::seed_demo(&pool).await?;
@@ -140,6 +151,7 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
     let has_console = args.static_dir.is_some() || crate::console::is_embedded();
     config.static_dir = args.static_dir;
     config.relay = args.relay.config();
+    config.broker = args.broker.config();
     config.jwks = jwks;
     let shutdown = shutdown_on_signal();
     let server = Server::start_on(listener, pool, config, secret, shutdown).await?;

@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub dev: bool,
     /// Whether this process runs a relay (off: another process publishes).
     pub run_relay: bool,
+    /// NATS JetStream, if this deployment runs one: the relay's events are published on to it.
+    pub broker: Option<crate::broker::BrokerConfig>,
     /// Serve the browser console from this directory instead of the embedded one.
     pub static_dir: Option<PathBuf>,
     /// The stream hub's tuning.
@@ -62,6 +64,7 @@ impl ServerConfig {
             addr,
             dev: false,
             run_relay: true,
+            broker: None,
             static_dir: None,
             hub: HubConfig::default(),
             relay: RelayConfig::default(),
@@ -142,8 +145,25 @@ impl Server {
         let mut tasks = Vec::new();
         if config.run_relay {
             let local_hub = hub.clone();
-            let relay = Relay::new(pool.clone(), config.relay.clone(), waker.clone(), node_id)
-                .on_published(move |batch| local_hub.deliver_published(batch));
+            // With a broker, the relay's batches also ring the broker publisher, which copies them on to
+            // JetStream (from event_log, so that nothing depends on this hand-over arriving).
+            let ring_broker = match &config.broker {
+                Some(broker) => {
+                    let client = crate::broker::connect(&broker.urls).await.context("--broker")?;
+                    let publisher = crate::broker::Publisher::new(pool.clone(), client, broker.publisher.clone());
+                    let ring = publisher.waker();
+                    tasks.push(publisher.spawn_supervised(&supervisor, shutdown.clone()));
+                    Some(ring)
+                }
+                None => None,
+            };
+            let relay =
+                Relay::new(pool.clone(), config.relay.clone(), waker.clone(), node_id).on_published(move |batch| {
+                    local_hub.deliver_published(batch);
+                    if let Some(ring) = &ring_broker {
+                        ring();
+                    }
+                });
             tasks.push(relay.spawn_supervised(&supervisor, shutdown.clone()));
         }
         let (retention_pool, retention_every) = (pool.clone(), config.retention_interval);

@@ -15,6 +15,10 @@ use uuid::Uuid;
 
 /// Header naming the event's groups, comma-separated (group keys never hold a comma).
 pub const GROUPS_HEADER: &str = "Ss-Groups";
+/// Header of a placeholder: a message with no body holding the place of an event that expired from
+/// `event_log` before it reached JetStream (see `publisher`). Purged at once; a reader that still meets one
+/// treats its position as expired.
+pub const EXPIRED_HEADER: &str = "Ss-Expired";
 /// JetStream's de-duplication header: the event's position `<epoch>-<seq>`.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// JetStream's optimistic-concurrency header: the publish fails unless the stream's last sequence is this.

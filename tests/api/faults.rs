@@ -217,7 +217,7 @@ async fn a_relay_that_makes_no_progress_makes_the_process_not_ready_and_says_whi
 }
 
 /// Polls `/readyz` until it says `ready` (there is no event for readiness), and returns its body.
-async fn until_ready(app: &TestApp, ready: bool) -> serde_json::Value {
+pub async fn until_ready(app: &TestApp, ready: bool) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let response = http().get(app.url("/readyz")).send().await.unwrap();

@@ -4,6 +4,7 @@
 mod access;
 mod admission;
 mod app;
+mod broker;
 mod browser;
 mod cli;
 mod deploy;
@@ -13,6 +14,7 @@ mod helpers;
 mod http;
 mod identity;
 mod input;
+mod nats;
 mod openapi;
 mod ops;
 mod outage;
