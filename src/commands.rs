@@ -133,14 +133,21 @@ async fn serve(url: &str, args: ServeArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    // An edge node (broker-fed, no relay) needs PostgreSQL only for sign-in, membership and resumes older
+    // than JetStream keeps: two connections, one of them for catch-up reads.
+    let edge = !args.broker.urls.is_empty() && args.no_relay;
+    let (pool_size, catchup_reads) = if edge { (2, 1) } else { (args.db_pool_size, args.catchup_reads) };
+    if edge {
+        tracing::info!("broker-fed edge node: 2 PostgreSQL connections, no LISTEN, events from JetStream");
+    }
     // Bind first: a taken port is found before migrations run or a relay starts.
     let listener = crate::server::bind(args.addr)?;
-    let pool = connect_with_patience(url, args.db_pool_size).await?;
+    let pool = connect_with_patience(url, pool_size).await?;
     crate::db::migrate(&pool).await?;
     let mut config = ServerConfig::new(args.addr);
     config.streams_per_dispatcher = args.max_streams_per_dispatcher as usize;
     config.security = security;
-    config.hub.catchup_reads = args.catchup_reads as usize;
+    config.hub.catchup_reads = catchup_reads as usize;
     config.hub.window_events = args.resume_window_events;
     config.hub.window_bytes = (args.resume_window_mib as usize) << 20;
     if args.bench_only_without_storm_protection {

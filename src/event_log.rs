@@ -21,6 +21,23 @@ pub struct PublishedBatch {
     pub events: Vec<EventRow>,
 }
 
+/// Where a feed other than the process's own LISTEN (the broker's consumer) hands events: the stream hub,
+/// seen only as this. The feed asks where to start and delivers batches in seq order.
+pub trait FeedTarget: Send + Sync + 'static {
+    /// The log's epoch and the last seq fanned out: a feed starts after it.
+    fn head(&self) -> (Epoch, i64);
+    /// Fans out a batch that follows the head; false (nothing done) if it does not follow it.
+    fn deliver(&self, batch: PublishedBatch) -> bool;
+    /// The feed's events jump from the head to `next_seq` (the ones between expired before they reached
+    /// the feed): every open stream ends, so that its client resumes from the log and is told what it
+    /// missed (`event: reset`), and the head moves to `next_seq - 1`.
+    fn skip_to(&self, epoch: Epoch, next_seq: i64);
+    /// Whether the target still wants events (false after shutdown).
+    fn is_open(&self) -> bool;
+    /// Whether the feed is connected and following (what `/readyz` reports as `listener`).
+    fn set_live(&self, live: bool);
+}
+
 /// The state of the log that decides how a client may resume.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamMeta {

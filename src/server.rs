@@ -139,23 +139,33 @@ impl Server {
         // Every background task runs under the supervisor: restarted after a panic, and reported by /readyz
         // while it makes no progress.
         let supervisor = Supervisor::new();
-        let hub = Hub::start(pool.clone(), config.hub.clone(), node_id, &supervisor, shutdown.clone())
+        // A broker-fed node takes its events from JetStream: no LISTEN, no reads of event_log per event.
+        let broker_client = match &config.broker {
+            Some(broker) => Some(crate::broker::connect(&broker.urls).await.context("--broker")?),
+            None => None,
+        };
+        let hub_config = HubConfig { listen: broker_client.is_none(), ..config.hub.clone() };
+        let hub = Hub::start(pool.clone(), hub_config, node_id, &supervisor, shutdown.clone())
             .await
             .context("starting the stream hub")?;
         let mut tasks = Vec::new();
+        if let Some(client) = &broker_client {
+            let target: Arc<dyn crate::event_log::FeedTarget> = Arc::new(hub.clone());
+            tasks.push(crate::broker::feed::spawn_supervised(client.clone(), target, &supervisor, shutdown.clone()));
+        }
         if config.run_relay {
             let local_hub = hub.clone();
             // With a broker, the relay's batches also ring the broker publisher, which copies them on to
             // JetStream (from event_log, so that nothing depends on this hand-over arriving).
-            let ring_broker = match &config.broker {
-                Some(broker) => {
-                    let client = crate::broker::connect(&broker.urls).await.context("--broker")?;
-                    let publisher = crate::broker::Publisher::new(pool.clone(), client, broker.publisher.clone());
+            let ring_broker = match (&config.broker, &broker_client) {
+                (Some(broker), Some(client)) => {
+                    let publisher =
+                        crate::broker::Publisher::new(pool.clone(), client.clone(), broker.publisher.clone());
                     let ring = publisher.waker();
                     tasks.push(publisher.spawn_supervised(&supervisor, shutdown.clone()));
                     Some(ring)
                 }
-                None => None,
+                _ => None,
             };
             let relay =
                 Relay::new(pool.clone(), config.relay.clone(), waker.clone(), node_id).on_published(move |batch| {

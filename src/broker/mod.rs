@@ -13,6 +13,7 @@
 //!
 //! The wire format of a message is [`wire`]; everything else knows the broker only through this module.
 
+pub mod feed;
 pub mod publisher;
 pub mod wire;
 

@@ -140,9 +140,9 @@ impl Publisher {
         move |_batch| wake()
     }
 
-    /// Runs under `supervisor` as the task `broker` until `shutdown`.
+    /// Runs under `supervisor` as the task `broker-publisher` until `shutdown`.
     pub fn spawn_supervised(self, supervisor: &Supervisor, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        supervisor.spawn("broker", self.config.stall_after, shutdown.clone(), move |progress| {
+        supervisor.spawn("broker-publisher", self.config.stall_after, shutdown.clone(), move |progress| {
             self.clone().run(shutdown.clone(), progress)
         })
     }
@@ -173,7 +173,7 @@ impl Publisher {
                 Err(error) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                     if !reported_down {
-                        tracing::error!(%error, "broker publisher: step failed; retrying (readyz names `broker` if it lasts)");
+                        tracing::error!(%error, "broker publisher: step failed; retrying (readyz names `broker-publisher` if it lasts)");
                         reported_down = true;
                     } else {
                         tracing::debug!(%error, "broker publisher: step failed again");

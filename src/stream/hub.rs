@@ -56,6 +56,9 @@ pub struct HubConfig {
     /// Most bytes of catch-up pages kept for the streams that resume after (0: none kept; reads running at
     /// once are still shared).
     pub catchup_cache_bytes: usize,
+    /// Whether the hub LISTENs and reads `event_log` for what other processes publish (the default). Off on a
+    /// broker-fed node, whose events come from JetStream through [`crate::event_log::FeedTarget`].
+    pub listen: bool,
     /// Whether a catch-up read that fails for a reason that passes (pool busy, connection lost) is retried
     /// with backoff. Off only to measure the old design: the stream then ends and its client reconnects.
     pub retry_catchup: bool,
@@ -95,6 +98,7 @@ impl Default for HubConfig {
             catchup_reads: 8,
             catchup_cache_bytes: 16 << 20,
             retry_catchup: true,
+            listen: true,
         }
     }
 }
@@ -169,10 +173,12 @@ impl Hub {
             resync: Notify::new(),
             last_log_read: Mutex::new(std::time::Instant::now()),
         }));
-        let listener_hub = hub.clone();
-        supervisor.spawn("listener", hub_stall_after(&hub.0.config), shutdown.clone(), move |progress| {
-            listener_hub.clone().listen_loop(progress)
-        });
+        if hub.0.config.listen {
+            let listener_hub = hub.clone();
+            supervisor.spawn("listener", hub_stall_after(&hub.0.config), shutdown.clone(), move |progress| {
+                listener_hub.clone().listen_loop(progress)
+            });
+        }
         let membership_hub = hub.clone();
         let membership_stall = (hub.0.config.membership_poll * 5).max(Duration::from_secs(15));
         supervisor.spawn("membership", membership_stall, shutdown, move |progress| {
@@ -362,18 +368,23 @@ impl Hub {
             let mut reg = lock(&self.0.registry);
             if meta.epoch != reg.epoch {
                 tracing::warn!(old = %reg.epoch, new = %meta.epoch, "event log epoch changed; ending all streams");
-                reg.epoch = meta.epoch;
-                reg.head = meta.last_seq;
-                self.0.window.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear(meta.epoch);
-                reg.by_group.clear();
-                // Closing every queue ends the streams; clients reconnect and get event: reset.
-                reg.clients.values_mut().for_each(|c| c.tx = None);
+                self.restart_streams_locked(&mut reg, meta.epoch, meta.last_seq);
                 false
             } else {
                 meta.last_seq > reg.head
             }
         };
         if behind { self.catch_up().await } else { Ok(()) }
+    }
+
+    /// Moves the head to `(epoch, head)` and ends every open stream (closing its queue); clients reconnect
+    /// and resume from the log, which tells them (`event: reset`) what they cannot have.
+    fn restart_streams_locked(&self, reg: &mut Registry, epoch: Epoch, head: i64) {
+        reg.epoch = epoch;
+        reg.head = head;
+        self.0.window.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear(epoch);
+        reg.by_group.clear();
+        reg.clients.values_mut().for_each(|c| c.tx = None);
     }
 
     /// LISTENs and fans out until shutdown. Ticks `progress` at every successful read of the log (the
@@ -497,6 +508,41 @@ impl Hub {
         };
         lock(&self.0.registry).apply_membership(read, &membership);
         Ok(())
+    }
+}
+
+/// A broker-fed node's hub: the broker's consumer delivers here instead of the LISTEN loop.
+impl crate::event_log::FeedTarget for Hub {
+    fn head(&self) -> (Epoch, i64) {
+        let reg = lock(&self.0.registry);
+        (reg.epoch, reg.head)
+    }
+
+    fn deliver(&self, batch: PublishedBatch) -> bool {
+        let Ok(epoch) = batch.epoch.parse::<Epoch>() else { return false };
+        let Some(first_seq) = batch.events.first().map(|row| row.seq) else { return true };
+        let events: Vec<Delivery> =
+            batch.events.into_iter().map(|row| Arc::new(StreamEvent::encode(row, epoch))).collect();
+        let mut reg = lock(&self.0.registry);
+        if reg.epoch != epoch || first_seq > reg.head + 1 {
+            return false;
+        }
+        self.dispatch_locked(&mut reg, events);
+        true
+    }
+
+    fn skip_to(&self, epoch: Epoch, next_seq: i64) {
+        let mut reg = lock(&self.0.registry);
+        tracing::warn!(%epoch, from = reg.head + 1, to = next_seq - 1, "the broker feed skips expired events; ending all streams");
+        self.restart_streams_locked(&mut reg, epoch, next_seq - 1);
+    }
+
+    fn is_open(&self) -> bool {
+        !self.0.shutdown.is_cancelled()
+    }
+
+    fn set_live(&self, live: bool) {
+        self.0.listening.store(live, Ordering::Release);
     }
 }
 

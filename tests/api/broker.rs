@@ -239,7 +239,8 @@ async fn serve_with_a_broker_publishes_what_its_relay_commits_and_is_not_ready_w
 
     nats.kill();
     let body = crate::faults::until_ready(&app, false).await;
-    assert_eq!(body["stalled"], serde_json::json!(["broker"]), "readyz names the broker: {body}");
+    let stalled = body["stalled"].as_array().expect("stalled tasks").clone();
+    assert!(stalled.contains(&serde_json::json!("broker-publisher")), "readyz names the publisher: {body}");
     write_events(&db.pool, 15, &["region:north"]).await; // committed while NATS is away
 
     nats.restart().await;

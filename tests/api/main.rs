@@ -5,6 +5,7 @@ mod access;
 mod admission;
 mod app;
 mod broker;
+mod broker_node;
 mod browser;
 mod cli;
 mod deploy;

@@ -1,0 +1,136 @@
+//! Broker-fed SSE nodes: events come from JetStream, not from LISTEN and `event_log`; the contract is the
+//! same (ids, resume, no gap, no duplicate), also for a browser that moves between the two kinds of node,
+//! and across a NATS outage.
+
+use crate::app::*;
+use crate::helpers::*;
+use crate::nats::NatsServer;
+use smartscheduler::broker::{self, BrokerConfig, PublisherConfig};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn broker_config(nats: &NatsServer) -> BrokerConfig {
+    BrokerConfig {
+        urls: vec![nats.url()],
+        publisher: PublisherConfig { poll_interval: Duration::from_millis(20), ..PublisherConfig::default() },
+    }
+}
+
+/// The relay's process: relay + publisher (its own hub is broker-fed too).
+async fn relay_node(db: &TestDb, nats: &NatsServer) -> TestApp {
+    let broker = broker_config(nats);
+    TestApp::spawn_named(db, "relay-node", move |c| {
+        c.hub = test_hub_config();
+        c.broker = Some(broker);
+    })
+    .await
+}
+
+/// An edge node: no relay, broker-fed, a pool of 2.
+async fn edge_node(db: &TestDb, nats: &NatsServer) -> TestApp {
+    let broker = broker_config(nats);
+    TestApp::spawn_pool(db.pool_named("edge-node", 2).await, move |c| {
+        c.hub = HubConfig { catchup_reads: 1, ..test_hub_config() };
+        c.run_relay = false;
+        c.broker = Some(broker);
+    })
+    .await
+}
+
+use smartscheduler::stream::HubConfig;
+
+fn seqs(events: &[eventsource_stream::Event]) -> Vec<i64> {
+    events.iter().map(seq_of).collect()
+}
+
+#[tokio::test]
+async fn an_edge_node_streams_from_jetstream_without_listen_and_with_the_same_ids() {
+    let db = TestDb::new().await;
+    let nats = NatsServer::start().await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let _relay = relay_node(&db, &nats).await;
+    let edge = edge_node(&db, &nats).await;
+    crate::faults::until_ready(&edge, true).await;
+    let mut stream = Connect::new(&alice).open(&edge.base).await;
+
+    write_events(&db.pool, 5, &["region:south"]).await; // not alice's
+    write_events(&db.pool, 10, &["region:north"]).await;
+    let events = stream.take(10, WAIT).await;
+    assert_eq!(seqs(&events), (6..=15).collect::<Vec<_>>(), "her group's events, in order, nothing else");
+    let epoch = epoch(&db).await;
+    assert!(events.iter().all(|e| e.id.starts_with(&format!("{epoch}-"))), "ids are <epoch>-<seq>");
+
+    let listens: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'edge-node' AND datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(listens, 0, "a broker-fed node does not LISTEN");
+    let connections: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'edge-node' AND datname = current_database()",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(connections <= 2, "an edge node holds at most 2 connections, has {connections}");
+}
+
+#[tokio::test]
+async fn a_browser_moving_between_a_postgres_fed_and_a_broker_fed_node_gets_no_gap_and_no_duplicate() {
+    let db = TestDb::new().await;
+    let nats = NatsServer::start().await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let _relay = relay_node(&db, &nats).await;
+    let edge = edge_node(&db, &nats).await;
+    let plain = TestApp::spawn_with(&db, |c| {
+        c.hub = test_hub_config();
+        c.run_relay = false;
+    })
+    .await;
+    crate::faults::until_ready(&edge, true).await;
+
+    let mut on_plain = Connect::new(&alice).open(&plain.base).await;
+    write_events(&db.pool, 6, &["region:north"]).await;
+    let first = on_plain.take(6, WAIT).await;
+    drop(on_plain);
+    write_events(&db.pool, 4, &["region:north"]).await; // while the browser moves
+    let last_id = first.last().unwrap().id.clone();
+    let mut on_edge = Connect::new(&alice).header(&last_id).open(&edge.base).await;
+    write_events(&db.pool, 3, &["region:north"]).await;
+    let second = on_edge.take(7, WAIT).await;
+    drop(on_edge);
+    write_events(&db.pool, 2, &["region:north"]).await;
+    let back_id = second.last().unwrap().id.clone();
+    let mut back_on_plain = Connect::new(&alice).header(&back_id).open(&plain.base).await;
+    let third = back_on_plain.take(2, WAIT).await;
+
+    let all: Vec<i64> = [seqs(&first), seqs(&second), seqs(&third)].concat();
+    assert_eq!(all, (1..=15).collect::<Vec<_>>(), "no gap, no duplicate across the moves");
+}
+
+#[tokio::test]
+async fn an_edge_node_cut_off_from_nats_is_not_ready_and_delivers_what_committed_meanwhile_when_it_returns() {
+    let db = TestDb::new().await;
+    let mut nats = NatsServer::start().await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let _relay = relay_node(&db, &nats).await;
+    let edge = edge_node(&db, &nats).await;
+    crate::faults::until_ready(&edge, true).await;
+    let mut stream = Connect::new(&alice).open(&edge.base).await;
+    write_events(&db.pool, 3, &["region:north"]).await;
+    let before = stream.take(3, WAIT).await;
+
+    nats.kill();
+    let body = crate::faults::until_ready(&edge, false).await;
+    assert_eq!(body["listener"], "down", "readyz says the feed is cut off: {body}");
+    write_events(&db.pool, 8, &["region:north"]).await;
+
+    nats.restart().await;
+    crate::faults::until_ready(&edge, true).await;
+    let after = stream.take(8, Duration::from_secs(20)).await;
+    let all: Vec<i64> = [seqs(&before), seqs(&after)].concat();
+    assert_eq!(all, (1..=11).collect::<Vec<_>>(), "the open stream goes on with no gap and no duplicate");
+    let _ = broker::wire::EXPIRED_HEADER;
+}
