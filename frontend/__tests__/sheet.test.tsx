@@ -154,6 +154,72 @@ describe('small things a dispatcher noticed', () => {
       'Ada: 0.37 from proximity (3.1 km) + 0.53 from skill fit, rating and free capacity = 0.90.',
     );
   });
+
+  it('shows why each contractor ranks where they do: the four parts of its score', async () => {
+    // As the server sends it: 0.45 × 0.9231 + 0.20 × 1 + 0.20 × 0.8 + 0.15 × 0.5 = 0.8504.
+    const withParts: RecommendationSet = {
+      ...set('s-parts', ['Ada', 'Grace']),
+      algorithm: 'weighted-v1',
+      scoreWeights: { proximity: 0.45, skills: 0.2, rating: 0.2, capacity: 0.15 },
+    };
+    withParts.recommendations[0] = {
+      ...withParts.recommendations[0],
+      score: 0.8504,
+      scoreParts: { proximity: 0.9231, skills: 1, rating: 0.8, capacity: 0.5 },
+    };
+    withParts.recommendations[1] = {
+      ...withParts.recommendations[1],
+      score: 0.5,
+      scoreParts: { proximity: 0.4, skills: 0.5, rating: 0.6, capacity: 0.6 },
+    };
+    const api = fakeApi({ recommendations: vi.fn(async () => withParts) });
+    await openSheet(api);
+    const [ada, grace] = screen.getAllByTestId('sheet-row');
+    const shown = (row: HTMLElement) =>
+      within(row)
+        .getAllByTestId('score-part')
+        .map((li) => li.textContent);
+    expect(shown(ada)).toEqual(['proximity 0.92', 'skills 1.00', 'rating 0.80', 'capacity 0.50']);
+    expect(shown(grace)).toEqual(['proximity 0.40', 'skills 0.50', 'rating 0.60', 'capacity 0.60']);
+    // Each bar is as long as its part; its title names the part's weight.
+    const bars = within(ada)
+      .getAllByTestId('score-part')
+      .map((li) => (li.querySelector('.score-part__bar > span') as HTMLElement).style.width);
+    expect(bars).toEqual(['92%', '100%', '80%', '50%']);
+    expect(within(ada).getAllByTestId('score-part')[0].title).toBe('proximity: 0.92 of 1, weighs 45% of the score');
+    expect(within(ada).getByTestId('sheet-score').title).toBe(
+      '0.45 × 0.92 proximity + 0.20 × 1.00 skills + 0.20 × 0.80 rating + 0.15 × 0.50 capacity = 0.85',
+    );
+    expect(screen.getByTestId('score-explain-best').textContent).toBe(
+      'Ada: 0.45 × 0.92 proximity + 0.20 × 1.00 skills + 0.20 × 0.80 rating + 0.15 × 0.50 capacity = 0.85.',
+    );
+  });
+
+  it('shows a set stored before the server kept score parts with its scores alone, and no error', async () => {
+    // As the server sends an old set: the key is there, null.
+    const old = set('s-old', ['Ada', 'Grace']);
+    old.algorithm = 'weighted-v1';
+    old.scoreWeights = { proximity: 0.45, skills: 0.2, rating: 0.2, capacity: 0.15 };
+    old.recommendations = old.recommendations.map((r) => ({ ...r, scoreParts: null }));
+    const api = fakeApi({ recommendations: vi.fn(async () => old) });
+    await openSheet(api);
+    const rows = screen.getAllByTestId('sheet-row');
+    expect(rows).toHaveLength(2);
+    expect(screen.queryAllByTestId('score-parts')).toHaveLength(0);
+    expect(rows.map((r) => within(r).getByTestId('sheet-score').textContent)).toEqual(['0.90', '0.78']);
+    expect(within(rows[0]).getByTestId('sheet-score').title).toBe(
+      '0.37 proximity (3.1 km) + 0.53 skill fit, rating and free capacity',
+    );
+    expect(screen.queryByRole('alert')).toBeNull();
+    // A generation then brings parts, and the sheet shows them.
+    api.generate.mockResolvedValueOnce({
+      ...old,
+      recommendationSetId: 's-new',
+      recommendations: [{ ...old.recommendations[0], scoreParts: { proximity: 1, skills: 1, rating: 1, capacity: 0 } }],
+    });
+    fireEvent.click(screen.getByTestId('generate'));
+    await waitFor(() => expect(screen.getAllByTestId('score-parts')).toHaveLength(1));
+  });
 });
 
 describe('console', () => {

@@ -473,6 +473,12 @@ test(
     assert.ok((await alice.getByTestId('sheet-row').count()) > 0, 'alice sheet has no rows');
     assert.ok(await alice.getByTestId('sheet-updated').isVisible(), 'updated cue not visible');
     console.log(`# alice's sheet updated ${latency} ms after the 201`);
+    // Why this contractor: the best one's four score parts, as the server stored them.
+    const best = northSet.recommendations[0].scoreParts;
+    assert.deepEqual(
+      await alice.getByTestId('sheet-row').first().getByTestId('score-part').allTextContents(),
+      ['proximity', 'skills', 'rating', 'capacity'].map((k) => `${k} ${best[k].toFixed(2)}`),
+    );
 
     // Negative check without sleeping: events are delivered in seq order, so once bob
     // has received an event committed AFTER alice's, alice's would have arrived first.

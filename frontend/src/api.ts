@@ -17,6 +17,21 @@ export interface Job {
   createdAt: string;
 }
 
+/** The four parts of a score, each 0 to 1 (src/recommendations/scoring.rs; `ScoreParts` in openapi.json). */
+export interface ScoreParts {
+  /** `1 / (1 + km / 15)`. */
+  proximity: number;
+  /** Skill fit: the share of the contractor's skills the job uses. */
+  skills: number;
+  /** Customer rating / 5. */
+  rating: number;
+  /** Free capacity that day: `1 - bookings / max_daily_jobs`. */
+  capacity: number;
+}
+
+/** The weight of each part: `score = Σ weight × part`. They sum to 1. */
+export type ScoreWeights = ScoreParts;
+
 export interface Recommendation {
   rank: number;
   contractorId: string;
@@ -25,12 +40,19 @@ export interface Recommendation {
   distanceKm: number;
   etaMinutes: number;
   matchedSkills: string[];
+  /** What the score is made of; null for a set stored before the server kept parts (optional: a server
+   * older than the console omits it). */
+  scoreParts?: ScoreParts | null;
 }
 
 export interface RecommendationSet {
   recommendationSetId: string;
   jobId: string;
   generatedAt: string;
+  /** The scoring algorithm that ranked the set, e.g. `weighted-v1`. */
+  algorithm?: string;
+  /** The weights of `algorithm`; null when the server does not know it. */
+  scoreWeights?: ScoreWeights | null;
   recommendations: Recommendation[];
 }
 

@@ -66,11 +66,24 @@ export function byTimeWindow<T extends { windowStart: string; windowEnd: string;
   return t(a.windowStart) - t(b.windowStart) || t(a.windowEnd) - t(b.windowEnd) || a.title.localeCompare(b.title);
 }
 
-/** The scoring weights of the server's `weighted-v1` algorithm (src/recommendations/scoring.rs). */
-export const SCORE_WEIGHTS = { proximity: 0.45, skillFit: 0.2, rating: 0.2, capacity: 0.15 } as const;
+/** The scoring weights of the server's `weighted-v1` algorithm (src/recommendations/scoring.rs), for a set
+ * that does not carry its own `scoreWeights`. */
+export const SCORE_WEIGHTS = { proximity: 0.45, skills: 0.2, rating: 0.2, capacity: 0.15 } as const;
 
-/** What a score is made of, as far as the API tells: proximity follows from the distance
- * (`0.45 × 1 / (1 + km / 15)`); skill fit, rating and free capacity are only known together. */
+/** The parts of a score in display order; the sheet shows them under these names (the API's keys). */
+export const SCORE_PART_KEYS = ['proximity', 'skills', 'rating', 'capacity'] as const;
+
+type Parts = Record<(typeof SCORE_PART_KEYS)[number], number>;
+
+/** "0.45 × 0.92 proximity + 0.20 × 1.00 skills + 0.20 × 0.80 rating + 0.15 × 0.50 capacity = 0.87". */
+export function formatScoreFormula(score: number, parts: Parts, weights: Parts): string {
+  const terms = SCORE_PART_KEYS.map((key) => `${weights[key].toFixed(2)} × ${formatScore(parts[key])} ${key}`);
+  return `${terms.join(' + ')} = ${formatScore(score)}`;
+}
+
+/** What a score is made of when the set has no parts (stored before the server kept them): proximity
+ * follows from the distance (`0.45 × 1 / (1 + km / 15)`); skill fit, rating and free capacity are only
+ * known together. */
 export function scoreParts(score: number, distanceKm: number): { proximity: number; others: number } {
   const proximity = SCORE_WEIGHTS.proximity / (1 + distanceKm / 15);
   return { proximity, others: Math.max(0, score - proximity) };

@@ -172,6 +172,7 @@ pub async fn generate_writing(
     let mut distances = Vec::with_capacity(n);
     let mut etas = Vec::with_capacity(n);
     let mut skills = Vec::with_capacity(n);
+    let mut parts: [Vec<f64>; 4] = std::array::from_fn(|_| Vec::with_capacity(n));
     for (i, s) in ranked.iter().enumerate() {
         ranks.push(i as i32 + 1);
         contractor_ids.push(s.contractor_id);
@@ -180,6 +181,10 @@ pub async fn generate_writing(
         etas.push(s.eta_minutes);
         // Skills never contain a comma (see is_key), so a joined string round-trips.
         skills.push(s.matched_skills.join(","));
+        let p = s.parts;
+        for (column, value) in parts.iter_mut().zip([p.proximity, p.skills, p.rating, p.capacity]) {
+            column.push(value);
+        }
     }
     let recommendations: Vec<Recommendation> = ranked
         .into_iter()
@@ -192,6 +197,7 @@ pub async fn generate_writing(
             distance_km: s.distance_km,
             eta_minutes: s.eta_minutes,
             matched_skills: s.matched_skills,
+            score_parts: Some(s.parts),
         })
         .collect();
     // The payload does not depend on generated_at, so the event is ready before the statement that
@@ -222,7 +228,11 @@ pub async fn generate_writing(
         .bind(&scores)
         .bind(&distances)
         .bind(&etas)
-        .bind(&skills);
+        .bind(&skills)
+        .bind(&parts[0])
+        .bind(&parts[1])
+        .bind(&parts[2])
+        .bind(&parts[3]);
     let query = match event_write {
         EventWrite::Write => outbox::bind_event(query, &event),
         EventWrite::BenchOnlySkip => query,
@@ -230,7 +240,14 @@ pub async fn generate_writing(
     let (generated_at, event_id): (DateTime<Utc>, Option<Uuid>) = query.fetch_one(&mut *tx).await?;
     lap(&mut timings.insert_set);
 
-    let set = RecommendationSet { recommendation_set_id: set_id, job_id: job.id, generated_at, recommendations };
+    let set = RecommendationSet {
+        recommendation_set_id: set_id,
+        job_id: job.id,
+        generated_at,
+        algorithm: scoring::ALGORITHM.to_owned(),
+        score_weights: Some(scoring::WEIGHTS),
+        recommendations,
+    };
 
     if fail == FailPoint::BeforeCommit {
         inject_failure(&mut tx).await?;
@@ -249,27 +266,30 @@ async fn inject_failure(conn: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
-/// The set and its rows ($1-$11); [`GENERATE_SQL`] adds the outbox row to it.
+/// The set and its rows ($1-$15: $12-$15 the four score parts); [`GENERATE_SQL`] adds the outbox row to it.
 const SET_AND_ROWS_CTE: &str = "WITH s AS (
          INSERT INTO recommendation_sets (id, job_id, generated_by, algorithm, candidates)
          VALUES ($1, $2, (SELECT d.id FROM dispatchers d WHERE d.id = $3), $4, $5)
          RETURNING generated_at
      ), r AS (
          INSERT INTO recommendations
-             (set_id, rank, contractor_id, score, distance_km, eta_minutes, matched_skills)
+             (set_id, rank, contractor_id, score, distance_km, eta_minutes, matched_skills,
+              score_proximity, score_skills, score_rating, score_capacity)
          SELECT $1, t.rank, t.contractor_id, t.score, t.distance_km, t.eta_minutes,
-                string_to_array(t.skills, ',')
-         FROM UNNEST($6::int4[], $7::uuid[], $8::float8[], $9::float8[], $10::int4[], $11::text[])
-              AS t (rank, contractor_id, score, distance_km, eta_minutes, skills)
+                string_to_array(t.skills, ','), t.proximity, t.skill_fit, t.rating, t.capacity
+         FROM UNNEST($6::int4[], $7::uuid[], $8::float8[], $9::float8[], $10::int4[], $11::text[],
+                     $12::float8[], $13::float8[], $14::float8[], $15::float8[])
+              AS t (rank, contractor_id, score, distance_km, eta_minutes, skills,
+                    proximity, skill_fit, rating, capacity)
      )";
 
-/// A generation's one write: the set, its rows and its `RecommendationReady` outbox row ($12-$16, a plain
+/// A generation's one write: the set, its rows and its `RecommendationReady` outbox row ($16-$20, a plain
 /// INSERT INTO outbox that the relay publishes like any other).
 static GENERATE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "{SET_AND_ROWS_CTE}, o AS ({})
          SELECT s.generated_at, o.event_id FROM s, o",
-        outbox::insert_sql(12)
+        outbox::insert_sql(16)
     )
 });
 

@@ -26,11 +26,17 @@
 //! ETA is `ceil(km × 1.3 / 40 km/h × 60) + 5` minutes: a road factor of 1.3 over the straight line,
 //! 40 km/h on average, plus 5 minutes to park and get to the door.
 //!
-//! Scores are rounded to 4 decimals and distances to 2. Candidates are ordered by score
+//! The four parts are kept with each recommendation ([`ScoreParts`], stored in
+//! `recommendations.score_*` since migration 0016) so that a dispatcher can see why a contractor ranks
+//! where they do: `score = Σ weight × part` ([`WEIGHTS`]), the score computed from the unrounded parts.
+//!
+//! Scores and parts are rounded to 4 decimals and distances to 2 (so the stored parts recombine to the
+//! stored score within 0.0001). Candidates are ordered by score
 //! (highest first), then distance (nearest first), then contractor id, so the same inputs always
 //! give the same ranking. The best 10 are kept.
 
 use chrono::{DateTime, Duration, NaiveTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::job::Location;
@@ -48,6 +54,75 @@ pub const WEIGHT_SKILL_FIT: f64 = 0.20;
 pub const WEIGHT_RATING: f64 = 0.20;
 /// Weight of free capacity on the window's first day, `1 - bookings / max_daily_jobs`.
 pub const WEIGHT_CAPACITY: f64 = 0.15;
+
+/// The four weights of `weighted-v1`, as the API returns them (`scoreWeights`). They sum to 1.
+pub const WEIGHTS: ScoreWeights = ScoreWeights {
+    proximity: WEIGHT_PROXIMITY,
+    skills: WEIGHT_SKILL_FIT,
+    rating: WEIGHT_RATING,
+    capacity: WEIGHT_CAPACITY,
+};
+
+/// The weights of a stored set's algorithm, or `None` for an algorithm this build does not know (a
+/// set written by a newer or retired version: its parts still display, their weights are not claimed).
+pub fn weights_of(algorithm: &str) -> Option<ScoreWeights> {
+    (algorithm == ALGORITHM).then_some(WEIGHTS)
+}
+
+/// The weight of each part of the score.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScoreWeights {
+    /// Weight of [`ScoreParts::proximity`].
+    pub proximity: f64,
+    /// Weight of [`ScoreParts::skills`].
+    pub skills: f64,
+    /// Weight of [`ScoreParts::rating`].
+    pub rating: f64,
+    /// Weight of [`ScoreParts::capacity`].
+    pub capacity: f64,
+}
+
+/// What one contractor's score is made of: four parts, each in `[0, 1]` (the module doc gives the
+/// formulas). `score = Σ weight × part`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScoreParts {
+    /// `1 / (1 + km / 15)`.
+    pub proximity: f64,
+    /// Skill fit: the share of the contractor's skills that the job uses.
+    pub skills: f64,
+    /// `rating / 5`.
+    pub rating: f64,
+    /// Free capacity on the window's first day, `1 - bookings / max_daily_jobs`.
+    pub capacity: f64,
+}
+
+impl ScoreParts {
+    /// The parts, each forced into `[0, 1]` (a non-finite value counts as 0): the database refuses
+    /// anything else (`recommendations.score_*` CHECKs), and a refused row would fail the whole generation.
+    pub fn new(proximity: f64, skills: f64, rating: f64, capacity: f64) -> Self {
+        Self { proximity: unit(proximity), skills: unit(skills), rating: unit(rating), capacity: unit(capacity) }
+    }
+
+    /// `Σ weight × part`, unrounded.
+    pub fn weighted_sum(&self, w: &ScoreWeights) -> f64 {
+        w.proximity * self.proximity + w.skills * self.skills + w.rating * self.rating + w.capacity * self.capacity
+    }
+
+    /// Each part rounded to 4 decimals (still in `[0, 1]`: rounding cannot leave it).
+    fn rounded(self) -> Self {
+        Self {
+            proximity: round_to(self.proximity, 4),
+            skills: round_to(self.skills, 4),
+            rating: round_to(self.rating, 4),
+            capacity: round_to(self.capacity, 4),
+        }
+    }
+}
+
+/// `x` within `[0, 1]`; NaN and infinities (which `clamp` would keep or propagate) become 0.
+fn unit(x: f64) -> f64 {
+    if x.is_finite() { x.clamp(0.0, 1.0) } else { 0.0 }
+}
 
 /// Distance at which proximity is worth half (km).
 const PROXIMITY_HALF_KM: f64 = 15.0;
@@ -125,6 +200,8 @@ pub struct Scored {
     pub eta_minutes: i32,
     /// The job's required skills that the contractor holds (all of them, in the job's order).
     pub matched_skills: Vec<String>,
+    /// The four parts of `score`, 4 decimals each.
+    pub parts: ScoreParts,
 }
 
 /// Ranks `candidates` for `job`: filters out those who cannot take it, scores the rest and returns
@@ -163,15 +240,13 @@ fn score_candidate(job: &JobNeeds<'_>, c: &Candidate) -> Option<(Scored, f64)> {
     }
 
     let km = haversine_km(c.home, job.location);
-    let proximity = 1.0 / (1.0 + km / PROXIMITY_HALF_KM);
-    let skill_fit = skill_fit(job.required_skills, &c.skills);
-    let rating = (c.rating / 5.0).clamp(0.0, 1.0);
-    let capacity = (1.0 - workload as f64 / f64::from(c.max_daily_jobs)).clamp(0.0, 1.0);
-    let score = WEIGHT_PROXIMITY * proximity
-        + WEIGHT_SKILL_FIT * skill_fit
-        + WEIGHT_RATING * rating
-        + WEIGHT_CAPACITY * capacity;
-    let score = round_to(score.clamp(0.0, 1.0), 4);
+    let parts = ScoreParts::new(
+        1.0 / (1.0 + km / PROXIMITY_HALF_KM),
+        skill_fit(job.required_skills, &c.skills),
+        c.rating / 5.0,
+        1.0 - workload as f64 / f64::from(c.max_daily_jobs),
+    );
+    let score = round_to(parts.weighted_sum(&WEIGHTS).clamp(0.0, 1.0), 4);
 
     Some((
         Scored {
@@ -181,6 +256,7 @@ fn score_candidate(job: &JobNeeds<'_>, c: &Candidate) -> Option<(Scored, f64)> {
             distance_km: round_to(km, 2),
             eta_minutes: eta_minutes(km),
             matched_skills: job.required_skills.to_vec(),
+            parts: parts.rounded(),
         },
         km,
     ))
@@ -486,11 +562,61 @@ mod tests {
                 let r = rank(&job(&req), std::slice::from_ref(c));
                 assert_eq!(r.len(), 1);
                 assert!((0.0..=1.0).contains(&r[0].score), "{:?}", r[0]);
+                let p = r[0].parts;
+                for part in [p.proximity, p.skills, p.rating, p.capacity] {
+                    assert!((0.0..=1.0).contains(&part), "{:?}", r[0]);
+                }
             }
         }
         // A perfect contractor at the door scores 1.
         let mut best = contractor(1, 0.0);
         best.rating = 5.0;
         assert_eq!(rank(&job(&skills(&["hvac"])), &[best])[0].score, 1.0);
+    }
+
+    #[test]
+    fn each_recommendation_carries_its_four_parts_and_they_recombine_to_the_score() {
+        let day_booking = |h| Booking { starts_at: at(10, h, 0), ends_at: at(10, h + 1, 0) };
+        // 15 km away (proximity 0.5), rating 4 (0.8), half of its skills used (0.5), 1 of 4 jobs booked (0.75).
+        let mut c = contractor(1, 15.0);
+        c.skills = skills(&["hvac", "solar"]);
+        c.bookings = vec![day_booking(14)];
+        let r = rank(&job(&skills(&["hvac"])), &[c]);
+        let p = r[0].parts;
+        assert!((p.proximity - 0.5).abs() < 1e-3, "{p:?}");
+        assert_eq!((p.skills, p.rating, p.capacity), (0.5, 0.8, 0.75));
+        let expected = 0.45 * p.proximity + 0.20 * 0.5 + 0.20 * 0.8 + 0.15 * 0.75;
+        assert!((r[0].score - expected).abs() <= 1e-4, "{} vs {expected}", r[0].score);
+
+        // Over many distances and ratings, the rounded parts give back the rounded score within 0.0001.
+        let cs: Vec<_> = (1..=40)
+            .map(|n| {
+                let mut c = contractor(n, n as f64 * 0.77);
+                c.rating = (n % 11) as f64 * 0.47;
+                c
+            })
+            .collect();
+        for req in [skills(&[]), skills(&["hvac"])] {
+            let ranked = rank(&job(&req), &cs);
+            for s in ranked {
+                let sum = s.parts.weighted_sum(&WEIGHTS);
+                assert!((s.score - sum).abs() <= 1e-4, "{s:?}: {sum}");
+            }
+        }
+    }
+
+    #[test]
+    fn parts_are_forced_into_zero_and_one_so_the_database_accepts_them() {
+        let p = ScoreParts::new(f64::NAN, f64::INFINITY, -0.5, 1.5);
+        assert_eq!((p.proximity, p.skills, p.rating, p.capacity), (0.0, 0.0, 0.0, 1.0));
+        assert_eq!(ScoreParts::new(0.25, 0.5, 0.75, 1.0).weighted_sum(&WEIGHTS), 0.45 * 0.25 + 0.1 + 0.15 + 0.15);
+    }
+
+    #[test]
+    fn the_weights_sum_to_one_and_belong_to_weighted_v1() {
+        let w = WEIGHTS;
+        assert!((w.proximity + w.skills + w.rating + w.capacity - 1.0).abs() < 1e-12);
+        assert_eq!(weights_of("weighted-v1"), Some(WEIGHTS));
+        assert_eq!(weights_of("weighted-v2"), None);
     }
 }

@@ -6,6 +6,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::error::Result;
+use super::scoring::{self, ScoreParts, ScoreWeights};
 
 /// One ranked contractor of a set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +26,9 @@ pub struct Recommendation {
     pub eta_minutes: i32,
     /// The job's required skills that the contractor holds, in the job's order.
     pub matched_skills: Vec<String>,
+    /// What `score` is made of; `None` (JSON `null`) for a set stored before migration 0016, which
+    /// kept only the score.
+    pub score_parts: Option<ScoreParts>,
 }
 
 /// One generation of recommendations for a job.
@@ -37,6 +41,11 @@ pub struct RecommendationSet {
     pub job_id: Uuid,
     /// When it was stored (the transaction's time: later generations of a job have later times).
     pub generated_at: DateTime<Utc>,
+    /// The scoring algorithm that ranked it (`recommendation_sets.algorithm`, for example `weighted-v1`).
+    pub algorithm: String,
+    /// The weights of `algorithm`: each score is `Σ weight × part` of its `score_parts`. `None` for an
+    /// algorithm this build does not know.
+    pub score_weights: Option<ScoreWeights>,
     /// The ranked contractors, best first; empty when nobody can take the job.
     pub recommendations: Vec<Recommendation>,
 }
@@ -46,6 +55,7 @@ struct SetRow {
     set_id: Uuid,
     job_id: Uuid,
     generated_at: DateTime<Utc>,
+    algorithm: String,
     rank: Option<i32>,
     contractor_id: Option<Uuid>,
     name: Option<String>,
@@ -53,15 +63,32 @@ struct SetRow {
     distance_km: Option<f64>,
     eta_minutes: Option<i32>,
     matched_skills: Option<Vec<String>>,
+    score_proximity: Option<f64>,
+    score_skills: Option<f64>,
+    score_rating: Option<f64>,
+    score_capacity: Option<f64>,
+}
+
+impl SetRow {
+    /// The row's parts: all four or none (a CHECK of migration 0016 allows nothing in between).
+    fn score_parts(&self) -> Option<ScoreParts> {
+        Some(ScoreParts {
+            proximity: self.score_proximity?,
+            skills: self.score_skills?,
+            rating: self.score_rating?,
+            capacity: self.score_capacity?,
+        })
+    }
 }
 
 /// The job's latest recommendation set, or `None` when it has none (or the job does not exist).
 /// Errors: `Database`.
 pub async fn latest_set(pool: &PgPool, job_id: Uuid) -> Result<Option<RecommendationSet>> {
     let rows: Vec<SetRow> = sqlx::query_as(
-        "SELECT s.id AS set_id, s.job_id, s.generated_at, r.rank, r.contractor_id, c.name,
-                r.score, r.distance_km, r.eta_minutes, r.matched_skills
-         FROM (SELECT id, job_id, generated_at
+        "SELECT s.id AS set_id, s.job_id, s.generated_at, s.algorithm, r.rank, r.contractor_id, c.name,
+                r.score, r.distance_km, r.eta_minutes, r.matched_skills,
+                r.score_proximity, r.score_skills, r.score_rating, r.score_capacity
+         FROM (SELECT id, job_id, generated_at, algorithm
                FROM recommendation_sets
                WHERE job_id = $1
                ORDER BY generated_at DESC
@@ -80,6 +107,8 @@ pub async fn latest_set(pool: &PgPool, job_id: Uuid) -> Result<Option<Recommenda
         recommendation_set_id: first.set_id,
         job_id: first.job_id,
         generated_at: first.generated_at,
+        algorithm: first.algorithm.clone(),
+        score_weights: scoring::weights_of(&first.algorithm),
         recommendations: Vec::with_capacity(rows.len()),
     };
     for r in rows {
@@ -87,6 +116,7 @@ pub async fn latest_set(pool: &PgPool, job_id: Uuid) -> Result<Option<Recommenda
         let (Some(rank), Some(contractor_id)) = (r.rank, r.contractor_id) else {
             continue;
         };
+        let score_parts = r.score_parts();
         set.recommendations.push(Recommendation {
             rank,
             contractor_id,
@@ -95,6 +125,7 @@ pub async fn latest_set(pool: &PgPool, job_id: Uuid) -> Result<Option<Recommenda
             distance_km: r.distance_km.unwrap_or_default(),
             eta_minutes: r.eta_minutes.unwrap_or_default(),
             matched_skills: r.matched_skills.unwrap_or_default(),
+            score_parts,
         });
     }
     Ok(Some(set))

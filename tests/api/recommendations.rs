@@ -1,6 +1,7 @@
 //! Recommendations over HTTP: generation commits the set and its RecommendationReady event together, the
-//! event reaches exactly the job's region, matches the versioned JSON Schema, and bad input gets the
-//! contract's errors.
+//! event reaches exactly the job's region, matches the versioned JSON Schema, each recommendation explains
+//! its score (its parts and the set's weights, as the OpenAPI document describes them), and bad input gets
+//! the contract's errors.
 
 use crate::app::*;
 use serde_json::{Value, json};
@@ -14,6 +15,44 @@ fn schema_validator() -> jsonschema::Validator {
     let schema: Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("schema file")).expect("schema JSON");
     jsonschema::validator_for(&schema).expect("a valid JSON Schema")
+}
+
+/// A validator of `#/components/schemas/<name>` of src/http/openapi.json (its `$ref`s resolve inside the
+/// document's components).
+fn openapi_validator(name: &str) -> jsonschema::Validator {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/openapi.json");
+    let document: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("openapi.json")).unwrap();
+    let schema = json!({"$ref": format!("#/components/schemas/{name}"), "components": document["components"]});
+    jsonschema::validator_for(&schema).expect("a valid JSON Schema")
+}
+
+fn assert_valid(validator: &jsonschema::Validator, value: &Value) {
+    let errors: Vec<String> = validator.iter_errors(value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "does not match the OpenAPI document: {errors:?}\n{value}");
+}
+
+/// The weights docs/http-api.md documents for `weighted-v1`.
+const DOCUMENTED_WEIGHTS: [(&str, f64); 4] =
+    [("proximity", 0.45), ("skills", 0.20), ("rating", 0.20), ("capacity", 0.15)];
+
+/// Every recommendation of `set` has its four parts in [0, 1], and `score = Σ weight × part` within the
+/// rounding of score and parts to 4 decimals.
+fn assert_parts_recombine_to_the_score(set: &Value) {
+    for (name, weight) in DOCUMENTED_WEIGHTS {
+        assert_eq!(set["scoreWeights"][name].as_f64(), Some(weight), "{name} weight: {set}");
+    }
+    for r in set["recommendations"].as_array().unwrap() {
+        let parts = &r["scoreParts"];
+        assert_eq!(parts.as_object().map(|o| o.len()), Some(4), "{r}");
+        let mut sum = 0.0;
+        for (name, weight) in DOCUMENTED_WEIGHTS {
+            let part = parts[name].as_f64().unwrap_or_else(|| panic!("{name} missing: {r}"));
+            assert!((0.0..=1.0).contains(&part), "{name} = {part}: {r}");
+            sum += weight * part;
+        }
+        let score = r["score"].as_f64().unwrap();
+        assert!((score - sum).abs() <= 1e-4 + 1e-12, "score {score} but Σ weight × part = {sum}: {r}");
+    }
 }
 
 fn new_job(region: &str) -> Value {
@@ -69,6 +108,10 @@ async fn one_post_produces_a_ranked_set_and_its_event_reaches_exactly_the_jobs_r
     }
     let scores: Vec<f64> = recs.iter().map(|r| r["score"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked by score");
+    let set_schema = openapi_validator("RecommendationSet");
+    assert_valid(&set_schema, &set);
+    assert_eq!(set["algorithm"], "weighted-v1");
+    assert_parts_recombine_to_the_score(&set);
 
     let validator = schema_validator();
     for stream in [&mut north, &mut everywhere] {
@@ -92,6 +135,62 @@ async fn one_post_produces_a_ranked_set_and_its_event_reaches_exactly_the_jobs_r
 
     let latest: Value = get_json(&app, &alice, &format!("/api/jobs/{job_id}/recommendations")).await;
     assert_eq!(latest["recommendationSetId"], set["recommendationSetId"]);
+    // The stored parts read back exactly as generated.
+    assert_valid(&set_schema, &latest);
+    assert_eq!(latest["recommendations"], set["recommendations"]);
+    assert_eq!(latest["scoreWeights"], set["scoreWeights"]);
+}
+
+#[tokio::test]
+async fn a_set_stored_before_score_parts_were_kept_is_served_with_null_parts() {
+    let (db, app) = seeded_app().await;
+    let alice = hour_token(&db, "alice").await;
+    let job: String = sqlx::query_scalar("SELECT id::text FROM jobs WHERE region = 'north' ORDER BY id LIMIT 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    // Written as the code before migration 0016 wrote it: no score_* columns.
+    sqlx::query(
+        "WITH s AS (
+             INSERT INTO recommendation_sets (job_id, generated_by, algorithm, candidates)
+             VALUES ($1::uuid, 'alice', 'weighted-v1', 2) RETURNING id
+         )
+         INSERT INTO recommendations (set_id, rank, contractor_id, score, distance_km, eta_minutes, matched_skills)
+         SELECT s.id, row_number() OVER (ORDER BY c.id), c.id, 0.8, 2.5, 10, '{}'
+         FROM s, (SELECT id FROM contractors WHERE region = 'north' ORDER BY id LIMIT 2) c",
+    )
+    .bind(&job)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let url = app.url(&format!("/api/jobs/{job}/recommendations"));
+    let response = http().get(&url).bearer_auth(&alice).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let old: Value = response.json().await.unwrap();
+    assert_valid(&openapi_validator("RecommendationSet"), &old);
+    let recs = old["recommendations"].as_array().unwrap();
+    assert_eq!(recs.len(), 2);
+    for r in recs {
+        assert!(r.as_object().unwrap().contains_key("scoreParts"), "scoreParts is present, as null: {r}");
+        assert_eq!(r["scoreParts"], Value::Null, "{r}");
+        assert_eq!(r["score"], 0.8);
+    }
+    assert_eq!(old["algorithm"], "weighted-v1");
+
+    // A generation now stores its parts; the old set stays as it was.
+    let new: Value =
+        post(&app, &alice, &format!("/api/jobs/{job}/recommendations"), json!({})).await.json().await.unwrap();
+    assert_parts_recombine_to_the_score(&new);
+    let latest: Value = get_json(&app, &alice, &format!("/api/jobs/{job}/recommendations")).await;
+    assert_eq!(latest["recommendationSetId"], new["recommendationSetId"]);
+    let still_null: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM recommendations WHERE set_id = $1::uuid AND score_proximity IS NULL")
+            .bind(old["recommendationSetId"].as_str().unwrap())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(still_null, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -62,8 +62,23 @@ async fn a_set_and_its_event_commit_together() {
     assert_eq!(set.recommendations[0].name, "Tech 1");
     assert_eq!(set.recommendations[0].matched_skills, vec!["hvac"]);
 
-    // What the API reads back is what generate returned.
+    // What the API reads back is what generate returned (the score parts included).
     assert_eq!(latest_set(pool, job.id).await.unwrap().as_ref(), Some(&set));
+    assert_eq!(set.algorithm, "weighted-v1");
+    assert_eq!(set.score_weights, Some(scoring::WEIGHTS));
+    let stored: Vec<(f64, f64, f64, f64, f64)> = sqlx::query_as(
+        "SELECT score, score_proximity, score_skills, score_rating, score_capacity FROM recommendations ORDER BY rank",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (row, r) in stored.iter().zip(&set.recommendations) {
+        let p = r.score_parts.expect("parts of a new set");
+        assert_eq!(*row, (r.score, p.proximity, p.skills, p.rating, p.capacity));
+        // Tech 1..5 hold hvac and electrical, the job needs hvac: half their skills; rating 4.5; no bookings.
+        assert_eq!((p.skills, p.rating, p.capacity), (0.5, 0.9, 1.0));
+        assert!((r.score - p.weighted_sum(&scoring::WEIGHTS)).abs() <= 1e-4, "{r:?}");
+    }
     let row = sqlx::query("SELECT generated_by, algorithm, candidates FROM recommendation_sets")
         .fetch_one(pool)
         .await
@@ -199,6 +214,61 @@ async fn a_later_generation_gets_a_later_outbox_row() {
     assert!(order.windows(2).all(|w| w[0].1 < w[1].1), "outbox order differs from generation order: {order:?}");
     let latest = latest_set(pool, job.id).await.unwrap().unwrap();
     assert_eq!(latest.recommendation_set_id, order[7].2);
+}
+
+/// Inserts one recommendation row for the only set with the given parts (NULL where `None`).
+async fn insert_parts(pool: &PgPool, rank: i32, parts: [Option<f64>; 4]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO recommendations (set_id, rank, contractor_id, score, distance_km, eta_minutes, matched_skills,
+                                      score_proximity, score_skills, score_rating, score_capacity)
+         SELECT (SELECT id FROM recommendation_sets), $1, (SELECT id FROM contractors LIMIT 1), 0.5, 1, 7, '{}',
+                $2, $3, $4, $5",
+    )
+    .bind(rank)
+    .bind(parts[0])
+    .bind(parts[1])
+    .bind(parts[2])
+    .bind(parts[3])
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test]
+async fn the_database_keeps_score_parts_within_zero_and_one_all_four_or_none() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let job = fixture(pool).await;
+    sqlx::query("INSERT INTO recommendation_sets (job_id, algorithm, candidates) VALUES ($1, 'weighted-v0', 1)")
+        .bind(job.id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let refused = [
+        ([Some(1.5), Some(1.0), Some(1.0), Some(1.0)], "recommendations_score_proximity_range"),
+        ([Some(1.0), Some(-0.01), Some(1.0), Some(1.0)], "recommendations_score_skills_range"),
+        ([Some(1.0), Some(1.0), Some(f64::NAN), Some(1.0)], "recommendations_score_rating_range"),
+        ([Some(1.0), Some(1.0), Some(1.0), Some(f64::INFINITY)], "recommendations_score_capacity_range"),
+        ([Some(0.5), None, None, None], "recommendations_score_parts_all_or_none"),
+    ];
+    for (parts, constraint) in refused {
+        let err = insert_parts(pool, 1, parts).await.unwrap_err();
+        let sqlx::Error::Database(e) = &err else { panic!("{err:?}") };
+        assert_eq!(e.constraint(), Some(constraint), "{parts:?}: {e}");
+    }
+    insert_parts(pool, 1, [Some(0.0), Some(1.0), Some(0.25), Some(0.5)]).await.unwrap();
+    // A row as stored before migration 0016: no parts at all.
+    insert_parts(pool, 2, [None; 4]).await.unwrap();
+
+    let set = latest_set(pool, job.id).await.unwrap().unwrap();
+    let parts: Vec<_> = set.recommendations.iter().map(|r| r.score_parts).collect();
+    assert_eq!(
+        parts,
+        vec![Some(scoring::ScoreParts { proximity: 0.0, skills: 1.0, rating: 0.25, capacity: 0.5 }), None]
+    );
+    // An algorithm this build does not know: its parts are shown, no weights are claimed for them.
+    assert_eq!(set.algorithm, "weighted-v0");
+    assert_eq!(set.score_weights, None);
 }
 
 #[tokio::test]

@@ -1,7 +1,16 @@
 import { useEffect, useState } from 'react';
-import type { Job, RecommendationSet } from '../api';
+import type { Job, Recommendation, RecommendationSet, ScoreParts, ScoreWeights } from '../api';
 import type { ConnectionView } from '../connectionView';
-import { formatAgo, formatDateTime, formatKm, formatScore, scoreParts, SCORE_WEIGHTS } from '../format';
+import {
+  formatAgo,
+  formatDateTime,
+  formatKm,
+  formatScore,
+  formatScoreFormula,
+  scoreParts,
+  SCORE_PART_KEYS,
+  SCORE_WEIGHTS,
+} from '../format';
 
 export type SheetState =
   | { kind: 'loading' }
@@ -29,46 +38,76 @@ const FRESHNESS_TITLE: Record<ConnectionView['freshness'], string> = {
   paused: 'Offline: updates are paused',
 };
 
-function explainScore(score: number, distanceKm: number): string {
-  const { proximity, others } = scoreParts(score, distanceKm);
-  return `${formatScore(proximity)} proximity (${formatKm(distanceKm)} km) + ${formatScore(others)} skill fit, rating and free capacity`;
+/** The hover text of a score: the exact formula when the set carries parts, else what the distance tells. */
+function explainScore(r: Recommendation, weights: ScoreWeights): string {
+  if (r.scoreParts) return formatScoreFormula(r.score, r.scoreParts, weights);
+  const { proximity, others } = scoreParts(r.score, r.distanceKm);
+  return `${formatScore(proximity)} proximity (${formatKm(r.distanceKm)} km) + ${formatScore(others)} skill fit, rating and free capacity`;
 }
 
 const pct = (w: number) => `${Math.round(w * 100)}%`;
 
-/** What the score is made of (the server's weighted-v1 algorithm), with the best contractor's
- * proximity part worked out. */
-function ScoreExplanation({ best }: { best: { name: string; score: number; distanceKm: number } }) {
-  const { proximity, others } = scoreParts(best.score, best.distanceKm);
+/** "Why this contractor": the four parts of one score, each a small bar of its 0..1 value with the value
+ * beside it; the bar's title gives the part's weight. */
+function ScorePartsBars({ parts, weights }: { parts: ScoreParts; weights: ScoreWeights }) {
+  return (
+    <ul className="score-parts" data-testid="score-parts" aria-label="Why this contractor">
+      {SCORE_PART_KEYS.map((key) => (
+        <li
+          key={key}
+          className="score-part"
+          data-testid="score-part"
+          data-part={key}
+          title={`${key}: ${formatScore(parts[key])} of 1, weighs ${pct(weights[key])} of the score`}
+        >
+          {/* One space in the text ("proximity 0.92", as copied or read aloud); the bar sits in it. */}
+          <span className="score-part__name">{key}</span>{' '}
+          <span className="score-part__bar" aria-hidden="true">
+            <span style={{ width: `${Math.round(parts[key] * 100)}%` }} />
+          </span>
+          <span className="score-part__value">{formatScore(parts[key])}</span>
+        </li>
+      ))}
+    </ul>
+  );
+}
+
+/** What the score is made of (the set's algorithm, weighted-v1), with the best contractor's score worked
+ * out: exactly from its parts, or, for a set stored without parts, its proximity part from the distance. */
+function ScoreExplanation({ best, weights }: { best: Recommendation; weights: ScoreWeights }) {
   return (
     <details className="score-explain" data-testid="score-explain">
       <summary>What the score is made of</summary>
       <p>
-        A score from 0 to 1 among the contractors who hold every required skill, work during the window and are
-        free then. It weighs:
+        A score from 0 to 1 among the contractors who hold every required skill, work during the window and are free
+        then. It weighs:
       </p>
       <ul>
         <li>
-          <strong>{pct(SCORE_WEIGHTS.proximity)} proximity</strong>: 1 at the job site, half at 15 km, a quarter at
-          45 km
+          <strong>{pct(weights.proximity)} proximity</strong>: 1 at the job site, half at 15 km, a quarter at 45 km
         </li>
         <li>
-          <strong>{pct(SCORE_WEIGHTS.skillFit)} skill fit</strong>: the share of the contractor's skills this job uses
+          <strong>{pct(weights.skills)} skill fit</strong>: the share of the contractor's skills this job uses
           (specialists first)
         </li>
         <li>
-          <strong>{pct(SCORE_WEIGHTS.rating)} rating</strong>: customer rating out of 5
+          <strong>{pct(weights.rating)} rating</strong>: customer rating out of 5
         </li>
         <li>
-          <strong>{pct(SCORE_WEIGHTS.capacity)} free capacity</strong>: jobs still free that day out of the daily
-          maximum
+          <strong>{pct(weights.capacity)} free capacity</strong>: jobs still free that day out of the daily maximum
         </li>
       </ul>
-      <p data-testid="score-explain-best">
-        {best.name}: {formatScore(proximity)} from proximity ({formatKm(best.distanceKm)} km) +{' '}
-        {formatScore(others)} from skill fit, rating and free capacity = {formatScore(best.score)}.
-      </p>
+      <p data-testid="score-explain-best">{explainBest(best, weights)}</p>
     </details>
+  );
+}
+
+function explainBest(best: Recommendation, weights: ScoreWeights): string {
+  if (best.scoreParts) return `${best.name}: ${formatScoreFormula(best.score, best.scoreParts, weights)}.`;
+  const { proximity, others } = scoreParts(best.score, best.distanceKm);
+  return (
+    `${best.name}: ${formatScore(proximity)} from proximity (${formatKm(best.distanceKm)} km) + ` +
+    `${formatScore(others)} from skill fit, rating and free capacity = ${formatScore(best.score)}.`
   );
 }
 
@@ -140,59 +179,67 @@ export function RecommendationsSheet(props: Props) {
           {state.message}
         </p>
       )}
-      {state.kind === 'loaded' && (
-        <>
-          <p className="muted sheet__generated" data-testid="sheet-generated">
-            Generated {formatDateTime(state.set.generatedAt)} · set{' '}
-            <code>{state.set.recommendationSetId.slice(0, 8)}</code>
-          </p>
-          {state.set.recommendations.length === 0 ? (
-            <p className="muted">No suitable contractor found.</p>
-          ) : (
-            <table className="table">
-              <thead>
-                <tr>
-                  <th scope="col">#</th>
-                  <th scope="col">Contractor</th>
-                  <th scope="col" className="num">
-                    Score
-                  </th>
-                  <th scope="col" className="num">
-                    ETA (min)
-                  </th>
-                  <th scope="col" className="num col-optional">
-                    Distance (km)
-                  </th>
-                  <th scope="col" className="col-optional">
-                    Matched skills
-                  </th>
-                </tr>
-              </thead>
-              <tbody>
-                {state.set.recommendations.map((r) => (
-                  <tr key={r.contractorId} data-testid="sheet-row">
-                    <td>{r.rank}</td>
-                    <td>{r.name}</td>
-                    <td className="num" title={explainScore(r.score, r.distanceKm)}>
-                      {formatScore(r.score)}
-                    </td>
-                    <td className="num">{r.etaMinutes}</td>
-                    <td className="num col-optional">{formatKm(r.distanceKm)}</td>
-                    <td className="col-optional">
-                      {r.matchedSkills.map((s) => (
-                        <span key={s} className="tag">
-                          {s}
-                        </span>
-                      ))}
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          )}
-          {state.set.recommendations.length > 0 && <ScoreExplanation best={state.set.recommendations[0]} />}
-        </>
-      )}
+      {state.kind === 'loaded' && <LoadedSet set={state.set} />}
     </section>
+  );
+}
+
+function LoadedSet({ set }: { set: RecommendationSet }) {
+  // A set carries the weights of its own algorithm; one from an older server does not.
+  const weights = set.scoreWeights ?? SCORE_WEIGHTS;
+  return (
+    <>
+      <p className="muted sheet__generated" data-testid="sheet-generated">
+        Generated {formatDateTime(set.generatedAt)} · set <code>{set.recommendationSetId.slice(0, 8)}</code>
+      </p>
+      {set.recommendations.length === 0 ? (
+        <p className="muted">No suitable contractor found.</p>
+      ) : (
+        <table className="table">
+          <thead>
+            <tr>
+              <th scope="col">#</th>
+              <th scope="col">Contractor</th>
+              <th scope="col" className="num">
+                Score
+              </th>
+              <th scope="col" className="num">
+                ETA (min)
+              </th>
+              <th scope="col" className="num col-optional">
+                Distance (km)
+              </th>
+              <th scope="col" className="col-optional">
+                Matched skills
+              </th>
+            </tr>
+          </thead>
+          <tbody>
+            {set.recommendations.map((r) => (
+              <tr key={r.contractorId} data-testid="sheet-row">
+                <td>{r.rank}</td>
+                <td>
+                  {r.name}
+                  {r.scoreParts && <ScorePartsBars parts={r.scoreParts} weights={weights} />}
+                </td>
+                <td className="num" data-testid="sheet-score" title={explainScore(r, weights)}>
+                  {formatScore(r.score)}
+                </td>
+                <td className="num">{r.etaMinutes}</td>
+                <td className="num col-optional">{formatKm(r.distanceKm)}</td>
+                <td className="col-optional">
+                  {r.matchedSkills.map((s) => (
+                    <span key={s} className="tag">
+                      {s}
+                    </span>
+                  ))}
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      {set.recommendations.length > 0 && <ScoreExplanation best={set.recommendations[0]} weights={weights} />}
+    </>
   );
 }
