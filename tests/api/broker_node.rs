@@ -134,3 +134,38 @@ async fn an_edge_node_cut_off_from_nats_is_not_ready_and_delivers_what_committed
     assert_eq!(all, (1..=11).collect::<Vec<_>>(), "the open stream goes on with no gap and no duplicate");
     let _ = broker::wire::EXPIRED_HEADER;
 }
+
+#[tokio::test]
+async fn a_nats_node_killed_in_a_three_node_cluster_costs_an_r3_stream_nothing() {
+    let db = TestDb::new().await;
+    let mut cluster = crate::nats::NatsCluster::start().await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let urls = cluster.urls();
+    let publisher =
+        PublisherConfig { replicas: 3, poll_interval: Duration::from_millis(20), ..PublisherConfig::default() };
+    let relay_broker = BrokerConfig { urls: urls.clone(), publisher };
+    let _relay = TestApp::spawn_named(&db, "relay-node", move |c| c.broker = Some(relay_broker)).await;
+    let edge_broker = BrokerConfig { urls, publisher: PublisherConfig::default() };
+    let edge = TestApp::spawn_pool(db.pool_named("edge-node", 2).await, move |c| {
+        c.hub = HubConfig { catchup_reads: 1, ..test_hub_config() };
+        c.run_relay = false;
+        c.broker = Some(edge_broker);
+    })
+    .await;
+    // Electing the cluster's JetStream leader and creating the R3 stream takes a few seconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while http().get(edge.url("/readyz")).send().await.unwrap().status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the edge node never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut stream = Connect::new(&alice).open(&edge.base).await;
+    write_events(&db.pool, 10, &["region:north"]).await;
+    let mut received = stream.take(10, Duration::from_secs(20)).await;
+
+    cluster.nodes[0].kill(); // kill -9 of one member while events flow
+    for _ in 0..10 {
+        write_events(&db.pool, 3, &["region:north"]).await;
+    }
+    received.extend(stream.take(30, Duration::from_secs(30)).await);
+    assert_eq!(seqs(&received), (1..=40).collect::<Vec<_>>(), "0 lost, 0 duplicated, 0 reordered");
+}
