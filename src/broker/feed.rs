@@ -31,6 +31,12 @@ const BATCH: usize = 512;
 /// How long the feed may go without delivering or confirming its connection before it counts as stalled.
 pub const FEED_STALL_AFTER: Duration = Duration::from_secs(10);
 
+/// How long the feed waits without a delivery before it asks JetStream whether the stream holds more than
+/// the hub has: an ordered consumer has one replica, and when the NATS node hosting it dies the client
+/// library may go on waiting for it without an error (seen with nats-server 2.9 and async-nats 0.52 after
+/// `kill -9` of the consumer's host). One stream-info call per idle period, none while events flow.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(3);
+
 /// Why the feed (re)starts its consumer.
 #[derive(Debug, thiserror::Error)]
 enum FeedError {
@@ -40,6 +46,10 @@ enum FeedError {
     NoStream(String),
     #[error("JetStream: {0}")]
     Api(String),
+    #[error(
+        "the consumer delivered nothing for {idle:?} while the stream holds seq {last} and it delivered through {delivered_through}"
+    )]
+    Stalled { idle: Duration, last: u64, delivered_through: u64 },
 }
 
 /// Runs the feed under `supervisor` as the task `broker-feed` until `shutdown`.
@@ -61,7 +71,7 @@ pub async fn run(
     shutdown: CancellationToken,
     progress: Progress,
 ) {
-    let js = jetstream::new(client.clone());
+    let js = super::jetstream(client.clone());
     let mut backoff = crate::db::reconnect_backoff();
     let mut reported = false;
     while !shutdown.is_cancelled() && target.is_open() {
@@ -127,11 +137,14 @@ async fn follow(
     progress.tick();
     tracing::info!(stream = %name, start, "broker feed: following JetStream");
     let mut alive = tokio::time::interval(Duration::from_secs(1));
+    let mut last_delivery = tokio::time::Instant::now();
+    let mut delivered_through = start - 1; // the stream sequence of the last message seen, placeholders too
     loop {
         tokio::select! {
             chunk = messages.next() => {
                 let Some(chunk) = chunk else { return Err(FeedError::Api("the consumer ended".into())) };
-                deliver(target, epoch, chunk)?;
+                delivered_through = delivered_through.max(deliver(target, epoch, chunk)?);
+                last_delivery = tokio::time::Instant::now();
                 progress.tick();
             }
             _ = alive.tick() => {
@@ -139,20 +152,43 @@ async fn follow(
                 if client.connection_state() != async_nats::connection::State::Connected {
                     return Err(FeedError::Disconnected);
                 }
+                if last_delivery.elapsed() >= IDLE_CHECK_AFTER {
+                    check_not_stalled(&mut stream, delivered_through, last_delivery.elapsed()).await?;
+                    last_delivery = tokio::time::Instant::now(); // the next check after another idle period
+                }
                 progress.tick();
             }
         }
     }
 }
 
-/// Hands one chunk of messages to the hub; an error (a failed fetch, a body that is not an event, a
-/// batch that does not follow the head) restarts the consumer from the head.
+/// An idle consumer is fine while the stream holds nothing past what it delivered; if it holds more, the
+/// consumer is stuck and must be recreated from the hub's head (see `IDLE_CHECK_AFTER`).
+async fn check_not_stalled(
+    stream: &mut jetstream::stream::Stream,
+    delivered_through: u64,
+    idle: Duration,
+) -> Result<(), FeedError> {
+    // Bounded by the context's `JETSTREAM_TIMEOUT`: a stream leader that died answers nothing.
+    let info = stream.info().await.map_err(|e| FeedError::Api(e.to_string()))?;
+    let last = info.state.last_sequence;
+    // A purged stream (only expired placeholders were there) keeps its last sequence but holds nothing.
+    if info.state.messages > 0 && last > delivered_through {
+        return Err(FeedError::Stalled { idle, last, delivered_through });
+    }
+    Ok(())
+}
+
+/// Hands one chunk of messages to the hub and returns the highest stream sequence among them (0 for
+/// none); an error (a failed fetch, a batch that does not follow the head) restarts the consumer from the
+/// head.
 fn deliver(
     target: &dyn FeedTarget,
     epoch: Epoch,
     chunk: Vec<Result<jetstream::Message, consumer::pull::OrderedError>>,
-) -> Result<(), FeedError> {
+) -> Result<u64, FeedError> {
     let mut events: Vec<EventRow> = Vec::with_capacity(chunk.len());
+    let mut highest = 0;
     let mut failure = None;
     for message in chunk {
         let message = match message {
@@ -162,11 +198,12 @@ fn deliver(
                 break;
             }
         };
+        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
+        highest = highest.max(sequence);
         let placeholder = message.headers.as_ref().is_some_and(|h| h.get(wire::EXPIRED_HEADER).is_some());
         if placeholder {
             continue; // stands for an expired event; the next real one shows the jump
         }
-        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
         match wire::decode(&message.payload) {
             Ok(row) => events.push(row),
             // Only the publisher writes this subject, so this is damage, not traffic. Skipped, not waited
@@ -189,5 +226,5 @@ fn deliver(
             return Err(FeedError::Api(format!("events from seq {first} do not follow the hub's head {head}")));
         }
     }
-    failure.map_or(Ok(()), Err)
+    failure.map_or(Ok(highest), Err)
 }

@@ -21,6 +21,21 @@ pub use publisher::{Publisher, PublisherConfig, StepOutcome};
 
 use std::time::Duration;
 
+/// Bound on one JetStream API call or publish ack (the client's default is 10 s). When a cluster member
+/// dies, the streams and consumers it led get new leaders within a few seconds; a call sent to the dead
+/// leader meanwhile is never answered, so a short bound is what lets the retry reach the new one soon.
+/// A retry costs nothing: publishes carry `Nats-Msg-Id` and the expected last sequence, and the feed
+/// restarts from its hub's head. Measured by `killing_the_nats_node_that_hosts_the_edge_nodes_consumer`
+/// in `tests/api/broker_node.rs`: 16 s to deliver again with the default, see that test for the bound.
+pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A JetStream context on `client` whose calls are bounded by [`JETSTREAM_TIMEOUT`].
+pub fn jetstream(client: async_nats::Client) -> async_nats::jetstream::Context {
+    let mut context = async_nats::jetstream::new(client);
+    context.set_timeout(JETSTREAM_TIMEOUT);
+    context
+}
+
 /// Where the broker is and how this process uses it (`--broker`, `--broker-replicas`, `--broker-max-age`).
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {

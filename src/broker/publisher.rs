@@ -125,7 +125,7 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher from `pool`'s log to the JetStream of `client`.
     pub fn new(pool: PgPool, client: async_nats::Client, config: PublisherConfig) -> Self {
-        Self { pool, js: jetstream::new(client), config, wake: Arc::default() }
+        Self { pool, js: super::jetstream(client), config, wake: Arc::default() }
     }
 
     /// A doorbell for this process's relay: call after each committed batch so that it goes out at once.

@@ -169,3 +169,76 @@ async fn a_nats_node_killed_in_a_three_node_cluster_costs_an_r3_stream_nothing()
     received.extend(stream.take(30, Duration::from_secs(30)).await);
     assert_eq!(seqs(&received), (1..=40).collect::<Vec<_>>(), "0 lost, 0 duplicated, 0 reordered");
 }
+
+/// The consumers on the event stream: name → the cluster member (`n0`..`n2`) that hosts it. An ordered
+/// consumer has one replica, so killing its host is the fault that takes the consumer with it.
+async fn consumers(cluster: &crate::nats::NatsCluster) -> std::collections::HashMap<String, String> {
+    use futures::TryStreamExt;
+    let client = async_nats::connect(cluster.urls().as_slice()).await.expect("connect to the cluster");
+    let js = async_nats::jetstream::new(client);
+    let names: Vec<String> = js.stream_names().try_collect().await.unwrap_or_default();
+    let mut hosts = std::collections::HashMap::new();
+    for name in names.iter().filter(|n| n.starts_with("SS_EVENTS_")) {
+        let Ok(stream) = js.get_stream(name).await else { continue };
+        let infos: Vec<_> = stream.consumers().try_collect().await.unwrap_or_default();
+        for info in infos {
+            if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                hosts.insert(info.name, leader);
+            }
+        }
+    }
+    hosts
+}
+
+async fn until_ready(app: &TestApp) {
+    // Electing the cluster's JetStream leader and creating the R3 stream takes a few seconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while http().get(app.url("/readyz")).send().await.unwrap().status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "{} never became ready", app.base);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn killing_the_nats_node_that_hosts_the_edge_nodes_consumer_only_delays_its_events() {
+    let db = TestDb::new().await;
+    let mut cluster = crate::nats::NatsCluster::start().await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let urls = cluster.urls();
+    let publisher =
+        PublisherConfig { replicas: 3, poll_interval: Duration::from_millis(20), ..PublisherConfig::default() };
+    let relay_broker = BrokerConfig { urls: urls.clone(), publisher };
+    let relay = TestApp::spawn_named(&db, "relay-node", move |c| c.broker = Some(relay_broker)).await;
+    until_ready(&relay).await;
+    let relays_consumers = consumers(&cluster).await;
+    let edge_broker = BrokerConfig { urls, publisher: PublisherConfig::default() };
+    let edge = TestApp::spawn_pool(db.pool_named("edge-node", 2).await, move |c| {
+        c.hub = HubConfig { catchup_reads: 1, ..test_hub_config() };
+        c.run_relay = false;
+        c.broker = Some(edge_broker);
+    })
+    .await;
+    until_ready(&edge).await;
+    let mut stream = Connect::new(&alice).open(&edge.base).await;
+    write_events(&db.pool, 3, &["region:north"]).await;
+    let mut received = stream.take(3, Duration::from_secs(20)).await;
+
+    let edges_consumer = consumers(&cluster).await.into_iter().find(|(name, _)| !relays_consumers.contains_key(name));
+    let (_, host) = edges_consumer.expect("the edge node's consumer is on the stream");
+    let index: usize = host.trim_start_matches('n').parse().expect("member names are n0..n2");
+    cluster.nodes[index].kill(); // the consumer's only replica goes with it
+    write_events(&db.pool, 3, &["region:north"]).await;
+    // The feed must notice that its consumer went away with its node and follow again from its head. Without
+    // the idle check this took 60-80 s (the client library's own recreation); with it 6-8 s, and up to 16 s
+    // when the dead node also led the cluster's JetStream meta group, since a new consumer needs the new
+    // meta leader (nats-server 2.9 elects one within its election timeout).
+    let after_kill = tokio::time::Instant::now();
+    received.extend(stream.take(3, Duration::from_secs(20)).await);
+    let recovered_in = after_kill.elapsed();
+    eprintln!("the edge node delivered again {recovered_in:?} after {host} (its consumer's host) died");
+    assert_eq!(seqs(&received), (1..=6).collect::<Vec<_>>(), "0 lost, 0 duplicated, 0 reordered after {host} died");
+    assert!(
+        recovered_in < Duration::from_secs(25),
+        "the edge node took {recovered_in:?} to deliver again after {host} died"
+    );
+}
