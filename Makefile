@@ -104,7 +104,7 @@ nginx:
 	  apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
 
 # The production topology of deploy/nginx (TLS, HTTP/2, two `serve` instances on one database) in Chromium.
-test-topology: chromium nginx frontend
+test-topology: chromium nginx nats-server frontend
 	$(CARGO) build --bin smartscheduler --locked
 	@server=$$(scripts/postgres.sh url); db="ss_topology_$$(date +%s)_$$$$"; \
 	scripts/create-db.sh "$$server" "$$db"; \

@@ -1,14 +1,17 @@
-// The production topology of deploy/nginx, tested: Debian's nginx with TLS and HTTP/2 in front of two
-// `serve --dev` instances on one database, and a real headless Chromium (Debian's, driven by
+// The production topologies of deploy/nginx and deploy/broker, tested: Debian's nginx with TLS and HTTP/2 in
+// front of two `serve --dev` instances on one database, and a real headless Chromium (Debian's, driven by
 // playwright-core) that signs in through the proxy, receives live events, and resumes on the
 // surviving instance, with no event lost or applied twice, when the one holding its stream is killed.
+// Then the broker topology: a three-node NATS JetStream cluster (R3 stream), two relays publishing to it,
+// four edge nodes (`serve --broker ... --no-relay`) behind the same proxy, and the page keeps receiving,
+// exactly once, while a nats-server and the edge node holding its stream are killed.
 //
 //   SMARTSCHEDULER_BIN=/path/to/smartscheduler \
 //   DATABASE_URL=postgres://postgres@127.0.0.1:5432/<fresh empty db> \
 //   npm run test:topology
 //
-// Needs `npm run build` first (the instances serve frontend/dist), nginx, openssl and psql.
-// Optional env: NGINX_PATH (default: nginx on PATH, else /usr/sbin/nginx), CHROMIUM_PATH.
+// Needs `npm run build` first (the instances serve frontend/dist), nginx, nats-server, openssl and psql.
+// Optional env: NGINX_PATH (default: nginx on PATH, else /usr/sbin/nginx), NATS_SERVER_PATH, CHROMIUM_PATH.
 // Everything the proxy needs (certificate, configuration, logs, temp files) lives in a temp dir
 // that is removed afterwards; nginx runs as one foreground process that the test stops.
 import { after, before, test } from 'node:test';
@@ -26,7 +29,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
-import { createServer } from 'node:net';
+import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -58,6 +61,7 @@ function which(name) {
 }
 
 const NGINX = process.env.NGINX_PATH || which('nginx');
+const NATS_SERVER = process.env.NATS_SERVER_PATH || which('nats-server');
 
 function preflight() {
   const problems = [];
@@ -66,6 +70,7 @@ function preflight() {
   if (!existsSync(resolve(DIST, 'index.html'))) problems.push(`${DIST}/index.html not found: run \`npm run build\` in frontend/ first.`);
   if (!existsSync(CHROMIUM)) problems.push(`Chromium not found at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM_PATH).`);
   if (!NGINX) problems.push('nginx not found: apt-get install -y nginx (or set NGINX_PATH).');
+  if (!NATS_SERVER) problems.push('nats-server not found: apt-get install -y nats-server (or set NATS_SERVER_PATH).');
   if (!which('openssl')) problems.push('openssl not found: apt-get install -y openssl.');
   if (!which('psql')) problems.push('psql not found: apt-get install -y postgresql-client.');
   return problems;
@@ -75,8 +80,8 @@ function preflight() {
 const children = new Set();
 /** @type {import('playwright-core').Browser | null} */
 let browser = null;
-/** @type {string | null} */
-let workDir = null;
+/** Temp dirs of the tests (certificate, nginx, NATS stores), removed at the end. */
+const workDirs = [];
 
 function logStream(name) {
   mkdirSync(ARTIFACTS, { recursive: true });
@@ -153,10 +158,10 @@ async function waitReady(proc, probe) {
   throw new Error(`${proc.name} not ready within ${READY_TIMEOUT_MS} ms; see e2e-artifacts/${proc.name}.log`);
 }
 
-async function startServe(name) {
+async function startServe(name, extraArgs = []) {
   const port = await freePort();
   // --trust-proxy: as deploy/README.md says, for the instances behind the proxy of the template.
-  const args = ['serve', '--dev', '--trust-proxy', '--addr', `127.0.0.1:${port}`, '--static-dir', DIST];
+  const args = ['serve', '--dev', '--trust-proxy', '--addr', `127.0.0.1:${port}`, '--static-dir', DIST, ...extraArgs];
   const proc = spawnLogged(name, BIN, args, serverEnv());
   const base = `http://127.0.0.1:${port}`;
   await waitReady(proc, async () => (await fetch(`${base}/readyz`)).status === 200);
@@ -178,6 +183,47 @@ function stop(child, signal = 'SIGTERM', graceMs = 10_000) {
     });
     child.kill(signal);
   });
+}
+
+/** Waits until something accepts TCP connections on 127.0.0.1:`port` (nats-server has no other signal). */
+async function listening(port) {
+  return new Promise((res) => {
+    const socket = createConnection({ host: '127.0.0.1', port }, () => {
+      socket.destroy();
+      res(true);
+    });
+    socket.on('error', () => res(false));
+  });
+}
+
+/**
+ * Three nats-servers in one JetStream cluster on loopback ports (the shape of deploy/broker/nats-cluster.sh),
+ * each with its store in `dir`. Returns the members; `restart(i)` starts a killed one on its port and store.
+ */
+async function startNatsCluster(dir) {
+  const members = [];
+  for (let i = 0; i < 3; i++) members.push({ name: `n${i}`, port: await freePort(), routePort: await freePort() });
+  const routes = members.map((m) => `nats://127.0.0.1:${m.routePort}`).join(',');
+  const start = async (m) => {
+    const store = join(dir, `nats-${m.name}`);
+    mkdirSync(store, { recursive: true });
+    const args = ['-a', '127.0.0.1', '-p', String(m.port), '-js', '-sd', store, '-n', m.name,
+      '--cluster_name', 'ss-topology', '--cluster', `nats://127.0.0.1:${m.routePort}`, '--routes', routes];
+    m.proc = spawnLogged(`broker-nats-${m.name}`, NATS_SERVER, args, process.env);
+    await waitReady(m.proc, () => listening(m.port));
+  };
+  await Promise.all(members.map(start));
+  return { members, urls: members.map((m) => `nats://127.0.0.1:${m.port}`).join(','), restart: (i) => start(members[i]) };
+}
+
+/** `smartscheduler relay --broker URLS --broker-replicas 3`: outbox -> event_log -> JetStream (R3). */
+function startRelay(name, urls) {
+  return spawnLogged(name, BIN, ['relay', '--broker', urls, '--broker-replicas', '3'], serverEnv());
+}
+
+/** Stops every child still running (nginx, instances, relays, nats-servers), so the next test starts alone. */
+async function stopAll() {
+  await Promise.all([...children].map((c) => stop(c, 'SIGTERM', 5_000)));
 }
 
 process.on('exit', () => {
@@ -217,8 +263,9 @@ async function startNginx(dir, { port, upstreams, cert, key }) {
   const site = readFileSync(TEMPLATE, 'utf8')
     .replaceAll('@LISTEN@', `127.0.0.1:${port}`)
     .replaceAll('@SERVER_NAME@', 'localhost')
-    .replaceAll('@SERVE_A@', upstreams[0])
-    .replaceAll('@SERVE_B@', upstreams[1])
+    // The template names two instances; a topology of more gets one `server` line per instance.
+    .replace(/^(\s*server )@SERVE_A@(.*)$/m, (_, head, tail) => upstreams.map((u) => `${head}${u}${tail}`).join('\n'))
+    .replace(/^\s*server @SERVE_B@.*\n/m, '')
     .replaceAll('@CERT@', cert)
     .replaceAll('@KEY@', key);
   const unfilled = site.split('\n').filter((l) => !l.trim().startsWith('#') && /@[A-Z_]+@/.test(l));
@@ -400,11 +447,11 @@ before(() => {
 
 after(async () => {
   if (browser) await browser.close().catch(() => {});
-  // nginx and the instances still running (the killed one is gone already).
+  // nginx, the instances and the nats-servers still running (the killed ones are gone already).
   await Promise.all([...children].map((c) => stop(c, 'SIGTERM', 5_000)));
-  if (workDir) {
+  for (const [i, dir] of workDirs.entries()) {
     // The pid file is gone once nginx exited cleanly; a leftover one names a process still there.
-    const pidFile = join(workDir, 'nginx.pid');
+    const pidFile = join(dir, 'nginx.pid');
     if (existsSync(pidFile)) {
       const pid = Number(readFileSync(pidFile, 'utf8').trim());
       let alive = false;
@@ -419,36 +466,31 @@ after(async () => {
         assert.fail(`nginx (pid ${pid}) was still running after the test and has been killed`);
       }
     }
+    const prefix = i === 0 ? 'nginx' : `nginx-${i}`;
     for (const f of ['error.log', 'access.log']) {
-      if (existsSync(join(workDir, f))) copyFileSync(join(workDir, f), resolve(ARTIFACTS, `nginx-${f}`));
+      if (existsSync(join(dir, f))) copyFileSync(join(dir, f), resolve(ARTIFACTS, `${prefix}-${f}`));
     }
-    rmSync(workDir, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 
-test('preflight: server binary, database, build, browser, nginx, openssl and psql are available', () => {
-  assert.deepEqual(problems, [], `the topology test cannot run:\n  - ${problems.join('\n  - ')}`);
-});
+/** A temp dir of this run, removed by `after`. */
+function newWorkDir(label) {
+  const dir = mkdtempSync(join(tmpdir(), `ss-${label}-`));
+  workDirs.push(dir);
+  return dir;
+}
 
-test(
-  'TLS + HTTP/2 through nginx to two instances: live events, and a resume on the survivor with no loss when one is killed',
-  { skip, timeout: 180_000 },
-  async () => {
-    const tStart = Date.now();
-    mkdirSync(ARTIFACTS, { recursive: true });
-    workDir = mkdtempSync(join(tmpdir(), 'ss-topology-'));
-    const tls = makeCertificate(workDir);
+let certificate = null;
+/** The run's self-signed certificate (one for every test: the browser trusts exactly its key). */
+function testCertificate() {
+  if (!certificate) certificate = makeCertificate(newWorkDir('tls'));
+  return certificate;
+}
 
-    const servers = await Promise.all([startServe('topology-serve-a'), startServe('topology-serve-b')]);
-    const proxyPort = await freePort();
-    await startNginx(workDir, {
-      port: proxyPort,
-      upstreams: servers.map((s) => `127.0.0.1:${s.port}`),
-      cert: tls.cert,
-      key: tls.key,
-    });
-    const origin = `https://127.0.0.1:${proxyPort}`;
-
+/** Headless Chromium (one per file) that trusts exactly the test's certificate; a fresh context and page. */
+async function openPage(tls) {
+  if (!browser) {
     const { chromium } = await import('playwright-core');
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -465,10 +507,38 @@ test(
         `--ignore-certificate-errors-spki-list=${tls.spki}`,
       ],
     });
-    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-    const page = await context.newPage();
-    page.on('pageerror', (err) => console.error('[pageerror]', err));
-    await page.addInitScript(recordSseEvents);
+  }
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  page.on('pageerror', (err) => console.error('[pageerror]', err));
+  await page.addInitScript(recordSseEvents);
+  return { context, page };
+}
+
+test('preflight: server binary, database, build, browser, nginx, nats-server, openssl and psql are available', () => {
+  assert.deepEqual(problems, [], `the topology test cannot run:\n  - ${problems.join('\n  - ')}`);
+});
+
+test(
+  'TLS + HTTP/2 through nginx to two instances: live events, and a resume on the survivor with no loss when one is killed',
+  { skip, timeout: 180_000 },
+  async () => {
+    const tStart = Date.now();
+    mkdirSync(ARTIFACTS, { recursive: true });
+    const workDir = newWorkDir('topology');
+    const tls = testCertificate();
+
+    const servers = await Promise.all([startServe('topology-serve-a'), startServe('topology-serve-b')]);
+    const proxyPort = await freePort();
+    await startNginx(workDir, {
+      port: proxyPort,
+      upstreams: servers.map((s) => `127.0.0.1:${s.port}`),
+      cert: tls.cert,
+      key: tls.key,
+    });
+    const origin = `https://127.0.0.1:${proxyPort}`;
+
+    const { context, page } = await openPage(tls);
 
     // The protocol of every event-stream response, as Chromium's network stack saw it.
     const streams = [];
@@ -600,5 +670,108 @@ test(
         `test body took ${((Date.now() - tStart) / 1000).toFixed(1)} s`,
     );
     await page.screenshot({ path: resolve(ARTIFACTS, 'topology.png') });
+    await context.close();
+    await stopAll();
+  },
+);
+
+/** The page's sign-in through the proxy as alice, live, recording; the first job row selected. */
+async function signInAndSelectJob(page, origin) {
+  await page.goto(origin);
+  await page.getByTestId('signin-alice').click();
+  await page.getByTestId('whoami').waitFor({ timeout: UI_TIMEOUT_MS });
+  await waitStatus(page, 'live');
+  await recordApplied(page);
+  const row = page.locator('[data-testid^="job-row-"]').first();
+  await row.waitFor({ timeout: UI_TIMEOUT_MS });
+  const jobId = (await row.getAttribute('data-testid')).slice('job-row-'.length);
+  await row.click();
+  await page.waitForSelector('[data-testid="sheet-row"], [data-testid="sheet-empty"]', { timeout: UI_TIMEOUT_MS });
+  return jobId;
+}
+
+/** Generates `n` sets from the page; returns them (the page need not have applied them yet). */
+async function generateMany(page, jobId, n) {
+  const out = [];
+  for (let i = 0; i < n; i++) out.push(await generateFromPage(page, jobId));
+  return out;
+}
+
+test(
+  'NATS JetStream (3 nodes, R3) between 2 relays and 4 edge nodes behind nginx: the page keeps receiving, exactly once, while a nats-server and its edge node are killed',
+  { skip, timeout: 240_000 },
+  async () => {
+    const tStart = Date.now();
+    const workDir = newWorkDir('broker');
+    const tls = testCertificate();
+    const nats = await startNatsCluster(workDir);
+    const relays = [startRelay('broker-relay-1', nats.urls), startRelay('broker-relay-2', nats.urls)];
+    // Edge nodes are ready once their one JetStream consumer follows the stream, which the relays create.
+    const edges = await Promise.all(
+      [1, 2, 3, 4].map((i) => startServe(`broker-edge-${i}`, ['--no-relay', '--broker', nats.urls])),
+    );
+    const proxyPort = await freePort();
+    await startNginx(workDir, { port: proxyPort, upstreams: edges.map((e) => `127.0.0.1:${e.port}`), cert: tls.cert, key: tls.key });
+    const origin = `https://127.0.0.1:${proxyPort}`;
+    const { context, page } = await openPage(tls);
+    const jobId = await signInAndSelectJob(page, origin);
+    const [[seqBefore]] = sql('SELECT coalesce(max(seq), 0) FROM event_log');
+    const generated = [];
+
+    // Live through the broker.
+    const live = await generateMany(page, jobId, 3);
+    for (const g of live) await waitApplied(page, g.set.recommendationSetId, 10_000);
+    generated.push(...live);
+
+    // kill -9 of one nats-server: the R3 stream keeps its quorum, relays and edge nodes move to the others.
+    const tNatsKill = Date.now();
+    assert.equal(await stop(nats.members[0].proc.child, 'SIGKILL'), 'SIGKILL');
+    const afterNatsKill = await generateMany(page, jobId, 3);
+    for (const g of afterNatsKill) await waitApplied(page, g.set.recommendationSetId, 30_000);
+    generated.push(...afterNatsKill);
+    const natsKillMs = Date.now() - tNatsKill;
+
+    // kill -9 of the edge node that holds the page's stream: the page resumes on another one from its position.
+    const holder = await streamHolder(edges);
+    const tEdgeKill = Date.now();
+    assert.equal(await stop(edges[holder].child, 'SIGKILL'), 'SIGKILL');
+    const afterEdgeKill = await generateMany(page, jobId, 3);
+    for (const g of afterEdgeKill) await waitApplied(page, g.set.recommendationSetId, 30_000);
+    await waitStatus(page, 'live', 15_000);
+    generated.push(...afterEdgeKill);
+    const edgeKillMs = Date.now() - tEdgeKill;
+    const newHolder = await streamHolder(edges);
+    assert.notEqual(newHolder, holder, 'the stream is still counted on the killed edge node');
+
+    // The killed nats-server comes back and catches up; one more event, live.
+    await nats.restart(0);
+    const last = await generateMany(page, jobId, 1);
+    await waitApplied(page, last[0].set.recommendationSetId, 10_000);
+    generated.push(...last);
+
+    for (const r of relays) assert.equal(r.exited, null, `${r.name} exited (${r.exited}); see e2e-artifacts/${r.name}.log`);
+    const logged = sql(
+      `SELECT event_id, payload->'summary'->>'recommendationSetId' FROM event_log
+       WHERE seq > ${Number(seqBefore)} AND groups && ARRAY['region:north'] ORDER BY seq`,
+    );
+    const applied = await page.evaluate(() => window.__applied);
+    const appliedIds = applied.map((a) => a.eventId);
+    assert.equal(new Set(appliedIds).size, appliedIds.length, `an event was applied twice: ${JSON.stringify(appliedIds)}`);
+    assert.deepEqual(appliedIds, logged.map(([id]) => id), 'the page did not apply exactly the events of the log, in order');
+    assert.deepEqual(
+      generated.map((g) => g.set.recommendationSetId).sort(),
+      logged.map(([, set]) => set).sort(),
+      'the log does not hold exactly the sets generated',
+    );
+    const reset = (await page.evaluate(() => window.__sse)).filter((e) => e.type === 'reset');
+    assert.deepEqual(reset, [], 'the page was told to reset');
+    console.log(
+      `# broker topology: ${appliedIds.length} events applied exactly once and in order through 3 NATS nodes, 2 relays, ` +
+        `4 edge nodes; a nats-server SIGKILLed: the next 3 applied after ${natsKillMs} ms; the edge node holding the ` +
+        `stream SIGKILLed: the page was live on edge ${newHolder + 1} with the next 3 after ${edgeKillMs} ms; ` +
+        `test body took ${((Date.now() - tStart) / 1000).toFixed(1)} s`,
+    );
+    await page.screenshot({ path: resolve(ARTIFACTS, 'topology-broker.png') });
+    await context.close();
   },
 );
