@@ -10,8 +10,8 @@ CARGO ?= cargo
 BIN := target/debug/smartscheduler
 RUN_DB ?= smartscheduler
 ADDR ?= 127.0.0.1:8080
-# `make chaos`: seconds of faults per run, number of runs, which faults (all, kill, conn, or a list such as
-# kill,clock); SEED repeats a run (run k uses SEED + k).
+# `make chaos`: seconds of faults per run, number of runs, which faults (all, nats, kill, conn, or a list
+# such as kill,clock; nats runs the broker topology); SEED repeats a run (run k uses SEED + k).
 SECONDS ?= 45
 RUNS ?= 20
 FAULTS ?= all
@@ -24,7 +24,7 @@ help:
 	@echo "make test    every test suite: lint, Rust unit + integration (real PostgreSQL), a short fault run, frontend unit,"
 	@echo "             browser end-to-end, the nginx topology, the API fuzzer"
 	@echo "make bench   benchmarks; figures go to docs/performance.md (BENCH_ARGS='--only 9' runs one section)"
-	@echo "make chaos   fault-injection soak: SECONDS=45 RUNS=20 FAULTS=all|kill|conn|<list> [SEED=n] (docs/chaos.md)"
+	@echo "make chaos   fault-injection soak: SECONDS=45 RUNS=20 FAULTS=all|nats|kill|conn|<list> [SEED=n] (docs/chaos.md)"
 	@echo "make lint    cargo fmt --check and clippy -D warnings"
 
 run: port-free frontend
@@ -55,11 +55,13 @@ test-rust: nats-server
 	@server=$$(scripts/postgres.sh url); \
 	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" $(CARGO) test --all-targets --locked
 
-# A short fault-injection run (docs/chaos.md): two runs of 20 s with every kind of fault.
-test-chaos:
+# A short fault-injection run (docs/chaos.md): two runs of 20 s with every kind of fault on PostgreSQL
+# alone, and one of 20 s on the broker topology (NATS cluster, relays, edge nodes) with the NATS faults too.
+test-chaos: nats-server
 	$(CARGO) build --locked --bin smartscheduler --bin smartscheduler-chaos
 	@server=$$(scripts/postgres.sh url); \
-	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/debug/smartscheduler-chaos --seconds 20 --runs 2 --faults all
+	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/debug/smartscheduler-chaos --seconds 20 --runs 2 --faults all && \
+	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/debug/smartscheduler-chaos --seconds 20 --runs 1 --faults nats
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -134,7 +136,7 @@ bench: nchan
 	ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
 	SMARTSCHEDULER_TEST_ADMIN_URL="$$server/postgres" target/release/smartscheduler-bench --out docs/performance.md $(BENCH_ARGS)
 
-chaos:
+chaos: $(if $(findstring nats,$(FAULTS)),nats-server)
 	$(CARGO) build --release --locked --bin smartscheduler --bin smartscheduler-chaos
 	@server=$$(scripts/postgres.sh url); \
 	ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \

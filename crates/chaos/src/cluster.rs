@@ -19,6 +19,11 @@ pub struct ClusterConfig {
     pub database_url: String,
     pub auth_secret: String,
     pub log_dir: PathBuf,
+    /// A `nats` run: the NATS URLs (comma-separated) every instance is started with (`--broker`).
+    pub broker: Option<String>,
+    /// In a `nats` run, instances `0..relays` run a relay (and publish to JetStream); the others are edge
+    /// nodes (`--no-relay`) fed by JetStream alone.
+    pub relays: usize,
 }
 
 struct Instance {
@@ -64,9 +69,16 @@ impl Cluster {
         };
         let log_path = self.config.log_dir.join(format!("instance-{i}.log"));
         let log = open_log(&log_path, i, starts)?;
-        let mut child = Command::new(&self.config.bin)
-            // Port 0: the kernel picks a free one and `serve` prints it; a restart may get another.
-            .args(["serve", "--addr", "127.0.0.1:0"])
+        let mut command = Command::new(&self.config.bin);
+        // Port 0: the kernel picks a free one and `serve` prints it; a restart may get another.
+        command.args(["serve", "--addr", "127.0.0.1:0"]);
+        if let Some(urls) = &self.config.broker {
+            command.args(["--broker", urls, "--broker-replicas", "3"]);
+            if i >= self.config.relays {
+                command.arg("--no-relay");
+            }
+        }
+        let mut child = command
             // The fault suite's clients share few dispatchers: the per-dispatcher limit is not under test.
             .env("SMARTSCHEDULER_MAX_STREAMS_PER_DISPATCHER", "1000000")
             .env("DATABASE_URL", &self.config.database_url)
@@ -123,6 +135,23 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGSTOP for `pause`, then SIGCONT: the process holds its connections but does nothing, so its
+    /// JetStream consumer, its relay or its clients' streams fall behind and must catch up. Not offered to
+    /// new clients meanwhile (a browser would time out on it).
+    pub async fn stall(&self, i: usize, pause: Duration) -> anyhow::Result<()> {
+        let (pid, addr) = {
+            let mut instances = self.instances.lock().unwrap();
+            let pid = instances[i].child.as_ref().and_then(Child::id);
+            (pid, instances[i].addr.take())
+        };
+        let Some(pid) = pid else { return Ok(()) };
+        signal(pid, "-STOP").await?;
+        tokio::time::sleep(pause).await;
+        signal(pid, "-CONT").await?;
+        self.instances.lock().unwrap()[i].addr = addr;
+        Ok(())
+    }
+
     /// Whether every instance that was started is still running (one that exited by itself is a finding).
     pub fn exited_by_themselves(&self) -> Vec<(usize, String)> {
         let mut instances = self.instances.lock().unwrap();
@@ -143,6 +172,13 @@ impl Cluster {
             let _ = self.kill(i).await;
         }
     }
+}
+
+/// `kill <signal> <pid>` (the harness has no signal library; this is the portable way).
+async fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill").args([signal, &pid.to_string()]).status().await.context("running kill")?;
+    anyhow::ensure!(status.success(), "kill {signal} {pid} failed ({status})");
+    Ok(())
 }
 
 fn open_log(path: &Path, i: usize, starts: u32) -> anyhow::Result<std::fs::File> {

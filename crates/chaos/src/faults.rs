@@ -2,6 +2,7 @@
 
 use crate::clients::{self, Client, ClientRecord, ClientSpec};
 use crate::cluster::Cluster;
+use crate::nats::NatsCluster;
 use crate::writers::{self, LedgerEvent, Origin, SharedLedger};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -37,10 +38,33 @@ pub enum Fault {
     Poison,
     /// A batch published by hand with `published_at` 10 s in the past.
     ClockStep,
+    /// SIGSTOP of one instance for 1-4 s, then SIGCONT: its consumer (or relay) falls behind.
+    Stall,
+    /// SIGKILL of one nats-server of the three, started again 0-3 s later (a `nats` run).
+    NatsKill,
+    /// Every nats-server killed, all started again 1-4 s later: a whole-NATS outage (a `nats` run).
+    NatsOutage,
 }
 
+/// `all`: the faults of a run on PostgreSQL alone.
 pub const ALL: [Fault; 6] =
     [Fault::Kill, Fault::Conn, Fault::Membership, Fault::Burst, Fault::Poison, Fault::ClockStep];
+
+/// `nats`: every fault, on the broker topology (a NATS cluster, relays publishing to it, edge nodes fed by it).
+pub const NATS: [Fault; 9] = [
+    Fault::Kill,
+    Fault::Conn,
+    Fault::Membership,
+    Fault::Burst,
+    Fault::Poison,
+    Fault::ClockStep,
+    Fault::Stall,
+    Fault::NatsKill,
+    Fault::NatsOutage,
+];
+
+/// Every fault by name, for parsing.
+const NAMED: [Fault; 9] = NATS;
 
 impl Fault {
     pub fn name(self) -> &'static str {
@@ -51,7 +75,15 @@ impl Fault {
             Fault::Burst => "burst",
             Fault::Poison => "poison",
             Fault::ClockStep => "clock",
+            Fault::Stall => "stall",
+            Fault::NatsKill => "nats-kill",
+            Fault::NatsOutage => "nats-outage",
         }
+    }
+
+    /// Whether the fault acts on the broker: a run with one of these runs the broker topology.
+    pub fn needs_broker(self) -> bool {
+        matches!(self, Fault::NatsKill | Fault::NatsOutage)
     }
 
     /// `all`, or a comma-separated list of fault names.
@@ -62,10 +94,15 @@ impl Fault {
                 faults.extend(ALL);
                 continue;
             }
-            let fault = ALL
+            if word == "nats" {
+                faults.extend(NATS);
+                continue;
+            }
+            let names: Vec<&str> = NAMED.iter().map(|f| f.name()).collect();
+            let fault = NAMED
                 .into_iter()
                 .find(|f| f.name() == word)
-                .ok_or_else(|| format!("unknown fault {word:?} (all, kill, conn, membership, burst, poison, clock)"))?;
+                .ok_or_else(|| format!("unknown fault {word:?} (all, nats, {})", names.join(", ")))?;
             faults.push(fault);
         }
         faults.sort();
@@ -120,6 +157,8 @@ pub struct FaultCtx {
     pub errors: Arc<Mutex<Vec<String>>>,
     /// What was injected when (seconds from the run's start), for the findings file.
     pub journal: Arc<Mutex<Vec<String>>>,
+    /// The broker of a `nats` run.
+    pub nats: Option<Arc<NatsCluster>>,
 }
 
 impl FaultCtx {
@@ -283,6 +322,34 @@ async fn apply(ctx: &FaultCtx, fault: Fault, rng: &mut StdRng) -> anyhow::Result
             })
         }
         Fault::ClockStep => clock_step(ctx, rng).await,
+        Fault::Stall => {
+            let up = ctx.cluster.up();
+            let Some(&(i, _)) = up.choose(rng) else { return Ok("no instance up".to_owned()) };
+            let pause = Duration::from_millis(rng.random_range(1_000..4_000));
+            ctx.cluster.stall(i, pause).await?;
+            Ok(format!("instance {i} stopped (SIGSTOP) for {pause:?}, then continued"))
+        }
+        Fault::NatsKill => {
+            let Some(nats) = &ctx.nats else { return Ok(format!("{SKIPPED}no broker in this run")) };
+            let Some(&i) = nats.up().choose(rng) else { return Ok("no nats-server up".to_owned()) };
+            nats.kill(i).await?;
+            let down = Duration::from_millis(rng.random_range(0..3_000));
+            tokio::time::sleep(down).await;
+            nats.restart(i).await?;
+            Ok(format!("nats-server n{i} killed; started again after {down:?}"))
+        }
+        Fault::NatsOutage => {
+            let Some(nats) = &ctx.nats else { return Ok(format!("{SKIPPED}no broker in this run")) };
+            for i in 0..crate::nats::MEMBERS {
+                nats.kill(i).await?;
+            }
+            let down = Duration::from_millis(rng.random_range(1_000..4_000));
+            tokio::time::sleep(down).await;
+            for i in 0..crate::nats::MEMBERS {
+                nats.restart(i).await?;
+            }
+            Ok(format!("every nats-server killed; all started again after {down:?}"))
+        }
     }
 }
 

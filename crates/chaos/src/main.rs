@@ -12,6 +12,7 @@ use smartscheduler_sse_client as sse_client;
 mod clients;
 mod cluster;
 mod faults;
+mod nats;
 mod run;
 mod verify;
 mod writers;
@@ -35,10 +36,13 @@ struct Args {
     /// Seed of the first run (random if absent). Repeat a run with its printed seed and `--runs 1`.
     #[arg(long)]
     seed: Option<u64>,
-    /// Faults to inject: `all`, or a comma-separated list of kill, conn, membership, burst, poison, clock.
+    /// Faults to inject: `all` (PostgreSQL alone), `nats` (all, plus stall, nats-kill and nats-outage, on
+    /// the broker topology), or a comma-separated list of kill, conn, membership, burst, poison, clock,
+    /// stall, nats-kill, nats-outage. A list with a nats fault runs the broker topology: a 3-node JetStream
+    /// cluster, 2 relay processes publishing to it and `--instances` edge nodes fed by it.
     #[arg(long, default_value = "all")]
     faults: String,
-    /// `serve` processes on the run's database.
+    /// `serve` processes on the run's database (edge nodes, on top of the 2 relays, in a broker run).
     #[arg(long, default_value_t = 2)]
     instances: usize,
     /// Long-lived SSE clients.
@@ -109,9 +113,14 @@ async fn main_async(args: Args, faults: Vec<Fault>) -> anyhow::Result<bool> {
     let base_seed = args.seed.unwrap_or_else(rand::random);
     let fault_names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
     let fault_names = fault_names.join(",");
+    let topology = if faults.iter().any(|f| f.needs_broker()) {
+        format!("a 3-node NATS cluster, 2 relays and {} edge nodes", args.instances)
+    } else {
+        format!("{} instances", args.instances)
+    };
     println!(
-        "chaos: seed {base_seed}, {} run(s) of {} s, faults {fault_names}, {} instances, {} clients, {} writers at {} events/s, bursts of {}",
-        args.runs, args.seconds, args.instances, args.clients, args.writers, args.rate, args.burst
+        "chaos: seed {base_seed}, {} run(s) of {} s, faults {fault_names}, {topology}, {} clients, {} writers at {} events/s, bursts of {}",
+        args.runs, args.seconds, args.clients, args.writers, args.rate, args.burst
     );
     let config = run::RunConfig {
         admin_url: args.admin_url.clone(),

@@ -4,6 +4,7 @@
 use crate::clients::{self, Client, ClientRecord, ClientSpec};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::faults::{self, CONTROL_APP, Fault, FaultCtx, Toggle};
+use crate::nats::NatsCluster;
 use crate::verify::{self, Findings, Logged};
 use crate::writers::{self, LedgerEvent, Origin, REGIONS, SharedLedger};
 use anyhow::Context;
@@ -23,6 +24,9 @@ use uuid::Uuid;
 /// How long the end of a run may take to settle (outbox drained, every client caught up) before that is a
 /// failure in itself.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Relay processes of a `nats` run (two, so that one killed leaves another publishing).
+const RELAYS: usize = 2;
 
 pub struct RunConfig {
     pub admin_url: String,
@@ -162,14 +166,26 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
         signer.issue(dispatcher, generations.get(dispatcher).copied().unwrap_or(0), Duration::from_secs(24 * 3600))
     };
 
+    // A `nats` run: a NATS cluster, RELAYS relay processes publishing to it, `instances` edge nodes on top.
+    let nats = if config.faults.iter().any(|f| f.needs_broker()) {
+        Some(Arc::new(NatsCluster::start(&log_dir).await?))
+    } else {
+        None
+    };
+    let (relays, instances) = match nats {
+        Some(_) => (RELAYS, RELAYS + config.instances),
+        None => (config.instances, config.instances),
+    };
     let cluster = Cluster::new(
         ClusterConfig {
             bin: config.bin.clone(),
             database_url: db.url.clone(),
             auth_secret: secret.clone(),
             log_dir: log_dir.clone(),
+            broker: nats.as_ref().map(|n| n.urls()),
+            relays,
         },
-        config.instances,
+        instances,
     );
     let t0 = Instant::now();
     let phase = |what: &str| {
@@ -179,7 +195,7 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
     };
     let outcome = async {
         phase("starting instances");
-        for i in 0..config.instances {
+        for i in 0..instances {
             cluster.start(i).await?;
         }
         let started = Instant::now();
@@ -274,6 +290,7 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
             epoch: epoch.clone(),
             errors: Default::default(),
             journal: Default::default(),
+            nats: nats.clone(),
         });
         let stop_faults = CancellationToken::new();
         let fault_task = tokio::spawn(faults::run(fault_ctx.clone(), config.faults.clone(), sub_seed(seed, 1), stop_faults.clone()));
@@ -430,6 +447,9 @@ async fn run_on(config: &RunConfig, seed: u64, db: &Db, log_dir: PathBuf) -> any
     }
     .await;
     cluster.stop_all().await;
+    if let Some(nats) = &nats {
+        nats.stop_all().await;
+    }
     control.close().await;
     outcome
 }
