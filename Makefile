@@ -130,7 +130,7 @@ nchan:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	      nginx libnginx-mod-nchan >/dev/null; } || echo "could not install nchan: section 9 will say so"; fi
 
-bench: nchan
+bench: nchan nats-server
 	$(CARGO) build --release --bin smartscheduler-bench --bin smartscheduler
 	@server=$$(scripts/postgres.sh url); \
 	ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \

@@ -5,6 +5,7 @@
 //! and in time; everything talks to 127.0.0.1 only.
 
 mod api_cost;
+mod broker_fanout;
 mod common;
 mod generation;
 mod lockout;
@@ -35,8 +36,9 @@ struct Args {
     /// A smaller, faster run (shorter phases, fewer rows and connections).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (comma-separated numbers 1-13 and 15; 9 is the plain SQL writer and the nchan
-    /// peer, 10 the API cost of the event, 11 and 12 the reconnect storms, 15 the lock-out floods).
+    /// Run only these sections (comma-separated numbers 1-15; 9 is the plain SQL writer and the nchan peer, 10
+    /// the API cost of the event, 11 and 12 the reconnect storms, 14 the broker-fed nodes, 15 the lock-out
+    /// floods).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Server on which the benchmark creates (and drops) its databases.
@@ -90,6 +92,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     section!(11, "Reconnect storm", storm::run(&ctx, &mut report, false));
     section!(12, "Deep reconnect storm", storm::run(&ctx, &mut report, true));
     section!(13, "Scale-out over 1, 2 and 4 instances", scale_out::run(&ctx, &mut report));
+    section!(14, "SSE nodes fed by JetStream vs by PostgreSQL", broker_fanout::run(&ctx, &mut report));
     section!(15, "Lock-out: floods of streams and half-sent heads", lockout::run(&ctx, &mut report));
 
     ctx.drop_all().await;
