@@ -64,7 +64,8 @@ impl Node {
         let mut config = ServerConfig::new("127.0.0.1:0".parse()?);
         config.streams_per_dispatcher = usize::MAX; // thousands of streams, one token
         config.run_relay = relay;
-        config.broker = broker.map(|url| BrokerConfig { urls: vec![url.to_owned()], publisher: PublisherConfig::default() });
+        config.broker =
+            broker.map(|url| BrokerConfig { urls: vec![url.to_owned()], publisher: PublisherConfig::default() });
         let shutdown = CancellationToken::new();
         let server = Server::start(pool, config, AuthSecret::new(SECRET)?, shutdown.clone()).await?;
         let addr = server.local_addr()?.to_string();
@@ -81,7 +82,7 @@ impl Node {
         let url = format!("http://{}/readyz", self.addr);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if reqwest_status(&url).await == Some(200) {
+            if http_status(&url).await == Some(200) {
                 return Ok(());
             }
             anyhow::ensure!(tokio::time::Instant::now() < deadline, "{} never became ready", self.addr);
@@ -91,7 +92,7 @@ impl Node {
 }
 
 /// `GET url` → status (a tiny HTTP/1.1 client: the bench has no HTTP client crate of its own).
-async fn reqwest_status(url: &str) -> Option<u16> {
+async fn http_status(url: &str) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
@@ -287,7 +288,8 @@ async fn run_on(ctx: &Ctx, db: &BenchDb, nats: &Nats, report: &mut Report) -> an
     report.section("14. SSE nodes fed by JetStream vs by PostgreSQL: 1, 4 and 16 nodes (issue 23)", &render(&runs));
     let at = |feed: Feed, n: usize| runs.iter().find(|r| r.feed == feed && r.nodes == n);
     let most = *counts.last().unwrap_or(&1);
-    if let (Some(one), Some(many), Some(pg_one)) = (at(Feed::Broker, 1), at(Feed::Broker, most), at(Feed::Postgres, 1)) {
+    if let (Some(one), Some(many), Some(pg_one)) = (at(Feed::Broker, 1), at(Feed::Broker, most), at(Feed::Postgres, 1))
+    {
         report.summary_row(
             &format!("14. Broker-fed nodes: PostgreSQL queries/s at {most} nodes ÷ at 1 (≤ 1.10)"),
             "≤ 1.10",
