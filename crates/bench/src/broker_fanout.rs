@@ -231,6 +231,7 @@ async fn run_with(
         let (w, t) = write_phase(&writer_pool, &relay.waker, &stats, 100, Duration::from_secs(1), phase).await?;
         collect_phase(&stats, per_region, 100, phase, now_ns(), w, t).await?;
         let (tx_before, _) = database_counters(&db.pool).await?;
+        eprintln!("[bench]     measured phase: {secs} s"); // a mark for an outside profiler (perf record -a)
         let t0 = now_ns();
         let (written, took) =
             write_phase(&writer_pool, &relay.waker, &stats, RATE, Duration::from_secs(secs), phase + 1).await?;
