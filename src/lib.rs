@@ -25,6 +25,7 @@ pub mod node;
 pub mod ops;
 pub mod outbox;
 pub mod position;
+pub mod receipts;
 pub mod recommendations;
 pub mod relay;
 pub mod server;

@@ -27,6 +27,11 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("watches", "http"),
     ("watches", "stream"),
     ("watches", "relay"),
+    // Receipts are stored and read by their own module; the hub only passes their hints on.
+    ("receipts", "http"),
+    ("receipts", "stream"),
+    ("receipts", "relay"),
+    ("receipts", "broker"),
     // The broker meets the relay and the hub only in event_log (the rows, `FeedTarget`) and server.rs:
     // the hub does not care where its events come from, and the relay does not know it is copied on.
     ("broker", "stream"),

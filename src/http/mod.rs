@@ -8,6 +8,7 @@ mod extract;
 mod health;
 mod jobs;
 mod openapi;
+mod receipts;
 pub mod security;
 mod session;
 pub(crate) mod stream_connection;
@@ -91,6 +92,7 @@ pub fn router(state: AppState, static_dir: Option<PathBuf>) -> Router {
         .merge(session::router())
         .merge(jobs::router())
         .merge(watches::router())
+        .merge(receipts::router())
         .merge(events::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::not_found("no such API route") })

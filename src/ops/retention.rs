@@ -14,6 +14,9 @@ pub struct RetentionReport {
     pub dropped_partitions: Vec<String>,
     /// Every seq up to this one has expired: positions at or below it can no longer be resumed from.
     pub expired_through_seq: i64,
+    /// Delivery receipts deleted: those of positions that expired (each dispatcher's latest kept) and of
+    /// other epochs (with `dry_run`: 0, nothing is counted).
+    pub pruned_receipts: u64,
 }
 
 /// Drops partitions that end before `now - retention`, records the highest seq they held (clients resuming
@@ -66,6 +69,8 @@ pub async fn run_once(pool: &PgPool, dry_run: bool) -> Result<RetentionReport, s
         sqlx::query("UPDATE stream_meta SET expired_through_seq = $1").bind(expired_through).execute(&mut *tx).await?;
         crate::event_log::ensure_partitions(&mut tx).await?;
         tx.commit().await?;
+        // Outside the fence: a large delete must not hold up publishing.
+        report.pruned_receipts = crate::receipts::prune(pool, expired_through).await?;
     }
     Ok(report)
 }

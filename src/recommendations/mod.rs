@@ -35,4 +35,4 @@ pub use job::{
     Job, LIST_LIMIT, Location, MAX_REQUIRED_SKILLS, MAX_TITLE_CHARS, MAX_WINDOW, NewJob, create_job, get_job, list_jobs,
 };
 pub use region::{region_exists, region_group, region_of_group};
-pub use set::{Recommendation, RecommendationSet, latest_set};
+pub use set::{Recommendation, RecommendationSet, latest_set, latest_set_id};

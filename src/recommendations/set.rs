@@ -81,6 +81,15 @@ impl SetRow {
     }
 }
 
+/// The id of the job's latest recommendation set (the same one [`latest_set`] returns), or `None`.
+/// Errors: the database's.
+pub async fn latest_set_id(pool: &PgPool, job_id: Uuid) -> std::result::Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM recommendation_sets WHERE job_id = $1 ORDER BY generated_at DESC LIMIT 1")
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await
+}
+
 /// The job's latest recommendation set, or `None` when it has none (or the job does not exist).
 /// Errors: `Database`.
 pub async fn latest_set(pool: &PgPool, job_id: Uuid) -> Result<Option<RecommendationSet>> {

@@ -17,6 +17,7 @@ use crate::db::reconnect_backoff;
 use crate::event_log::{EVENTS_CHANNEL, PublishedBatch, StreamMeta, fetch_after};
 use crate::metrics as m;
 use crate::position::{Epoch, Position};
+use crate::receipts::{RECEIPTS_CHANNEL, ReceiptHint};
 use crate::supervisor::{Progress, Supervisor};
 use futures::future::BoxFuture;
 use sqlx::PgPool;
@@ -25,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -122,7 +123,13 @@ struct HubInner {
     /// When the listener last read the log successfully: the listener's heartbeat row (what `outbox status`
     /// shows) is written only while this is recent.
     last_log_read: Mutex<std::time::Instant>,
+    /// Receipt hints for the open streams (`event: receipt`). A broadcast: a hint is small and goes to every
+    /// stream of its groups; a stream that lags behind this channel gets [`ReceiptHint::Stale`] instead.
+    receipts: broadcast::Sender<Arc<ReceiptHint>>,
 }
+
+/// Receipt hints a stream may have unread before it lags (and is told its receipts are stale).
+const RECEIPT_HINTS_QUEUED: usize = 1024;
 
 /// Handle to the process's hub. Cheap to clone.
 #[derive(Clone)]
@@ -172,6 +179,7 @@ impl Hub {
             node_id,
             resync: Notify::new(),
             last_log_read: Mutex::new(std::time::Instant::now()),
+            receipts: broadcast::channel(RECEIPT_HINTS_QUEUED).0,
         }));
         if hub.0.config.listen {
             let listener_hub = hub.clone();
@@ -228,6 +236,17 @@ impl Hub {
     }
 
     /// True while the LISTEN connection is up .
+    /// Passes a receipt hint to the open streams of its groups (wherever it came from: this process's
+    /// listener, or a broker). Best-effort: nobody waits for it.
+    pub fn deliver_receipt(&self, hint: ReceiptHint) {
+        let _no_streams_is_fine = self.0.receipts.send(Arc::new(hint));
+    }
+
+    /// The receipt hints from now on, for one stream.
+    pub(crate) fn receipt_hints(&self) -> broadcast::Receiver<Arc<ReceiptHint>> {
+        self.0.receipts.subscribe()
+    }
+
     pub fn is_listening(&self) -> bool {
         self.0.listening.load(Ordering::Acquire)
     }
@@ -410,7 +429,9 @@ impl Hub {
             };
             backoff = reconnect_backoff();
             self.0.listening.store(true, Ordering::Release);
-            // Notifications sent before LISTEN took effect are not coming: read from the head now.
+            // Notifications sent before LISTEN took effect are not coming: read from the head now, and tell
+            // the streams that receipts may have moved meanwhile.
+            self.deliver_receipt(ReceiptHint::Stale);
             self.track(&progress, self.catch_up().await);
             loop {
                 tokio::select! {
@@ -418,6 +439,12 @@ impl Hub {
                     _ = safety.tick() => self.track(&progress, self.check_log().await),
                     _ = self.0.resync.notified() => self.track(&progress, self.check_log().await),
                     received = listener.try_recv() => match received {
+                        Ok(Some(notification)) if notification.channel() == RECEIPTS_CHANNEL => {
+                            match ReceiptHint::from_notify(notification.payload()) {
+                                Some(hint) => self.deliver_receipt(hint),
+                                None => tracing::warn!(payload = notification.payload(), "malformed receipt notification"),
+                            }
+                        }
                         Ok(Some(notification)) => match self.news_in(notification.payload()) {
                             News::Nothing => {}
                             News::Ahead => self.track(&progress, self.catch_up().await),
@@ -426,6 +453,7 @@ impl Hub {
                         Ok(None) => {
                             // sqlx reconnected the listener; anything sent meanwhile was dropped.
                             metrics::counter!(m::LISTENER_RECONNECTS).increment(1);
+                            self.deliver_receipt(ReceiptHint::Stale);
                             tracing::info!("stream listener reconnected; catching up from the log");
                             self.track(&progress, self.catch_up().await);
                         }
@@ -443,7 +471,7 @@ impl Hub {
 
     async fn connect_listener(&self) -> Result<PgListener, sqlx::Error> {
         let mut listener = PgListener::connect_with(&self.0.pool).await?;
-        listener.listen(EVENTS_CHANNEL).await?;
+        listener.listen_all([EVENTS_CHANNEL, RECEIPTS_CHANNEL]).await?;
         Ok(listener)
     }
 

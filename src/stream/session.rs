@@ -7,12 +7,15 @@ use super::hub::{Hub, Revocation};
 use crate::event_log::StreamMeta;
 use crate::metrics as m;
 use crate::position::Position;
+use crate::receipts::ReceiptHint;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde_json::json;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 /// Why a resuming client must reload its state instead of resuming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +94,16 @@ fn named(event: &str, data: &str, id: Option<&str>) -> Bytes {
     Frame { id, event: Some(event), data: Some(data), ..Frame::default() }.encode()
 }
 
+/// The next receipt hint, or never once the hub's channel closed.
+async fn next_hint(
+    receipts: &mut Option<broadcast::Receiver<Arc<ReceiptHint>>>,
+) -> Result<Arc<ReceiptHint>, RecvError> {
+    match receipts {
+        Some(receipts) => receipts.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The longest pause between two tries of a failed catch-up read.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
@@ -108,6 +121,7 @@ impl Drop for ClientGuard {
 
 enum Step {
     Deliver(Delivery),
+    Receipt(Result<Arc<ReceiptHint>, RecvError>),
     QueueClosed,
     Heartbeat,
     TokenExpired,
@@ -129,6 +143,8 @@ pub fn open_stream(
             request.token_generation,
         );
         let _guard = ClientGuard { hub: hub.clone(), id };
+        // Subscribed before the opening frame: a receipt stored after the client (re)connected is not missed.
+        let mut receipts = Some(hub.receipt_hints());
         // Pinned once: a fresh `cancelled()` per loop turn would register with (and leave) the token's
         // waiter list, which every stream shares, on every delivery.
         let shutdown = hub.shutdown_token().clone().cancelled_owned();
@@ -232,6 +248,7 @@ pub fn open_stream(
                 _ = &mut expiry => Step::TokenExpired,
                 received = rx.recv() => received.map_or(Step::QueueClosed, Step::Deliver),
                 _ = heartbeat.tick() => Step::Heartbeat,
+                hint = next_hint(&mut receipts) => Step::Receipt(hint),
             };
             match step {
                 Step::Deliver(event) => {
@@ -244,6 +261,15 @@ pub fn open_stream(
                         yield Ok(event.frame_for(|| shared.groups()));
                     }
                 }
+                Step::Receipt(Ok(hint)) => {
+                    if hint.reaches(&shared.groups()) {
+                        yield Ok(named("receipt", &hint.data(), None));
+                    }
+                }
+                Step::Receipt(Err(RecvError::Lagged(_))) => {
+                    yield Ok(named("receipt", &ReceiptHint::Stale.data(), None));
+                }
+                Step::Receipt(Err(RecvError::Closed)) => receipts = None,
                 Step::QueueClosed => {
                     if shared.is_revoked() {
                         continue; // ended at the top of the loop, with the reason

@@ -20,6 +20,7 @@ mod openapi;
 mod ops;
 mod outage;
 mod private_cluster;
+mod receipts;
 mod recommendations;
 mod recommendations_db;
 mod relay;

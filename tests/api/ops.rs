@@ -500,7 +500,7 @@ async fn every_sql_runbook_file_runs_cleanly_on_a_seeded_database() {
     beat(&db.pool, "listener", "web-a", 12, 1.0).await;
 
     let files = sql_files();
-    assert_eq!(files.len(), 8, "{files:?}");
+    assert_eq!(files.len(), 9, "{files:?}");
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         assert!(text.starts_with("-- "), "{} starts with a comment block", file.display());
@@ -519,6 +519,22 @@ async fn every_sql_runbook_file_runs_cleanly_on_a_seeded_database() {
     }
     let out = run_sql_file(&db, &dir.join("05_around_position.sql"), &[("seq", &format!("{epoch}-3"))]);
     assert!(out.contains(&format!("{epoch}-8")) && !out.contains(&format!("{epoch}-9 ")), "{out}");
+
+    // Alice (north) applied through seq 25: north's 26..=30 are what her consoles never applied; the south and
+    // east events after them are not hers.
+    sqlx::query("INSERT INTO console_receipts (dispatcher_id, epoch, seq) VALUES ('alice', $1, 25)")
+        .bind(&epoch)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let out = run_sql_file(&db, &dir.join("09_unapplied_events.sql"), &[("dispatcher", "alice")]);
+    assert!(out.contains(&format!("{epoch}-25")), "her latest receipt is shown: {out}");
+    for seq in 26..=30 {
+        assert!(out.contains(&format!("{epoch}-{seq} ")), "{seq} is unapplied: {out}");
+    }
+    for seq in [24, 31, 40] {
+        assert!(!out.contains(&format!("{epoch}-{seq} ")), "{seq} is not listed: {out}");
+    }
 
     // The by-hand replay: defaults copy nothing; a range copies it once, however often it runs.
     let copies = |pool: PgPool| async move {
