@@ -188,6 +188,8 @@ function recordSseEvents() {
       for (const type of ['RecommendationReady', 'reset', 'auth-expired']) {
         this.addEventListener(type, (ev) => window.__sse.push({ type, data: ev.data, id: ev.lastEventId }));
       }
+      // Receipt hints, apart: they are not events of the log.
+      this.addEventListener('receipt', (ev) => (window.__receipts ??= []).push({ data: ev.data, at: Date.now() }));
     }
   }
   window.EventSource = Recording;
@@ -280,6 +282,15 @@ async function startStallProxy(targetPort) {
           c.stalled = true;
           n += 1;
         }
+      }
+      return n;
+    },
+    /** Cut every connection open now (a network that went away); new ones flow. Returns how many. */
+    dropAll() {
+      const n = conns.size;
+      for (const c of [...conns]) {
+        c.client.destroy();
+        c.upstream.destroy();
       }
       return n;
     },
@@ -968,6 +979,137 @@ test(
       await leaderNow.waitForSelector('[data-testid="sheet-row"], [data-testid="sheet-empty"]', { timeout: UI_TIMEOUT_MS });
     } finally {
       await context.close();
+      await stopServer(server.child);
+    }
+  },
+);
+
+/** The "Seen by" entry of `dispatcherId` on `page`: its data-seen-at and text, or null when not shown. */
+const seenEntry = (page, dispatcherId) =>
+  page.evaluate((id) => {
+    const e = document.querySelector(`[data-testid="seen-by-entry"][data-dispatcher-id="${id}"]`);
+    return e ? { seenAt: e.getAttribute('data-seen-at'), text: e.textContent } : null;
+  }, dispatcherId);
+
+test(
+  'delivery receipts: a dispatcher offline for 20 s is "not yet" on a colleague\'s sheet, and seen with a time, live, once back online',
+  { skip: problems.length > 0 ? 'preflight failed (see above)' : false, timeout: 180_000 },
+  async () => {
+    const server = await startServer('server-receipts', await freePort());
+    const aliceCtx = await (await getBrowser()).newContext({ viewport: { width: 1280, height: 800 } });
+    const carolCtx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const cleanups = [];
+    try {
+      // alice (north) and carol (north and south): two dispatchers of the north group. Carol's page talks
+      // to the server through a TCP proxy: `context.setOffline` fails new requests but leaves a stream that
+      // is already open flowing, so her network "going away" also cuts what she has open.
+      const proxy = await startStallProxy(Number(new URL(server.base).port));
+      cleanups.push(() => proxy.close());
+      const alice = await signIn(aliceCtx, server.base, 'alice');
+      const carol = await signIn(carolCtx, proxy.base, 'carol');
+      await Promise.all([recordApplied(alice), recordApplied(carol)]);
+      const jobId = await selectFirstJob(alice);
+      await selectJob(carol, jobId);
+      await alice.evaluate(() => {
+        window.__noReload = true;
+      });
+      // Every GET of the receipts alice's page makes: the update must come from the stream, not a fetch.
+      const receiptFetches = [];
+      alice.on('request', (r) => {
+        if (r.method() === 'GET' && r.url().endsWith(`/api/jobs/${jobId}/receipts`)) receiptFetches.push(Date.now());
+      });
+
+      // Carol's console has been live a while: it knows its position (a heartbeat tells it).
+      await carol.waitForFunction(() => window.__smartschedulerRealtime.lastPosition !== null, null, { timeout: 25_000 });
+      // --- carol goes offline; she really can receive nothing ---
+      await carolCtx.setOffline(true);
+      assert.ok(proxy.dropAll() >= 1, "carol's stream did not go through the proxy");
+      await waitStatus(carol, 'offline', 5_000);
+      const carolFetch = await carol.evaluate(() =>
+        fetch('/api/me').then(
+          (r) => `answered ${r.status}`,
+          (e) => `failed: ${e.message}`,
+        ),
+      );
+      assert.match(carolFetch, /^failed/, `carol's page reached the server while offline: ${carolFetch}`);
+      const offlineAt = Date.now();
+
+      // --- alice generates: her sheet shows herself seen, carol not yet ---
+      const set = await generateFromPage(alice, jobId);
+      await waitSheetSet(alice, set.recommendationSetId, 5_000);
+      await alice.waitForFunction(
+        () => document.querySelector('[data-testid="seen-by-entry"][data-dispatcher-id="alice"]')?.getAttribute('data-seen-at'),
+        null,
+        { timeout: UI_TIMEOUT_MS },
+      );
+      const line = await alice.getByTestId('seen-by').textContent();
+      assert.match(line, /^Seen by \d+ of \d+ north dispatchers · .*Carol Chen.* not yet$/, `the line: ${line}`);
+      assert.deepEqual(await seenEntry(alice, 'carol'), { seenAt: '', text: 'Carol Chen not yet' });
+      const seenAlice = await seenEntry(alice, 'alice');
+      assert.match(seenAlice.text, /^Alice Anders seen \d\d:\d\d:\d\d/, `alice's entry: ${seenAlice.text}`);
+
+      // Offline for 20 s: carol's page gets nothing and alice's sheet keeps saying "not yet".
+      while (Date.now() - offlineAt < 20_000) {
+        await new Promise((r) => setTimeout(r, 2_000));
+        assert.equal((await seenEntry(alice, 'carol')).seenAt, '', 'carol counted as seen while offline');
+      }
+      const carolGot = await carol.evaluate(
+        (id) => ({
+          applied: window.__applied.some((a) => a.setId === id),
+          sse: window.__sse.some((e) => e.type === 'RecommendationReady' && JSON.parse(e.data).summary.recommendationSetId === id),
+        }),
+        set.recommendationSetId,
+      );
+      assert.deepEqual(carolGot, { applied: false, sse: false }, "carol's page received the set while offline");
+      assert.equal(await statusOf(carol), 'offline');
+
+      // --- carol back online: her page applies the set and reports; alice's sheet shows her seen, live ---
+      const fetchesBefore = receiptFetches.length;
+      const backAt = Date.now();
+      await carolCtx.setOffline(false);
+      await carol
+        .waitForFunction((id) => document.querySelector('[data-testid="sheet"]')?.getAttribute('data-set-id') === id, set.recommendationSetId, {
+          timeout: 30_000,
+        })
+        .catch(async (err) => {
+          const state = await carol.evaluate(() => ({
+            status: window.__smartschedulerRealtime.status,
+            role: window.__smartschedulerRealtime.role,
+            position: window.__smartschedulerRealtime.lastPosition,
+            opened: window.__sseOpened,
+            online: navigator.onLine,
+          }));
+          throw new Error(`carol never applied the set after coming back online: ${JSON.stringify(state)}: ${err.message}`);
+        });
+      await alice.waitForFunction(
+        () => document.querySelector('[data-testid="seen-by-entry"][data-dispatcher-id="carol"]')?.getAttribute('data-seen-at'),
+        null,
+        { timeout: 20_000 },
+      );
+      const shownAfter = Date.now() - backAt;
+      const carolSeen = await seenEntry(alice, 'carol');
+      assert.match(carolSeen.text, /^Carol Chen seen \d\d:\d\d:\d\d/, `carol's entry: ${carolSeen.text}`);
+      const seenAt = Date.parse(carolSeen.seenAt);
+      assert.ok(seenAt >= backAt - 2_000, `carol seen at ${carolSeen.seenAt}, before she was back online`);
+      assert.doesNotMatch(await alice.getByTestId('seen-by').textContent(), /Carol Chen/);
+      assert.equal(await alice.evaluate(() => window.__noReload), true, "alice's page was reloaded");
+      assert.equal(receiptFetches.length, fetchesBefore, "alice's page fetched the receipts again instead of applying the hint");
+      const hints = await alice.evaluate(() => (window.__receipts ?? []).map((r) => JSON.parse(r.data)));
+      assert.ok(
+        hints.some((h) => h.dispatcherId === 'carol'),
+        `no receipt hint about carol reached alice's stream: ${JSON.stringify(hints)}`,
+      );
+      // The hints never moved alice's stream position.
+      const alicePos = await alice.evaluate(() => window.__smartschedulerRealtime.lastPosition);
+      const lastEvent = await alice.evaluate(() => window.__sse.filter((e) => e.type === 'RecommendationReady').at(-1)?.id);
+      assert.equal(alicePos?.split('-')[0], lastEvent?.split('-')[0]);
+      assert.ok(BigInt(alicePos.split('-')[1]) >= BigInt(lastEvent.split('-')[1]));
+      console.log(`# receipts: carol back online, shown seen on alice's sheet ${shownAfter} ms later (${carolSeen.text})`);
+      await alice.getByTestId('sheet').screenshot({ path: resolve(ARTIFACTS, 'seen-by.png') });
+    } finally {
+      await aliceCtx.close();
+      await carolCtx.close();
+      for (const c of cleanups) await c();
       await stopServer(server.child);
     }
   },

@@ -56,6 +56,28 @@ export interface RecommendationSet {
   recommendations: Recommendation[];
 }
 
+/** One member of a job's region group and whether a console of theirs has applied the set. */
+export interface ReceiptDispatcher {
+  dispatcherId: string;
+  name: string;
+  /** RFC 3339: when a console of this dispatcher first reported a position >= the set's; null: not yet. */
+  seenAt: string | null;
+}
+
+/** `GET /api/jobs/{id}/receipts`: who of the job's group has seen its latest recommendation set. */
+export interface JobReceipts {
+  jobId: string;
+  recommendationSetId: string | null;
+  /** `<epoch>-<seq>` of that set's RecommendationReady event; null when there is none yet. */
+  position: string | null;
+  /** The group whose members count, e.g. `region:north`. */
+  group: string;
+  /** Current, enabled members of the group, by name. */
+  dispatchers: ReceiptDispatcher[];
+  seenCount: number;
+  total: number;
+}
+
 /** An error answered by the API (`{"error": {"code", "message"}}`) or a network failure. */
 export class ApiError extends Error {
   constructor(
@@ -68,12 +90,13 @@ export class ApiError extends Error {
   }
 }
 
-async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
+async function request<T>(method: string, path: string, body?: unknown, opts: { keepalive?: boolean } = {}): Promise<T> {
   let res: Response;
   try {
     res = await fetch(path, {
       method,
       credentials: 'same-origin',
+      ...(opts.keepalive ? { keepalive: true } : {}),
       headers: body === undefined ? { Accept: 'application/json' } : { Accept: 'application/json', 'Content-Type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
@@ -140,6 +163,12 @@ export const api = {
   watches: () => request<{ jobIds: string[] }>('GET', '/api/watches'),
   watch: (jobId: string) => request<void>('PUT', `/api/jobs/${encodeURIComponent(jobId)}/watch`),
   unwatch: (jobId: string) => request<void>('DELETE', `/api/jobs/${encodeURIComponent(jobId)}/watch`),
+  /** Who of the job's group has seen its latest set (delivery receipts). */
+  receipts: (jobId: string) => request<JobReceipts>('GET', `/api/jobs/${encodeURIComponent(jobId)}/receipts`),
+  /** This console has applied every event of its groups through `position` (204). `keepalive` lets the
+   * request outlive the page. */
+  reportReceipt: (position: string, opts: { keepalive?: boolean } = {}) =>
+    request<void>('POST', '/api/receipts', { position }, opts),
   streamRefusal,
 };
 

@@ -23,6 +23,13 @@ const fullFmt = new Intl.DateTimeFormat(undefined, {
   timeZoneName: 'short',
 });
 
+const secondsTzFmt = new Intl.DateTimeFormat(undefined, {
+  hour: '2-digit',
+  minute: '2-digit',
+  second: '2-digit',
+  timeZoneName: 'short',
+});
+
 function parse(iso: string): Date | null {
   const d = new Date(iso);
   return Number.isNaN(d.getTime()) ? null : d;
@@ -39,6 +46,13 @@ export function formatWindow(start: string, end: string): string {
 export function formatDateTime(iso: string): string {
   const d = parse(iso);
   return d ? fullFmt.format(d) : iso;
+}
+
+/** A moment to the second with its time zone: `09:41:07 CET` today, `Dec 1, 09:41:07 CET` another day. */
+export function formatMoment(iso: string, nowMs: number = Date.now()): string {
+  const d = parse(iso);
+  if (!d) return iso;
+  return d.toDateString() === new Date(nowMs).toDateString() ? secondsTzFmt.format(d) : fullFmt.format(d);
 }
 
 export function formatScore(score: number): string {

@@ -1,6 +1,6 @@
 import { useCallback, useEffect, useRef, useSyncExternalStore } from 'react';
 import { connectionView, type ConnectionView } from './connectionView';
-import type { AccessRevoked, ConnectionStatus, RealtimeClient, ResetInfo, StreamEventOf } from './realtime';
+import type { AccessRevoked, ConnectionStatus, RealtimeClient, ReceiptHint, ResetInfo, StreamEventOf } from './realtime';
 
 /** Current connection status of the client (re-renders on change). */
 export function useConnectionStatus(client: RealtimeClient): ConnectionStatus {
@@ -27,6 +27,8 @@ export interface RealtimeHandlers {
   onAuthExpired?: () => void;
   onAccessRevoked?: (info: AccessRevoked) => void;
   onClosed?: () => void;
+  /** A `receipt` hint of the stream (delivery receipts); it never moves the stream position. */
+  onReceipt?: (hint: ReceiptHint) => void;
 }
 
 /** Subscribe to client events; handlers may change between renders without resubscribing. */
@@ -39,6 +41,7 @@ export function useRealtimeEvents(client: RealtimeClient, handlers: RealtimeHand
       client.onAuthExpired(() => ref.current.onAuthExpired?.()),
       client.onAccessRevoked((info) => ref.current.onAccessRevoked?.(info)),
       client.onClosed(() => ref.current.onClosed?.()),
+      client.onReceipt((hint) => ref.current.onReceipt?.(hint)),
     ];
     return () => offs.forEach((off) => off());
   }, [client]);

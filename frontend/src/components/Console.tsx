@@ -1,11 +1,13 @@
 import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
-import { ApiError, type Api, type Job, type Me } from '../api';
+import { ApiError, type Api, type Job, type JobReceipts, type Me } from '../api';
 import type { RealtimeClient, RecommendationReadyEvent } from '../realtime';
 import { POLL_MS, type ConnectionView } from '../connectionView';
 import { usePollWhileDegraded, useRealtimeEvents, useStreamEvent } from '../useRealtime';
 import { JobList } from './JobList';
 import { askPermissionOnce, browserNotifierDeps, holdVisibleLockWhileVisible, WatchNotifier } from '../notifications';
 import { RecommendationsSheet, type SheetState } from './RecommendationsSheet';
+import { AppliedTracker, browserReceiptTransport, ReceiptReporter, type ReceiptTransport } from '../receipts';
+import { applyHint, HintBuffer, mergeReceipts } from '../seenBy';
 
 interface Props {
   me: Me;
@@ -15,6 +17,10 @@ interface Props {
   connection: ConnectionView;
   /** Desktop notifications for watched jobs (tests inject one; by default the browser's). */
   notifier?: WatchNotifier;
+  /** How this tab reports what it applied (delivery receipts; tests inject one). Default: the API + beacon. */
+  receiptTransport?: ReceiptTransport;
+  /** Minimum time between two receipt reports (ms). Default 5000. */
+  receiptIntervalMs?: number;
 }
 
 function message(err: unknown): string {
@@ -22,7 +28,7 @@ function message(err: unknown): string {
 }
 
 /** Jobs list + recommendations sheet, kept current by the realtime client. */
-export function Console({ me, api, client, connection, notifier: injected }: Props) {
+export function Console({ me, api, client, connection, notifier: injected, receiptTransport, receiptIntervalMs }: Props) {
   const regions = me.groups.filter((g) => g.startsWith('region:')).map((g) => g.slice(7));
   const [region, setRegion] = useState<string>('');
   const [jobs, setJobs] = useState<Job[] | null>(null);
@@ -35,6 +41,14 @@ export function Console({ me, api, client, connection, notifier: injected }: Pro
   const [generating, setGenerating] = useState(false);
   const [generateError, setGenerateError] = useState<string | null>(null);
   const [watched, setWatched] = useState<ReadonlySet<string>>(new Set());
+  const [receipts, setReceipts] = useState<JobReceipts | null>(null);
+  /** How far this page has rendered the stream (see receipts.ts): set after the render of what it applied. */
+  const [appliedThrough, setAppliedThrough] = useState<string | null>(null);
+  const [tracker] = useState(() => new AppliedTracker());
+  const [hints] = useState(() => new HintBuffer());
+  const reporterRef = useRef<ReceiptReporter | null>(null);
+  const receiptsAsked = useRef(0);
+  const receiptsShown = useRef(0);
   const notifier = useMemo(() => injected ?? new WatchNotifier(browserNotifierDeps(() => client.role)), [injected, client]);
 
   const selectedRef = useRef<string | null>(null);
@@ -74,6 +88,47 @@ export function Console({ me, api, client, connection, notifier: injected }: Pro
 
   // Other tabs ask whether any console tab is visible before they notify (see notifications.ts).
   useEffect(() => holdVisibleLockWhileVisible(), []);
+
+  // Delivery receipts: this tab reports how far it has applied the stream, throttled (see receipts.ts).
+  useEffect(() => {
+    const reporter = new ReceiptReporter({
+      transport: receiptTransport ?? browserReceiptTransport(api),
+      intervalMs: receiptIntervalMs,
+    });
+    reporterRef.current = reporter;
+    if (tracker.position) reporter.applied(tracker.position);
+    return () => {
+      reporter.dispose();
+      if (reporterRef.current === reporter) reporterRef.current = null;
+    };
+  }, [api, receiptTransport, receiptIntervalMs, tracker]);
+
+  // An effect runs after the commit: the page already shows everything through `appliedThrough`.
+  useEffect(() => {
+    if (appliedThrough) reporterRef.current?.applied(appliedThrough);
+  }, [appliedThrough]);
+
+  /** An event (or reset) begun with `tracker.begin` is on the page now. */
+  function finishApplied(finish: () => string | null) {
+    const through = finish();
+    if (through) setAppliedThrough(through);
+  }
+
+  /** (Re)load who has seen the job's latest set; an answer overtaken by a later one is dropped. */
+  const loadReceipts = useCallback(
+    async (jobId: string) => {
+      const ask = ++receiptsAsked.current;
+      try {
+        const fetched = await api.receipts(jobId);
+        if (selectedRef.current !== jobId || ask < receiptsShown.current) return;
+        receiptsShown.current = ask;
+        setReceipts((prev) => mergeReceipts(prev && prev.jobId === jobId ? prev : null, fetched, hints.values()));
+      } catch {
+        /* a convenience: the sheet works without it, and the next set, reopen or stale hint fetches again */
+      }
+    },
+    [api, hints],
+  );
 
   async function toggleWatch(jobId: string) {
     const on = !watchedRef.current.has(jobId);
@@ -137,7 +192,9 @@ export function Console({ me, api, client, connection, notifier: injected }: Pro
     setFlashKey(0);
     setGenerateError(null);
     setBadges(({ [jobId]: _seen, ...rest }) => rest);
+    setReceipts(null);
     void loadSheet(jobId);
+    void loadReceipts(jobId);
   }
 
   async function generate() {
@@ -167,27 +224,67 @@ export function Console({ me, api, client, connection, notifier: injected }: Pro
       if (ev.summary.recommendationSetId !== shownSetRef.current) {
         await loadSheet(jobId, { quiet: true });
       }
-      if (selectedRef.current === jobId) markUpdated();
+      if (selectedRef.current === jobId) {
+        markUpdated();
+        // A new set: who has seen it starts over.
+        void loadReceipts(jobId);
+      }
       return;
     }
     setBadges((b) => ({ ...b, [jobId]: (b[jobId] ?? 0) + 1 }));
-    if (jobsRef.current && !jobsRef.current.some((j) => j.id === jobId)) void loadJobs();
+    if (jobsRef.current && !jobsRef.current.some((j) => j.id === jobId)) await loadJobs();
   }
 
-  useStreamEvent(client, 'RecommendationReady', (ev) => void onRecommendationReady(ev));
+  useStreamEvent(client, 'RecommendationReady', (ev) => {
+    // Begun in arrival order, finished once the page shows it (the sheet may first reload over REST).
+    const finish = tracker.begin(ev.position);
+    void onRecommendationReady(ev).finally(() => finishApplied(finish));
+  });
+  // A heartbeat's position is one the client has every event of its groups up to: applied once whatever
+  // came before it is on the page (after an `unknown-position` reset, the reload plus the stream since).
+  useEffect(
+    () =>
+      client.onHeartbeat((position) => {
+        if (position) finishApplied(tracker.begin(position));
+      }),
+    [client, tracker],
+  );
   useRealtimeEvents(client, {
-    onReset: () => {
-      // Our view may be stale: reload everything over REST.
-      void loadJobs();
-      void loadWatches();
+    onReset: (info) => {
+      // Our view may be stale: reload everything over REST; the reset's position is applied once it is.
+      const finish = tracker.begin(info.position);
       const jobId = selectedRef.current;
-      if (jobId) void loadSheet(jobId, { quiet: true });
+      void Promise.allSettled([loadJobs(), loadWatches(), jobId ? loadSheet(jobId, { quiet: true }) : null]).then(() =>
+        finishApplied(finish),
+      );
+      if (jobId) void loadReceipts(jobId);
+    },
+    onReceipt: (hint) => {
+      if (hint.kind === 'stale') {
+        const jobId = selectedRef.current;
+        if (jobId) void loadReceipts(jobId);
+        return;
+      }
+      hints.add(hint);
+      setReceipts((r) => (r ? applyHint(r, hint) : r));
     },
   });
 
+  // Receipt hints sent while the stream was down are lost: fetch again whenever it is live again.
+  const live = connection.status === 'live';
+  useEffect(() => {
+    const jobId = selectedRef.current;
+    if (live && jobId) void loadReceipts(jobId);
+  }, [live, loadReceipts]);
+
   usePollWhileDegraded(
     client,
-    selectedJobId ? () => void loadSheet(selectedJobId, { quiet: true }) : null,
+    selectedJobId
+      ? () => {
+          void loadSheet(selectedJobId, { quiet: true });
+          void loadReceipts(selectedJobId);
+        }
+      : null,
     POLL_MS,
   );
 
@@ -242,6 +339,7 @@ export function Console({ me, api, client, connection, notifier: injected }: Pro
             generateError={generateError}
             connection={connection}
             onGenerate={() => void generate()}
+            receipts={receipts}
           />
         ) : (
           <p className="placeholder muted">Select a job to see its recommended contractors.</p>

@@ -1,16 +1,18 @@
 import { useEffect, useState } from 'react';
-import type { Job, Recommendation, RecommendationSet, ScoreParts, ScoreWeights } from '../api';
+import type { Job, JobReceipts, Recommendation, RecommendationSet, ScoreParts, ScoreWeights } from '../api';
 import type { ConnectionView } from '../connectionView';
 import {
   formatAgo,
   formatDateTime,
   formatKm,
+  formatMoment,
   formatScore,
   formatScoreFormula,
   scoreParts,
   SCORE_PART_KEYS,
   SCORE_WEIGHTS,
 } from '../format';
+import { seenBySummary } from '../seenBy';
 
 export type SheetState =
   | { kind: 'loading' }
@@ -30,6 +32,9 @@ interface Props {
   /** The page's view of the connection: the notice and the colour of the "Updated" cue. */
   connection: ConnectionView;
   onGenerate: () => void;
+  /** Who of the job's group has seen its latest set (delivery receipts); shown when it is the set on the
+   * sheet. */
+  receipts?: JobReceipts | null;
 }
 
 const FRESHNESS_TITLE: Record<ConnectionView['freshness'], string> = {
@@ -123,7 +128,7 @@ function useNow(intervalMs: number, enabled: boolean): number {
 }
 
 export function RecommendationsSheet(props: Props) {
-  const { job, state, updatedAt, flashKey, generating, generateError, connection, onGenerate } = props;
+  const { job, state, updatedAt, flashKey, generating, generateError, connection, onGenerate, receipts } = props;
   const now = useNow(5000, updatedAt !== null);
 
   return (
@@ -179,19 +184,57 @@ export function RecommendationsSheet(props: Props) {
           {state.message}
         </p>
       )}
-      {state.kind === 'loaded' && <LoadedSet set={state.set} />}
+      {state.kind === 'loaded' && <LoadedSet set={state.set} receipts={receipts ?? null} />}
     </section>
   );
 }
 
-function LoadedSet({ set }: { set: RecommendationSet }) {
+/** "Seen by 2 of 3 north dispatchers · Dana not yet", then each member with the time a console of theirs
+ * first showed the set. */
+export function SeenBy({ receipts }: { receipts: JobReceipts }) {
+  const seenCount = receipts.dispatchers.filter((d) => d.seenAt !== null).length;
+  return (
+    <div className="seen-by">
+      <p
+        className="muted seen-by__summary"
+        data-testid="seen-by"
+        data-seen-count={seenCount}
+        data-total={receipts.dispatchers.length}
+      >
+        {seenBySummary(receipts)}
+      </p>
+      {receipts.dispatchers.length > 0 && (
+        <ul className="seen-by__list" data-testid="seen-by-list" aria-label="Seen by">
+          {receipts.dispatchers.map((d) => (
+            <li
+              key={d.dispatcherId}
+              className={`seen-by__entry seen-by__entry--${d.seenAt ? 'seen' : 'not-yet'}`}
+              data-testid="seen-by-entry"
+              data-dispatcher-id={d.dispatcherId}
+              data-seen-at={d.seenAt ?? ''}
+              title={d.seenAt ? `${d.name} (${d.dispatcherId}) first saw this set ${formatDateTime(d.seenAt)}` : `${d.name} (${d.dispatcherId}) has not seen this set yet`}
+            >
+              <span className="seen-by__name">{d.name}</span>{' '}
+              <span className="seen-by__when">{d.seenAt ? `seen ${formatMoment(d.seenAt)}` : 'not yet'}</span>
+            </li>
+          ))}
+        </ul>
+      )}
+    </div>
+  );
+}
+
+function LoadedSet({ set, receipts }: { set: RecommendationSet; receipts: JobReceipts | null }) {
   // A set carries the weights of its own algorithm; one from an older server does not.
   const weights = set.scoreWeights ?? SCORE_WEIGHTS;
+  // Receipts of another set (the sheet or the receipts are about to catch up) would say the wrong thing.
+  const seenBy = receipts && receipts.position !== null && receipts.recommendationSetId === set.recommendationSetId ? receipts : null;
   return (
     <>
       <p className="muted sheet__generated" data-testid="sheet-generated">
         Generated {formatDateTime(set.generatedAt)} · set <code>{set.recommendationSetId.slice(0, 8)}</code>
       </p>
+      {seenBy && <SeenBy receipts={seenBy} />}
       {set.recommendations.length === 0 ? (
         <p className="muted">No suitable contractor found.</p>
       ) : (

@@ -18,7 +18,7 @@
  *    has been down for a while and the browser is online) that drives REST polling.
  */
 import type { RecommendationReadyEvent } from './generated/recommendation-ready';
-import { EventOrder } from './order';
+import { EventOrder, parsePosition } from './order';
 
 export type { RecommendationReadyEvent } from './generated/recommendation-ready';
 export { parsePosition, type Position } from './order';
@@ -61,7 +61,25 @@ export const CONTROL_EVENT_TYPES: readonly string[] = [
   'reset',
   'auth-expired',
   'access-revoked',
+  'receipt',
 ];
+
+/**
+ * `event: receipt` (no `id:`: it is not an event of the log and never moves the stream position):
+ * dispatcher `dispatcherId`'s consoles have applied every event of their groups through `position`,
+ * first reached at `seenAt`. Or `{stale: true}`: hints may have been missed, refetch the receipts.
+ * Best-effort hints: the console also refetches when its stream (re)opens.
+ */
+export type ReceiptHint = { kind: 'seen'; dispatcherId: string; position: string; seenAt: string } | { kind: 'stale' };
+
+/** The hint in a `receipt` event's data, or null when it is neither form. */
+export function parseReceiptHint(data: unknown): ReceiptHint | null {
+  if (!data || typeof data !== 'object' || Array.isArray(data)) return null;
+  const d = data as Record<string, unknown>;
+  if (d.stale === true) return { kind: 'stale' };
+  if (typeof d.dispatcherId !== 'string' || typeof d.seenAt !== 'string' || !parsePosition(d.position)) return null;
+  return { kind: 'seen', dispatcherId: d.dispatcherId, position: d.position as string, seenAt: d.seenAt };
+}
 
 /**
  * `live`: the stream is open and has spoken within the watchdog window.
@@ -182,6 +200,8 @@ export interface RealtimeClient {
   onAccessRevoked(cb: (info: AccessRevoked) => void): Unsubscribe;
   /** A heartbeat arrived; `position` is the one the client now has everything up to. */
   onHeartbeat(cb: (position: string | null) => void): Unsubscribe;
+  /** A `receipt` hint arrived (in every tab: the leader relays it). It never moves `lastPosition`. */
+  onReceipt(cb: (hint: ReceiptHint) => void): Unsubscribe;
   /** The EventSource was closed for good (e.g. a non-200 answer such as 401); the
    * client will recreate it after a backoff. The app may check its session here. */
   onClosed(cb: () => void): Unsubscribe;
@@ -348,6 +368,7 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
   const revokedEm = new Emitter<AccessRevoked>();
   const closedEm = new Emitter<void>();
   const beatEm = new Emitter<string | null>();
+  const receiptEm = new Emitter<ReceiptHint>();
   const pollers = new Pollers();
 
   const order = new EventOrder(options.initialPosition ?? null, options.dedupeWindow ?? 1000);
@@ -494,6 +515,7 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     source.addEventListener('reset', mine((ev) => onResetEvent(ev as MessageEvent)));
     source.addEventListener('auth-expired', mine(() => onAuthExpiredEvent()));
     source.addEventListener('access-revoked', mine((ev) => onAccessRevokedEvent(ev as MessageEvent)));
+    source.addEventListener('receipt', mine((ev) => onReceiptEvent(ev as MessageEvent)));
   }
 
   /** Makes `source` deliver events of `eventType` (while it is the current source). */
@@ -576,6 +598,14 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     if (verdict === 'duplicate' || verdict === 'invalid') return;
     if (verdict === 'new-epoch') resetEm.emit({ reason: 'epoch-changed', position: order.position });
     events.emit(eventType, data as unknown as StreamEvent);
+  }
+
+  /** A receipt hint: proof the stream is alive, but no position of the log (it has no `id:`, and its
+   * `position` is another dispatcher's): the order and the resume point stay as they are. */
+  function onReceiptEvent(ev: MessageEvent): void {
+    onActivity();
+    const hint = parseReceiptHint(parseData(ev));
+    if (hint) receiptEm.emit(hint);
   }
 
   function onResetEvent(ev: MessageEvent): void {
@@ -695,6 +725,7 @@ export function createRealtimeClient(options: RealtimeClientOptions = {}): Realt
     onAuthExpired: (cb) => authEm.on(() => cb()),
     onAccessRevoked: (cb) => revokedEm.on(cb),
     onHeartbeat: (cb) => beatEm.on(cb),
+    onReceipt: (cb) => receiptEm.on(cb),
     onClosed: (cb) => closedEm.on(() => cb()),
     whileDegraded(poll, intervalMs = 5000) {
       return pollers.add(poll, intervalMs);

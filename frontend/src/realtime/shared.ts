@@ -30,6 +30,7 @@ import {
   type RealtimeClient,
   type RealtimeClientOptions,
   type RealtimeRole,
+  type ReceiptHint,
   type ResetInfo,
   type StreamEvent,
   type StreamEventOf,
@@ -90,6 +91,7 @@ type Message =
   | { t: 'listen'; from: string; eventTypes: string[] }
   | { t: 'reset'; from: string; info: ResetInfo }
   | { t: 'beat'; from: string; position: string | null }
+  | { t: 'receipt'; from: string; hint: ReceiptHint }
   | { t: 'auth-expired'; from: string }
   | { t: 'access-revoked'; from: string; info: AccessRevoked }
   | { t: 'resume'; from: string }
@@ -158,6 +160,7 @@ function sharedClient(
   const revokedEm = new Emitter<AccessRevoked>();
   const closedEm = new Emitter<void>();
   const beatEm = new Emitter<string | null>();
+  const receiptEm = new Emitter<ReceiptHint>();
   const pollers = new Pollers();
 
   const order = new EventOrder(options.initialPosition ?? null, options.dedupeWindow ?? 1000);
@@ -302,6 +305,12 @@ function sharedClient(
         post({ t: 'beat', from: me, position: order.position });
         beatEm.emit(order.position);
       }),
+      // Receipt hints go to every tab as they are: they are not events of the log, so no tab's order or
+      // position sees them.
+      conn.onReceipt((hint) => {
+        post({ t: 'receipt', from: me, hint });
+        receiptEm.emit(hint);
+      }),
       conn.onAuthExpired(() => {
         post({ t: 'auth-expired', from: me });
         sync();
@@ -408,6 +417,9 @@ function sharedClient(
       case 'beat':
         if (msg.position) order.advanceTo(msg.position);
         beatEm.emit(order.position);
+        break;
+      case 'receipt':
+        receiptEm.emit(msg.hint);
         break;
       case 'auth-expired':
         setState({ status: 'offline', degraded: false, authExpired: true });
@@ -550,6 +562,7 @@ function sharedClient(
     onAuthExpired: (cb) => authEm.on(() => cb()),
     onAccessRevoked: (cb) => revokedEm.on(cb),
     onHeartbeat: (cb) => beatEm.on(cb),
+    onReceipt: (cb) => receiptEm.on(cb),
     onClosed: (cb) => closedEm.on(() => cb()),
     whileDegraded(poll, intervalMs = 5000) {
       return pollers.add(poll, intervalMs);
