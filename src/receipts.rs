@@ -50,8 +50,7 @@ pub async fn record(
     position: Position,
     groups: &[String],
 ) -> Result<Option<Reached>, sqlx::Error> {
-    let groups: Option<Vec<&String>> =
-        (groups.len() <= MAX_HINT_GROUPS).then(|| groups.iter().filter(|g| is_region_group(g)).collect());
+    let groups = hint_groups(groups);
     let row: Option<(i64, DateTime<Utc>)> =
         sqlx::query_as("SELECT seq, reached_at FROM ss_record_receipt($1, $2, $3, $4)")
             .bind(dispatcher_id)
@@ -63,8 +62,11 @@ pub async fn record(
     Ok(row.map(|(seq, reached_at)| Reached { seq, reached_at }))
 }
 
-fn is_region_group(group: &str) -> bool {
-    crate::recommendations::region_of_group(group).is_some()
+/// The groups a receipt's hint is for: the dispatcher's region groups; `None` (every stream) beyond
+/// [`MAX_HINT_GROUPS`].
+fn hint_groups(groups: &[String]) -> Option<Vec<&String>> {
+    (groups.len() <= MAX_HINT_GROUPS)
+        .then(|| groups.iter().filter(|g| crate::recommendations::region_of_group(g).is_some()).collect())
 }
 
 /// Deletes the receipts that can no longer answer anything: those of other epochs than the log's, and those
@@ -224,6 +226,34 @@ impl ReceiptHint {
         })
     }
 
+    /// The hint of a receipt [`record`] just stored, for `dispatcher_id` whose groups are `groups`.
+    pub fn stored(dispatcher_id: &str, epoch: Epoch, reached: &Reached, groups: &[String]) -> ReceiptHint {
+        ReceiptHint::Reached {
+            dispatcher_id: dispatcher_id.to_owned(),
+            position: Position::new(epoch, reached.seq),
+            reached_at: reached.reached_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            groups: hint_groups(groups).map(|g| g.into_iter().cloned().collect()),
+        }
+    }
+
+    /// The payload [`ReceiptHint::from_notify`] reads (what `ss_record_receipt` NOTIFYs); `None` for
+    /// [`ReceiptHint::Stale`], which is never sent between processes.
+    pub fn notify_payload(&self) -> Option<String> {
+        match self {
+            ReceiptHint::Reached { dispatcher_id, position, reached_at, groups } => Some(
+                serde_json::json!({
+                    "dispatcherId": dispatcher_id,
+                    "epoch": position.epoch.to_string(),
+                    "seq": position.seq,
+                    "reachedAt": reached_at,
+                    "groups": groups,
+                })
+                .to_string(),
+            ),
+            ReceiptHint::Stale => None,
+        }
+    }
+
     /// Whether a stream holding `stream_groups` gets this hint.
     pub fn reaches(&self, stream_groups: &[String]) -> bool {
         match self {
@@ -273,6 +303,17 @@ mod tests {
         assert!(all.reaches(&["region:south".to_owned()]));
         assert!(ReceiptHint::Stale.reaches(&[]));
         assert_eq!(ReceiptHint::Stale.data(), r#"{"stale":true}"#);
+    }
+
+    #[test]
+    fn a_stored_receipts_hint_survives_the_trip_between_processes() {
+        let reached = Reached { seq: 7, reached_at: "2026-12-07T10:00:00.123Z".parse().expect("an instant") };
+        let groups = ["region:north".to_owned(), "team:hvac".to_owned()];
+        let hint = ReceiptHint::stored("bob", Epoch(0x0a0b0c0d), &reached, &groups);
+        let payload = hint.notify_payload().expect("a payload");
+        assert_eq!(ReceiptHint::from_notify(&payload), Some(hint.clone()));
+        assert!(hint.reaches(&["region:north".to_owned()]) && !hint.reaches(&["team:hvac".to_owned()]));
+        assert_eq!(ReceiptHint::Stale.notify_payload(), None);
     }
 
     #[test]

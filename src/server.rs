@@ -149,9 +149,22 @@ impl Server {
             .await
             .context("starting the stream hub")?;
         let mut tasks = Vec::new();
+        let mut receipt_announcer = None;
         if let Some(client) = &broker_client {
             let target: Arc<dyn crate::event_log::FeedTarget> = Arc::new(hub.clone());
             tasks.push(crate::broker::feed::spawn_supervised(client.clone(), target, &supervisor, shutdown.clone()));
+            // Receipt hints travel over NATS between broker-fed nodes, which hear no NOTIFY.
+            receipt_announcer = Some(crate::broker::receipts::announcer(client.clone()));
+            let (client, receipts_hub, receipts_shutdown) = (client.clone(), hub.clone(), shutdown.clone());
+            tasks.push(supervisor.spawn("receipt-hints", Duration::from_secs(30), shutdown.clone(), move |progress| {
+                let hub = receipts_hub.clone();
+                crate::broker::receipts::subscribe(
+                    client.clone(),
+                    move |hint| hub.deliver_receipt(hint),
+                    receipts_shutdown.clone(),
+                    progress,
+                )
+            }));
         }
         if config.run_relay {
             let local_hub = hub.clone();
@@ -208,6 +221,7 @@ impl Server {
             event_write: config.bench_only_event_write,
             stream_limits: crate::stream::StreamLimits::new(config.streams_per_dispatcher, limits.max_streams),
             security: config.security.clone(),
+            receipt_announcer,
         });
         let app = router(state, config.static_dir.clone());
         Ok(Self { listener, admission: Admission::new(limits), waker, app, tasks, shutdown })

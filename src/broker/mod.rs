@@ -15,6 +15,7 @@
 
 pub mod feed;
 pub mod publisher;
+pub mod receipts;
 pub mod wire;
 
 pub use publisher::{Publisher, PublisherConfig, StepOutcome};

@@ -6,7 +6,7 @@ use super::extract::{CurrentDispatcher, Path};
 use super::jobs::visible_job;
 use super::{ApiError, AppState};
 use crate::position::Position;
-use crate::receipts::{self, JobReceipts};
+use crate::receipts::{self, JobReceipts, ReceiptHint};
 use crate::validate;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -48,7 +48,11 @@ async fn report(
             format!("{} is not a position: write <epoch>-<seq>", validate::echo(&report.position)),
         )
     })?;
-    receipts::record(&state.pool, &current.dispatcher.dispatcher_id, position, &current.dispatcher.groups).await?;
+    let (dispatcher, groups) = (&current.dispatcher.dispatcher_id, &current.dispatcher.groups);
+    let stored = receipts::record(&state.pool, dispatcher, position, groups).await?;
+    if let (Some(reached), Some(announce)) = (stored, &state.receipt_announcer) {
+        announce(ReceiptHint::stored(dispatcher, position.epoch, &reached, groups));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

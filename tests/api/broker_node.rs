@@ -242,3 +242,41 @@ async fn killing_the_nats_node_that_hosts_the_edge_nodes_consumer_only_delays_it
         "the edge node took {recovered_in:?} to deliver again after {host} died"
     );
 }
+
+/// Broker-fed nodes hear no NOTIFY: a receipt stored on one reaches the open streams of another over NATS,
+/// and a stream that opens on a node whose subscription just started is told its receipts may be stale.
+#[tokio::test]
+async fn a_receipt_stored_on_one_edge_node_reaches_streams_on_another_over_nats() {
+    let db = TestDb::new().await;
+    let nats = NatsServer::start().await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let carol = dispatcher_token(&db, "carol", &["region:north"]).await;
+    let _relay = relay_node(&db, &nats).await;
+    let (a, b) = (edge_node(&db, &nats).await, edge_node(&db, &nats).await);
+    for node in [&a, &b] {
+        crate::faults::until_ready(node, true).await;
+    }
+    let mut stream = Connect::new(&alice).open(&b.base).await;
+    write_events(&db.pool, 3, &["region:north"]).await;
+    let position = stream.take(3, WAIT).await.pop().expect("three events").id;
+
+    let response = http()
+        .post(a.url("/api/receipts"))
+        .bearer_auth(&carol)
+        .json(&serde_json::json!({ "position": position }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let hint = tokio::time::timeout(WAIT, async {
+        loop {
+            let event = stream.next_data(WAIT).await;
+            if event.event == "receipt" && !event.data.contains("stale") {
+                return data_json(&event);
+            }
+        }
+    })
+    .await
+    .expect("carol's receipt reaches alice's stream on the other node");
+    assert_eq!((hint["dispatcherId"].as_str(), hint["position"].as_str()), (Some("carol"), Some(position.as_str())));
+}
