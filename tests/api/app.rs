@@ -186,11 +186,24 @@ impl SseClient {
         }
     }
 
-    /// The next event that carries data (skips the opening `retry`/`id` block and heartbeats).
+    /// The next event that carries data (skips the opening `retry`/`id` block, heartbeats and receipt hints,
+    /// which the server sends on its own, for example `{"stale": true}` after its listener reconnected).
     pub async fn next_data(&mut self, timeout: Duration) -> Event {
         loop {
             let event = self.next(timeout).await;
-            if !event.data.is_empty() && event.event != "heartbeat" {
+            if !event.data.is_empty() && event.event != "heartbeat" && event.event != "receipt" {
+                return event;
+            }
+        }
+    }
+
+    /// The next event named `name` (`event: <name>`), skipping all others; panics after `timeout` in all.
+    pub async fn next_named(&mut self, name: &str, timeout: Duration) -> Event {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next(left).await;
+            if event.event == name {
                 return event;
             }
         }

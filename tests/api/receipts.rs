@@ -52,15 +52,7 @@ async fn generate(app: &TestApp, token: &str, job: &str, stream: &mut SseClient)
 
 /// The next `event: receipt` on `stream` (skipping other events).
 async fn next_receipt(stream: &mut SseClient) -> Value {
-    let found = async {
-        loop {
-            let event = stream.next_data(WAIT).await;
-            if event.event == "receipt" {
-                return data_json(&event);
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, found).await.expect("a receipt hint arrives")
+    data_json(&stream.next_named("receipt", WAIT).await)
 }
 
 fn seq(position: &str) -> i64 {
@@ -152,16 +144,7 @@ async fn a_hint_reaches_only_streams_of_the_reporters_regions_and_moves_no_posit
     // Bob is not in north: alice's stream gets only her own hint, which carries no `id:` (the parser keeps
     // the last id it saw, so the event's id is still the opening one).
     assert_eq!(report(&app, &alice, &format!("{epoch}-{head}")).await, StatusCode::NO_CONTENT);
-    let event = tokio::time::timeout(WAIT, async {
-        loop {
-            let event = north.next_data(WAIT).await;
-            if event.event == "receipt" {
-                break event;
-            }
-        }
-    })
-    .await
-    .expect("alice's hint arrives");
+    let event = north.next_named("receipt", WAIT).await;
     assert_eq!(data_json(&event)["dispatcherId"], "alice", "bob's hint did not reach north");
     assert_eq!(event.id, opening, "a receipt moves no stream position");
 }
