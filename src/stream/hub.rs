@@ -125,7 +125,21 @@ struct HubInner {
     last_log_read: Mutex<std::time::Instant>,
     /// Receipt hints for the open streams (`event: receipt`). A broadcast: a hint is small and goes to every
     /// stream of its groups; a stream that lags behind this channel gets [`ReceiptHint::Stale`] instead.
-    receipts: broadcast::Sender<Arc<ReceiptHint>>,
+    receipts: broadcast::Sender<Arc<ReceiptFrame>>,
+}
+
+/// A receipt hint with its SSE frame (`event: receipt`, no `id:`), encoded once for every stream it reaches.
+pub(crate) struct ReceiptFrame {
+    pub(crate) hint: ReceiptHint,
+    pub(crate) frame: bytes::Bytes,
+}
+
+impl ReceiptFrame {
+    pub(crate) fn new(hint: ReceiptHint) -> Self {
+        let data = hint.data();
+        let frame = super::frame::Frame { event: Some("receipt"), data: Some(&data), ..Default::default() }.encode();
+        Self { hint, frame }
+    }
 }
 
 /// Receipt hints a stream may have unread before it lags (and is told its receipts are stale).
@@ -239,11 +253,11 @@ impl Hub {
     /// Passes a receipt hint to the open streams of its groups (wherever it came from: this process's
     /// listener, or a broker). Best-effort: nobody waits for it.
     pub fn deliver_receipt(&self, hint: ReceiptHint) {
-        let _no_streams_is_fine = self.0.receipts.send(Arc::new(hint));
+        let _no_streams_is_fine = self.0.receipts.send(Arc::new(ReceiptFrame::new(hint)));
     }
 
     /// The receipt hints from now on, for one stream.
-    pub(crate) fn receipt_hints(&self) -> broadcast::Receiver<Arc<ReceiptHint>> {
+    pub(crate) fn receipt_hints(&self) -> broadcast::Receiver<Arc<ReceiptFrame>> {
         self.0.receipts.subscribe()
     }
 

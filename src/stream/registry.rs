@@ -28,6 +28,10 @@ impl ClientShared {
     pub(crate) fn groups(&self) -> Vec<String> {
         lock(&self.groups).clone()
     }
+    /// `f` of the stream's groups, without copying them (for checks made per stream on a shared message).
+    pub(crate) fn with_groups<R>(&self, f: impl FnOnce(&[String]) -> R) -> R {
+        f(&lock(&self.groups))
+    }
     pub(crate) fn take_lagged(&self) -> bool {
         self.lagged.swap(false, Ordering::AcqRel)
     }

@@ -3,7 +3,7 @@
 
 use super::event::Delivery;
 use super::frame::Frame;
-use super::hub::{Hub, Revocation};
+use super::hub::{Hub, ReceiptFrame, Revocation};
 use crate::event_log::StreamMeta;
 use crate::metrics as m;
 use crate::position::Position;
@@ -96,8 +96,8 @@ fn named(event: &str, data: &str, id: Option<&str>) -> Bytes {
 
 /// The next receipt hint, or never once the hub's channel closed.
 async fn next_hint(
-    receipts: &mut Option<broadcast::Receiver<Arc<ReceiptHint>>>,
-) -> Result<Arc<ReceiptHint>, RecvError> {
+    receipts: &mut Option<broadcast::Receiver<Arc<ReceiptFrame>>>,
+) -> Result<Arc<ReceiptFrame>, RecvError> {
     match receipts {
         Some(receipts) => receipts.recv().await,
         None => std::future::pending().await,
@@ -121,7 +121,7 @@ impl Drop for ClientGuard {
 
 enum Step {
     Deliver(Delivery),
-    Receipt(Result<Arc<ReceiptHint>, RecvError>),
+    Receipt(Result<Arc<ReceiptFrame>, RecvError>),
     QueueClosed,
     Heartbeat,
     TokenExpired,
@@ -261,9 +261,9 @@ pub fn open_stream(
                         yield Ok(event.frame_for(|| shared.groups()));
                     }
                 }
-                Step::Receipt(Ok(hint)) => {
-                    if hint.reaches(&shared.groups()) {
-                        yield Ok(named("receipt", &hint.data(), None));
+                Step::Receipt(Ok(receipt)) => {
+                    if shared.with_groups(|groups| receipt.hint.reaches(groups)) {
+                        yield Ok(receipt.frame.clone());
                     }
                 }
                 Step::Receipt(Err(RecvError::Lagged(_))) => {
