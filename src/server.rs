@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub hub: HubConfig,
     /// The relay's tuning.
     pub relay: RelayConfig,
+    /// How consoles' receipts are gathered into batches.
+    pub receipts: crate::receipts::BatchConfig,
     /// Lifetime of the tokens `POST /api/dev/session` signs.
     pub dev_token_ttl: Duration,
     /// How often retention runs inside serve.
@@ -68,6 +70,7 @@ impl ServerConfig {
             static_dir: None,
             hub: HubConfig::default(),
             relay: RelayConfig::default(),
+            receipts: crate::receipts::BatchConfig::default(),
             dev_token_ttl: Duration::from_secs(8 * 3600),
             retention_interval: Duration::from_secs(3600),
             stream_count_interval: Duration::from_secs(10),
@@ -149,7 +152,7 @@ impl Server {
             .await
             .context("starting the stream hub")?;
         let mut tasks = Vec::new();
-        let mut receipt_announcer = None;
+        let mut receipt_announcer: Option<crate::receipts::batch::Announce> = None;
         if let Some(client) = &broker_client {
             let target: Arc<dyn crate::event_log::FeedTarget> = Arc::new(hub.clone());
             tasks.push(crate::broker::feed::spawn_supervised(client.clone(), target, &supervisor, shutdown.clone()));
@@ -189,6 +192,14 @@ impl Server {
                 });
             tasks.push(relay.spawn_supervised(&supervisor, shutdown.clone()));
         }
+        let (receipts, receipts_task) = crate::receipts::ReceiptBatcher::start(
+            pool.clone(),
+            config.receipts.clone(),
+            receipt_announcer,
+            &supervisor,
+            shutdown.clone(),
+        );
+        tasks.push(receipts_task);
         let (retention_pool, retention_every) = (pool.clone(), config.retention_interval);
         let retention_shutdown = shutdown.clone();
         tasks.push(supervisor.spawn(
@@ -221,7 +232,7 @@ impl Server {
             event_write: config.bench_only_event_write,
             stream_limits: crate::stream::StreamLimits::new(config.streams_per_dispatcher, limits.max_streams),
             security: config.security.clone(),
-            receipt_announcer,
+            receipts,
         });
         let app = router(state, config.static_dir.clone());
         Ok(Self { listener, admission: Admission::new(limits), waker, app, tasks, shutdown })

@@ -142,6 +142,21 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+impl From<crate::receipts::RecordError> for ApiError {
+    fn from(error: crate::receipts::RecordError) -> Self {
+        match error {
+            crate::receipts::RecordError::Database(error) if !is_unavailable(&error) => {
+                tracing::error!(%error, "database error storing receipts");
+                Self::internal()
+            }
+            error => {
+                tracing::warn!(%error, "receipts unavailable");
+                Self::unavailable()
+            }
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         if is_unavailable(&error) {

@@ -68,13 +68,9 @@ pub struct AppStateInner {
     pub stream_limits: crate::stream::StreamLimits,
     /// How browsers reach this server: the origin check, the security headers, the cookie's `Secure`.
     pub security: security::SecurityConfig,
-    /// Announces a receipt this process stored to other processes that do not hear PostgreSQL's NOTIFY
-    /// (broker-fed nodes: over NATS). `None`: the NOTIFY is enough.
-    pub receipt_announcer: Option<ReceiptAnnouncer>,
+    /// Stores consoles' receipts in batches (and announces them to broker-fed nodes, which hear no NOTIFY).
+    pub receipts: crate::receipts::ReceiptBatcher,
 }
-
-/// See [`AppStateInner::receipt_announcer`].
-pub type ReceiptAnnouncer = Arc<dyn Fn(crate::receipts::ReceiptHint) + Send + Sync>;
 
 impl AppState {
     /// Shares `inner` among the handlers.

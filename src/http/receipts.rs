@@ -6,7 +6,7 @@ use super::extract::{CurrentDispatcher, Path};
 use super::jobs::visible_job;
 use super::{ApiError, AppState};
 use crate::position::Position;
-use crate::receipts::{self, JobReceipts, ReceiptHint};
+use crate::receipts::{self, JobReceipts};
 use crate::validate;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -26,14 +26,17 @@ struct Report {
     position: String,
 }
 
-/// Stores a console's receipt: 204 whether or not it moved anything (a report of another epoch, or one
-/// behind another console of the same dispatcher, changes nothing and is no error).
+/// Stores a console's receipt: 204 once stored, whether or not it moved anything (a report of another
+/// epoch, or one behind another console of the same dispatcher, changes nothing and is no error). Reports
+/// are stored in batches, at most one per second per server ([`receipts::batch`]): under load the answer
+/// waits up to that second.
 ///
 /// The body is JSON whatever its `Content-Type`: a page being closed sends it with `navigator.sendBeacon`,
 /// whose string bodies are `text/plain`. That is safe here because cookie-authenticated writes from other
 /// origins are refused before any handler (`security.rs`), and the body is still parsed strictly.
 ///
-/// Errors: 400 `invalid_json` (not the object above), 400 `bad_position` (not `<epoch>-<seq>`), 401, 413.
+/// Errors: 400 `invalid_json` (not the object above), 400 `bad_position` (not `<epoch>-<seq>`), 401, 413,
+/// 503 (the database is unreachable).
 async fn report(
     State(state): State<AppState>,
     current: CurrentDispatcher,
@@ -49,10 +52,7 @@ async fn report(
         )
     })?;
     let (dispatcher, groups) = (&current.dispatcher.dispatcher_id, &current.dispatcher.groups);
-    let stored = receipts::record(&state.pool, dispatcher, position, groups).await?;
-    if let (Some(reached), Some(announce)) = (stored, &state.receipt_announcer) {
-        announce(ReceiptHint::stored(dispatcher, position.epoch, &reached, groups));
-    }
+    state.receipts.record(dispatcher, position, groups).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -130,7 +130,11 @@ async fn seen_by_names_the_members_whose_consoles_applied_the_latest_set_and_upd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hint_reaches_only_streams_of_the_reporters_regions_and_moves_no_position() {
-    let (db, app) = seeded_app().await;
+    let db = TestDb::new().await;
+    smartscheduler::recommendations::seed::seed_demo(&db.pool).await.expect("seed");
+    // Reports stored at once: a heartbeat's `id:` (every second here) would move the parser's last id while
+    // alice's report waited for its batch.
+    let app = TestApp::spawn_with(&db, |c| c.receipts.flush_interval = Duration::ZERO).await;
     let (alice, bob) = (hour_token(&db, "alice").await, hour_token(&db, "bob").await);
     let mut north = Connect::new(&alice).open(&app.base).await;
     let mut south = Connect::new(&bob).open(&app.base).await;
@@ -227,4 +231,122 @@ async fn retention_keeps_each_dispatchers_latest_receipt_and_those_not_expired()
         .await
         .unwrap();
     assert_eq!(left, [("alice".to_owned(), 9), ("carol".to_owned(), 2)]);
+}
+
+/// Moves the log's head to `seq` without events (reports are clamped to the head; these tests need room
+/// above it and no events), and returns the log's epoch.
+async fn set_head(db: &TestDb, seq: i64) -> String {
+    sqlx::query_scalar("UPDATE stream_meta SET last_seq = $1 RETURNING epoch")
+        .bind(seq)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Adds `n` north dispatchers `d0..` and returns their tokens.
+async fn north_dispatchers(db: &TestDb, n: usize) -> Vec<String> {
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        tokens.push(dispatcher_token(db, &format!("d{i}"), &["region:north"]).await);
+    }
+    tokens
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reports_of_many_consoles_are_stored_in_a_few_transactions_not_one_each() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let tokens = north_dispatchers(&db, 60).await;
+    let head = 3;
+    let epoch = set_head(&db, head).await;
+    // The first report is stored at once (nothing was stored within the interval); the rest arrive while
+    // the batcher waits out its interval, and go in together.
+    assert_eq!(report(&app, &tokens[0], &format!("{epoch}-{head}")).await, StatusCode::NO_CONTENT);
+    let position = format!("{epoch}-{head}");
+    let statuses = futures::future::join_all(tokens[1..].iter().map(|t| report(&app, t, &position))).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::NO_CONTENT), "{statuses:?}");
+
+    let (rows, transactions): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM console_receipts WHERE seq = $1")
+            .bind(head)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 60, "every console's report is stored before its 204");
+    assert!(transactions <= 4, "60 reports in {transactions} transactions: they are not batched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_row_in_a_batch_fails_alone_and_the_others_are_stored() {
+    use smartscheduler::position::Position;
+    use smartscheduler::receipts::{BatchConfig, ReceiptBatcher, RecordError};
+    let db = TestDb::new().await;
+    north_dispatchers(&db, 20).await;
+    let epoch = set_head(&db, 1).await;
+    let position: Position = format!("{epoch}-1").parse().unwrap();
+    let supervisor = smartscheduler::supervisor::Supervisor::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = BatchConfig { flush_interval: Duration::from_millis(300), ..BatchConfig::default() };
+    let (batcher, _task) = ReceiptBatcher::start(db.pool.clone(), config, None, &supervisor, shutdown.clone());
+    let groups = ["region:north".to_owned()];
+    batcher.record("d0", position, &groups).await.expect("the first report is stored");
+
+    // The database refuses d7's row (a trigger stands for any bad row); a dispatcher deleted since sign-in
+    // ("ghost") is no error, it moves nothing.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_d7() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.dispatcher_id = 'd7' THEN RAISE EXCEPTION 'd7 is refused'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER refuse_d7 BEFORE INSERT ON console_receipts FOR EACH ROW EXECUTE FUNCTION refuse_d7();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let ids: Vec<String> = (1..20).map(|i| format!("d{i}")).chain(["ghost".to_owned()]).collect();
+    let results = futures::future::join_all(ids.iter().map(|id| batcher.record(id, position, &groups))).await;
+    for (id, result) in ids.iter().zip(&results) {
+        match id.as_str() {
+            "d7" => assert!(matches!(result, Err(RecordError::Database(_))), "{id}: {result:?}"),
+            _ => assert!(result.is_ok(), "{id}: {result:?}"),
+        }
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM console_receipts").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(stored, 19, "d0 to d19 but d7");
+    assert!(supervisor.all_healthy(), "a bad row does not stall the batcher: {:?}", supervisor.report());
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_batches_keep_each_dispatchers_receipts_rising() {
+    // Two servers batch at once for the same dispatchers, each with positions the other has passed: the
+    // advisory locks keep every dispatcher's rows a step function (seq rises with each row) and no batch
+    // deadlocks on the other.
+    let db = TestDb::new().await;
+    let (a, b) = (TestApp::spawn(&db).await, TestApp::spawn(&db).await);
+    let tokens = north_dispatchers(&db, 30).await;
+    let head = 40;
+    let epoch = set_head(&db, head).await;
+    let mut sends = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        for k in 0..4_i64 {
+            let (app, seq) = if (i as i64 + k) % 2 == 0 { (&a, head - 10 + k) } else { (&b, head - 5 - k) };
+            sends.push((app, token, format!("{epoch}-{seq}")));
+        }
+    }
+    let statuses =
+        futures::future::join_all(sends.iter().map(|(app, token, position)| report(app, token, position))).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::NO_CONTENT));
+    let out_of_order: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT seq, reached_at, lag(seq) OVER w AS prev_seq, lag(reached_at) OVER w AS prev_at
+                               FROM console_receipts WINDOW w AS (PARTITION BY dispatcher_id ORDER BY xmin::text::bigint, seq)) r
+         WHERE r.seq <= r.prev_seq OR r.reached_at < r.prev_at",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(out_of_order, 0, "a dispatcher's rows rise in the order they were written");
+    let reached: i64 = sqlx::query_scalar("SELECT count(DISTINCT dispatcher_id) FROM console_receipts")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(reached, 30);
 }

@@ -4,15 +4,20 @@
 //! A console reports the last position it applied (after its sheet re-rendered), at most once every few
 //! seconds and at once when it is hidden or closed. Positions are dense and a console applies the events of
 //! its groups in order, so "applied through P" says it has every event of its groups up to P: one number per
-//! dispatcher answers for every event. [`record`] stores a report only when it moves its dispatcher further
-//! than before (table `console_receipts`, migration 0018), so PostgreSQL's cost is bounded by the reports, not
-//! the events: at most one row per console per report interval, and none from a console that is behind
-//! another of the same dispatcher.
+//! dispatcher answers for every event. A report is stored only when it moves its dispatcher further than before
+//! (table `console_receipts`, migration 0018), so PostgreSQL's cost is bounded by the reports, not the
+//! events: at most one row per dispatcher per report interval, and none from a console that is behind
+//! another of the same dispatcher. Each server stores its reports in batches, one transaction per second at
+//! most ([`batch`], migration 0019).
 //!
 //! A stored report is NOTIFYd on [`RECEIPTS_CHANNEL`]; each process's hub passes it to its open streams of the
 //! dispatcher's region groups as an `event: receipt` without `id:` ([`ReceiptHint`]), so that open sheets
 //! update without polling. Hints are best-effort (a NOTIFY is a hint, and a listener that reconnects has
 //! missed some): the hub then sends `{"stale": true}` and consoles read [`job_receipts`] again.
+
+pub mod batch;
+
+pub use batch::{BatchConfig, ReceiptBatcher, RecordError};
 
 use crate::position::{Epoch, Position};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -34,32 +39,6 @@ const MAX_HINT_GROUPS: usize = 80;
 pub struct Reached {
     pub seq: i64,
     pub reached_at: DateTime<Utc>,
-}
-
-/// Stores a console's report that it applied everything of its groups through `position`, for
-/// `dispatcher_id` (whose region groups, `groups`, receive the hint). Returns the stored receipt, or `None`
-/// when it moved nothing: another console of the dispatcher was already as far, or `position` belongs to
-/// another epoch than the log's (its console is about to be reset). A position beyond the log's head is
-/// clamped to the head.
-///
-/// # Errors
-/// The database's.
-pub async fn record(
-    pool: &PgPool,
-    dispatcher_id: &str,
-    position: Position,
-    groups: &[String],
-) -> Result<Option<Reached>, sqlx::Error> {
-    let groups = hint_groups(groups);
-    let row: Option<(i64, DateTime<Utc>)> =
-        sqlx::query_as("SELECT seq, reached_at FROM ss_record_receipt($1, $2, $3, $4)")
-            .bind(dispatcher_id)
-            .bind(position.epoch.to_string())
-            .bind(position.seq)
-            .bind(groups)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|(seq, reached_at)| Reached { seq, reached_at }))
 }
 
 /// The groups a receipt's hint is for: the dispatcher's region groups; `None` (every stream) beyond
@@ -226,7 +205,7 @@ impl ReceiptHint {
         })
     }
 
-    /// The hint of a receipt [`record`] just stored, for `dispatcher_id` whose groups are `groups`.
+    /// The hint of a receipt [`ReceiptBatcher`] just stored, for `dispatcher_id` whose groups are `groups`.
     pub fn stored(dispatcher_id: &str, epoch: Epoch, reached: &Reached, groups: &[String]) -> ReceiptHint {
         ReceiptHint::Reached {
             dispatcher_id: dispatcher_id.to_owned(),
