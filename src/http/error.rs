@@ -149,6 +149,10 @@ impl From<crate::receipts::RecordError> for ApiError {
                 tracing::error!(%error, "database error storing receipts");
                 Self::internal()
             }
+            crate::receipts::RecordError::Refused(refusal) => refusal.into(),
+            crate::receipts::RecordError::UnknownDispatcher => {
+                Self::unauthorized("unknown_dispatcher", "the token's dispatcher does not exist")
+            }
             error => {
                 tracing::warn!(%error, "receipts unavailable");
                 Self::unavailable()

@@ -70,6 +70,12 @@ impl VerifiedCaller {
         &self.0.claims.sub
     }
 
+    /// The dispatcher's token generation the token carries (`None`: the identity provider's token), which
+    /// whoever finishes the check must compare with theirs.
+    pub fn generation(&self) -> Option<i64> {
+        self.0.origin.generation()
+    }
+
     /// The dispatcher, with groups and access read now. Errors as [`authenticate`]'s.
     pub async fn into_current(self, state: &AppState) -> Result<CurrentDispatcher, ApiError> {
         let record = admitted_dispatcher(state, &self.0).await?;

@@ -7,13 +7,18 @@
 //! it. A batch pays them once per server per interval, and the reports of one dispatcher in a batch (its
 //! other tabs) count as one. The figure the issue asks for (≤ 1 % of a core) is bench section 16.
 //!
+//! The batch also checks each report's access (the dispatcher exists and is enabled, the token's generation
+//! is theirs), so that `POST /api/receipts` costs its request no read of its dispatcher: at 200 reports/s
+//! that read, not the write, was most of what receipts cost PostgreSQL (bench section 16).
+//!
 //! A report is answered only once its batch is stored: `204` still means "stored", and a server killed
 //! with reports in hand loses only unanswered ones, which their consoles send again. An isolated report
 //! waits for nothing (the interval counts from the previous flush); under load a report waits at most one
 //! interval. A batch the database refuses for one bad row (a dispatcher deleted meanwhile) is stored again
 //! one dispatcher at a time, so that only that dispatcher's reports fail.
 
-use super::{Reached, ReceiptHint, hint_groups};
+use super::{Reached, ReceiptHint};
+use crate::auth::Refusal;
 use crate::position::{Epoch, Position};
 use crate::supervisor::{Progress, Supervisor};
 use chrono::{DateTime, Utc};
@@ -36,8 +41,8 @@ pub struct BatchConfig {
     /// The least time between two batches (default 1 s): the most a report waits under load, and what
     /// bounds this server's receipt transactions to one per interval.
     pub flush_interval: Duration,
-    /// The most dispatchers one statement stores (default 500): each takes an advisory lock, which
-    /// PostgreSQL's shared lock table (64 × max_connections entries by default) must hold.
+    /// The most dispatchers one statement stores (default 500): bounds a statement's JSON, its NOTIFYs and
+    /// how long it holds the receipts' lock, which other servers' batches wait for.
     pub max_dispatchers_per_statement: usize,
     /// Reports that may wait for the next batch (default 8,192); more make `POST /api/receipts` wait
     /// (backpressure), not fail.
@@ -59,6 +64,12 @@ pub enum RecordError {
     /// The batcher stopped (shutdown, or its task panicked with the report in hand).
     #[error("the receipt batcher is not running")]
     Stopped,
+    /// The dispatcher's access refuses the token (revoked, or the dispatcher is disabled).
+    #[error("{0}")]
+    Refused(Refusal),
+    /// The token names no dispatcher.
+    #[error("the token's dispatcher does not exist")]
+    UnknownDispatcher,
 }
 
 /// Announces a stored receipt to processes that do not hear PostgreSQL's NOTIFY (broker-fed nodes).
@@ -67,8 +78,9 @@ pub type Announce = Arc<dyn Fn(ReceiptHint) + Send + Sync>;
 /// One report waiting for its batch.
 struct Pending {
     dispatcher_id: String,
+    /// The token's generation (`None`: the identity provider's token).
+    generation: Option<i64>,
     position: Position,
-    groups: Vec<String>,
     done: oneshot::Sender<Result<(), RecordError>>,
 }
 
@@ -101,26 +113,33 @@ impl ReceiptBatcher {
     }
 
     /// Records a console's report that `dispatcher_id` applied everything of its groups through
-    /// `position` (`groups`: the dispatcher's groups, whose streams get the hint). Returns once the batch
-    /// holding it is stored, whether or not it moved anything (see [`super`]).
+    /// `position`, sent with a token whose signature and times are checked and which carries `generation`
+    /// (`None`: the identity provider's). Returns once the batch holding it is stored, whether or not it
+    /// moved anything (see [`super`]).
     ///
     /// # Errors
-    /// [`RecordError`]: the batch failed, or the batcher is not running.
-    pub async fn record(&self, dispatcher_id: &str, position: Position, groups: &[String]) -> Result<(), RecordError> {
+    /// [`RecordError`]: the dispatcher's access refuses the token, the batch failed, or the batcher is not
+    /// running.
+    pub async fn record(
+        &self,
+        dispatcher_id: &str,
+        generation: Option<i64>,
+        position: Position,
+    ) -> Result<(), RecordError> {
         metrics::counter!(RECEIPT_REPORTS).increment(1);
         let (done, stored) = oneshot::channel();
-        let pending = Pending { dispatcher_id: dispatcher_id.to_owned(), position, groups: groups.to_vec(), done };
+        let pending = Pending { dispatcher_id: dispatcher_id.to_owned(), generation, position, done };
         self.queue.send(pending).await.map_err(|_| RecordError::Stopped)?;
         stored.await.unwrap_or(Err(RecordError::Stopped))
     }
 }
 
-/// The reports of one dispatcher in one epoch within a batch: stored as their furthest.
+/// The reports of one dispatcher, token generation and epoch within a batch: stored as their furthest.
 struct Merged {
     dispatcher_id: String,
+    generation: Option<i64>,
     epoch: Epoch,
     seq: i64,
-    groups: Vec<String>,
     waiting: Vec<oneshot::Sender<Result<(), RecordError>>>,
 }
 
@@ -182,10 +201,14 @@ impl Flusher {
     /// more than one dispatcher, each is stored alone, so that one bad row fails only its own reports.
     async fn store_chunk(&self, chunk: Vec<Merged>) -> bool {
         match store(&self.pool, &chunk).await {
-            Ok(written) => {
+            Ok(verdicts) => {
                 metrics::counter!(RECEIPT_BATCHES).increment(1);
-                self.announce_written(&chunk, &written);
-                answer(chunk, Ok(()));
+                for m in chunk {
+                    let verdict =
+                        verdicts.iter().find(|v| v.dispatcher_id == m.dispatcher_id && v.generation == m.generation);
+                    answer(m, verdict.map_or(Ok(()), Verdict::result));
+                }
+                self.announce_written(&verdicts);
                 true
             }
             Err(error) if chunk.len() > 1 && !crate::db::is_transient(&error) => {
@@ -198,79 +221,110 @@ impl Flusher {
             }
             Err(error) => {
                 tracing::warn!(%error, dispatchers = chunk.len(), "could not store receipts");
-                answer(chunk, Err(RecordError::Database(Arc::new(error))));
+                let error = RecordError::Database(Arc::new(error));
+                chunk.into_iter().for_each(|m| answer(m, Err(error.clone())));
                 false
             }
         }
     }
 
-    fn announce_written(&self, chunk: &[Merged], written: &[(String, i64, DateTime<Utc>)]) {
+    /// Tells broker-fed nodes of the rows written (PostgreSQL-fed ones hear the statement's NOTIFYs).
+    fn announce_written(&self, verdicts: &[Verdict]) {
         let Some(announce) = &self.announce else { return };
-        for (dispatcher_id, seq, reached_at) in written {
-            if let Some(m) = chunk.iter().find(|m| &m.dispatcher_id == dispatcher_id) {
-                let reached = Reached { seq: *seq, reached_at: *reached_at };
-                announce(ReceiptHint::stored(dispatcher_id, m.epoch, &reached, &m.groups));
+        for v in verdicts {
+            if let Some(reached) = &v.written {
+                announce(ReceiptHint::stored(&v.dispatcher_id, v.epoch, reached, v.groups.clone()));
             }
         }
     }
 }
 
-/// The batch's reports by dispatcher and epoch, each kept at its furthest position (with the groups it
-/// came with), in the order they first arrived.
+/// The batch's reports by dispatcher, token generation and epoch, each kept at its furthest position, in
+/// the order they first arrived.
 fn merge(batch: Vec<Pending>) -> Vec<Merged> {
     let mut merged: Vec<Merged> = Vec::new();
-    let mut index: HashMap<(String, Epoch), usize> = HashMap::new();
+    let mut index: HashMap<(String, Option<i64>, Epoch), usize> = HashMap::new();
     for p in batch {
-        let key = (p.dispatcher_id, p.position.epoch);
+        let key = (p.dispatcher_id, p.generation, p.position.epoch);
         match index.get(&key) {
             Some(&i) => {
                 let m = &mut merged[i];
-                if p.position.seq > m.seq {
-                    m.seq = p.position.seq;
-                    m.groups = p.groups;
-                }
+                m.seq = m.seq.max(p.position.seq);
                 m.waiting.push(p.done);
             }
             None => {
                 index.insert(key.clone(), merged.len());
-                merged.push(Merged {
-                    dispatcher_id: key.0,
-                    epoch: key.1,
-                    seq: p.position.seq,
-                    groups: p.groups,
-                    waiting: vec![p.done],
-                });
+                let (dispatcher_id, generation, epoch) = key;
+                merged.push(Merged { dispatcher_id, generation, epoch, seq: p.position.seq, waiting: vec![p.done] });
             }
         }
     }
     merged
 }
 
-fn answer(chunk: Vec<Merged>, result: Result<(), RecordError>) {
-    for m in chunk {
-        for done in m.waiting {
-            let _ = done.send(result.clone()); // the request may have gone; its report is stored anyway
+fn answer(m: Merged, result: Result<(), RecordError>) {
+    for done in m.waiting {
+        let _ = done.send(result.clone()); // the request may have gone; its report is stored anyway
+    }
+}
+
+/// What `ss_record_receipts` says of one dispatcher and token generation of a batch.
+struct Verdict {
+    dispatcher_id: String,
+    generation: Option<i64>,
+    /// `admitted`, `revoked`, `disabled` or `unknown`.
+    verdict: String,
+    /// The log's epoch as of the batch.
+    epoch: Epoch,
+    /// The row written, if the reports moved the dispatcher further.
+    written: Option<Reached>,
+    /// The hint's groups (`None`: every stream).
+    groups: Option<Vec<String>>,
+}
+
+impl Verdict {
+    fn result(&self) -> Result<(), RecordError> {
+        match self.verdict.as_str() {
+            "revoked" => Err(RecordError::Refused(Refusal::TokensRevoked)),
+            "disabled" => Err(RecordError::Refused(Refusal::Disabled)),
+            "unknown" => Err(RecordError::UnknownDispatcher),
+            _ => Ok(()),
         }
     }
 }
 
-/// One `ss_record_receipts` call: the rows written, as (dispatcher, seq, reached_at).
-async fn store(pool: &PgPool, chunk: &[Merged]) -> Result<Vec<(String, i64, DateTime<Utc>)>, sqlx::Error> {
+/// A row of `ss_record_receipts`, with the log's epoch.
+type VerdictRow =
+    (String, Option<i64>, String, Option<i64>, Option<DateTime<Utc>>, Option<Vec<String>>, Option<String>);
+
+/// One `ss_record_receipts` call: a verdict per dispatcher and token generation of `chunk`.
+async fn store(pool: &PgPool, chunk: &[Merged]) -> Result<Vec<Verdict>, sqlx::Error> {
     let reports: Vec<serde_json::Value> = chunk
         .iter()
         .map(|m| {
             serde_json::json!({
                 "dispatcherId": m.dispatcher_id,
+                "generation": m.generation,
                 "epoch": m.epoch.to_string(),
                 "seq": m.seq,
-                "groups": hint_groups(&m.groups),
             })
         })
         .collect();
-    sqlx::query_as("SELECT dispatcher_id, seq, reached_at FROM ss_record_receipts($1)")
-        .bind(serde_json::Value::Array(reports))
-        .fetch_all(pool)
-        .await
+    let rows: Vec<VerdictRow> = sqlx::query_as(
+        "SELECT r.dispatcher_id, r.generation, r.verdict, r.seq, r.reached_at, r.groups, m.epoch
+         FROM ss_record_receipts($1) r LEFT JOIN stream_meta m ON m.stream = 'main'",
+    )
+    .bind(serde_json::Value::Array(reports))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(dispatcher_id, generation, verdict, seq, reached_at, groups, epoch)| {
+            let epoch = epoch.and_then(|e| e.parse().ok()).unwrap_or(Epoch(0));
+            let written = seq.zip(reached_at).map(|(seq, reached_at)| Reached { seq, reached_at });
+            Verdict { dispatcher_id, generation, verdict, epoch, written, groups }
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -279,8 +333,8 @@ mod tests {
 
     fn pending(dispatcher: &str, epoch: u32, seq: i64) -> (Pending, oneshot::Receiver<Result<(), RecordError>>) {
         let (done, rx) = oneshot::channel();
-        let groups = vec![format!("region:{seq}")];
-        (Pending { dispatcher_id: dispatcher.to_owned(), position: Position::new(Epoch(epoch), seq), groups, done }, rx)
+        let position = Position::new(Epoch(epoch), seq);
+        (Pending { dispatcher_id: dispatcher.to_owned(), generation: Some(1), position, done }, rx)
     }
 
     #[test]
@@ -289,13 +343,26 @@ mod tests {
             .into_iter()
             .map(|(d, e, s)| pending(d, e, s))
             .collect();
-        let (batch, mut answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let (mut batch, mut answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let (old_tab, answer_of_old_tab) = pending("bob", 1, 20);
+        batch.push(Pending { generation: Some(0), ..old_tab });
+        answers.push(answer_of_old_tab);
         let merged = merge(batch);
-        let summary: Vec<_> =
-            merged.iter().map(|m| (m.dispatcher_id.as_str(), m.epoch.0, m.seq, m.waiting.len())).collect();
-        assert_eq!(summary, [("bob", 1, 9, 3), ("ann", 1, 3, 1), ("bob", 2, 1, 1)]);
-        assert_eq!(merged[0].groups, ["region:9"], "the furthest report's groups");
-        answer(merged, Ok(()));
+        let summary: Vec<_> = merged
+            .iter()
+            .map(|m| (m.dispatcher_id.as_str(), m.generation, m.epoch.0, m.seq, m.waiting.len()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("bob", Some(1), 1, 9, 3),
+                ("ann", Some(1), 1, 3, 1),
+                ("bob", Some(1), 2, 1, 1),
+                ("bob", Some(0), 1, 20, 1)
+            ],
+            "a tab with another token is judged on its own"
+        );
+        merged.into_iter().for_each(|m| answer(m, Ok(())));
         assert!(answers.iter_mut().all(|a| matches!(a.try_recv(), Ok(Ok(())))));
     }
 }

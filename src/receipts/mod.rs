@@ -28,24 +28,12 @@ use uuid::Uuid;
 /// The NOTIFY channel of stored receipts (payload: see [`ReceiptHint::from_notify`]).
 pub const RECEIPTS_CHANNEL: &str = "ss_receipts";
 
-/// The most region groups a receipt's NOTIFY names (64-byte keys: well under the 8,000-byte payload
-/// limit). A dispatcher in more regions than this is announced to every stream instead ([`ReceiptHint::groups`]
-/// `None`), which is harmless: a hint only says how far a dispatcher has applied the log.
-const MAX_HINT_GROUPS: usize = 80;
-
 /// A stored receipt: `dispatcher_id`'s consoles have applied everything of their groups through `seq`,
 /// first reached at `reached_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reached {
     pub seq: i64,
     pub reached_at: DateTime<Utc>,
-}
-
-/// The groups a receipt's hint is for: the dispatcher's region groups; `None` (every stream) beyond
-/// [`MAX_HINT_GROUPS`].
-fn hint_groups(groups: &[String]) -> Option<Vec<&String>> {
-    (groups.len() <= MAX_HINT_GROUPS)
-        .then(|| groups.iter().filter(|g| crate::recommendations::region_of_group(g).is_some()).collect())
 }
 
 /// Deletes the receipts that can no longer answer anything: those of other epochs than the log's, and those
@@ -192,7 +180,7 @@ struct NotifyPayload {
 }
 
 impl ReceiptHint {
-    /// Parses the NOTIFY payload `ss_record_receipt` sends:
+    /// Parses the NOTIFY payload `ss_record_receipts` sends:
     /// `{"dispatcherId", "epoch", "seq", "reachedAt", "groups": [...] | null}`. `None` if malformed.
     pub fn from_notify(payload: &str) -> Option<ReceiptHint> {
         let p: NotifyPayload = serde_json::from_str(payload).ok()?;
@@ -205,17 +193,19 @@ impl ReceiptHint {
         })
     }
 
-    /// The hint of a receipt [`ReceiptBatcher`] just stored, for `dispatcher_id` whose groups are `groups`.
-    pub fn stored(dispatcher_id: &str, epoch: Epoch, reached: &Reached, groups: &[String]) -> ReceiptHint {
+    /// The hint of a receipt [`ReceiptBatcher`] just stored, for `dispatcher_id`, to the streams of `groups`
+    /// (the dispatcher's region groups as `ss_record_receipts` read them; `None`, for more than 80 of them:
+    /// every stream, which is harmless, as a hint only says how far a dispatcher has applied the log).
+    pub fn stored(dispatcher_id: &str, epoch: Epoch, reached: &Reached, groups: Option<Vec<String>>) -> ReceiptHint {
         ReceiptHint::Reached {
             dispatcher_id: dispatcher_id.to_owned(),
             position: Position::new(epoch, reached.seq),
             reached_at: reached.reached_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-            groups: hint_groups(groups).map(|g| g.into_iter().cloned().collect()),
+            groups,
         }
     }
 
-    /// The payload [`ReceiptHint::from_notify`] reads (what `ss_record_receipt` NOTIFYs); `None` for
+    /// The payload [`ReceiptHint::from_notify`] reads (what `ss_record_receipts` NOTIFYs); `None` for
     /// [`ReceiptHint::Stale`], which is never sent between processes.
     pub fn notify_payload(&self) -> Option<String> {
         match self {
@@ -287,8 +277,7 @@ mod tests {
     #[test]
     fn a_stored_receipts_hint_survives_the_trip_between_processes() {
         let reached = Reached { seq: 7, reached_at: "2026-12-07T10:00:00.123Z".parse().expect("an instant") };
-        let groups = ["region:north".to_owned(), "team:hvac".to_owned()];
-        let hint = ReceiptHint::stored("bob", Epoch(0x0a0b0c0d), &reached, &groups);
+        let hint = ReceiptHint::stored("bob", Epoch(0x0a0b0c0d), &reached, Some(vec!["region:north".to_owned()]));
         let payload = hint.notify_payload().expect("a payload");
         assert_eq!(ReceiptHint::from_notify(&payload), Some(hint.clone()));
         assert!(hint.reaches(&["region:north".to_owned()]) && !hint.reaches(&["team:hvac".to_owned()]));

@@ -288,11 +288,10 @@ async fn one_bad_row_in_a_batch_fails_alone_and_the_others_are_stored() {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let config = BatchConfig { flush_interval: Duration::from_millis(300), ..BatchConfig::default() };
     let (batcher, _task) = ReceiptBatcher::start(db.pool.clone(), config, None, &supervisor, shutdown.clone());
-    let groups = ["region:north".to_owned()];
-    batcher.record("d0", position, &groups).await.expect("the first report is stored");
+    batcher.record("d0", None, position).await.expect("the first report is stored");
 
     // The database refuses d7's row (a trigger stands for any bad row); a dispatcher deleted since sign-in
-    // ("ghost") is no error, it moves nothing.
+    // ("ghost") is refused on its own.
     sqlx::raw_sql(
         "CREATE FUNCTION refuse_d7() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN IF NEW.dispatcher_id = 'd7' THEN RAISE EXCEPTION 'd7 is refused'; END IF; RETURN NEW; END $$;
@@ -302,10 +301,11 @@ async fn one_bad_row_in_a_batch_fails_alone_and_the_others_are_stored() {
     .await
     .unwrap();
     let ids: Vec<String> = (1..20).map(|i| format!("d{i}")).chain(["ghost".to_owned()]).collect();
-    let results = futures::future::join_all(ids.iter().map(|id| batcher.record(id, position, &groups))).await;
+    let results = futures::future::join_all(ids.iter().map(|id| batcher.record(id, None, position))).await;
     for (id, result) in ids.iter().zip(&results) {
         match id.as_str() {
             "d7" => assert!(matches!(result, Err(RecordError::Database(_))), "{id}: {result:?}"),
+            "ghost" => assert!(matches!(result, Err(RecordError::UnknownDispatcher)), "{id}: {result:?}"),
             _ => assert!(result.is_ok(), "{id}: {result:?}"),
         }
     }
@@ -318,7 +318,7 @@ async fn one_bad_row_in_a_batch_fails_alone_and_the_others_are_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_batches_keep_each_dispatchers_receipts_rising() {
     // Two servers batch at once for the same dispatchers, each with positions the other has passed: the
-    // advisory locks keep every dispatcher's rows a step function (seq rises with each row) and no batch
+    // receipts' lock keeps every dispatcher's rows a step function (seq rises with each row) and no batch
     // deadlocks on the other.
     let db = TestDb::new().await;
     let (a, b) = (TestApp::spawn(&db).await, TestApp::spawn(&db).await);
@@ -349,4 +349,38 @@ async fn two_servers_batches_keep_each_dispatchers_receipts_rising() {
         .await
         .unwrap();
     assert_eq!(reached, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_is_refused_like_any_request_when_its_token_is_revoked_or_its_dispatcher_disabled() {
+    // The access check moved from the request into the batch: it must still refuse what every request does.
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let tokens = north_dispatchers(&db, 3).await;
+    let epoch = set_head(&db, 5).await;
+    let position = format!("{epoch}-5");
+    smartscheduler::auth::revoke_tokens(&db.pool, "d1").await.unwrap();
+    smartscheduler::auth::disable_dispatcher(&db.pool, "d2").await.unwrap();
+    let fresh_d1 = hour_token(&db, "d1").await;
+    let send = |token: String| {
+        let (app, position) = (&app, position.clone());
+        async move {
+            let body = json!({ "position": position });
+            let response = http().post(app.url("/api/receipts")).bearer_auth(token).json(&body).send().await.unwrap();
+            let status = response.status();
+            let code = response.json::<Value>().await.ok().map(|e| e["error"]["code"].clone());
+            (status, code)
+        }
+    };
+    let answers = futures::future::join_all(
+        [tokens[0].clone(), tokens[1].clone(), tokens[2].clone(), fresh_d1].into_iter().map(send),
+    )
+    .await;
+    assert_eq!(answers[0].0, StatusCode::NO_CONTENT);
+    assert_eq!((answers[1].0, answers[1].1.clone()), (StatusCode::UNAUTHORIZED, Some(json!("token_revoked"))));
+    assert_eq!((answers[2].0, answers[2].1.clone()), (StatusCode::FORBIDDEN, Some(json!("dispatcher_disabled"))));
+    assert_eq!(answers[3].0, StatusCode::NO_CONTENT, "d1's new token (another tab of d1) is honoured");
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT dispatcher_id FROM console_receipts ORDER BY 1").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(stored, ["d0", "d1"]);
 }
