@@ -4,8 +4,9 @@
 # (the worst case: each one writes a row and NOTIFYs). 200 reports/s is 1,000 consoles at one report per 5 s
 # under a steady event stream; 4,000 reports/s is the naive design (a report per applied event) for only 20
 # consoles at 200 events/s. Prints the PostgreSQL backends' CPU (% of one core, from /proc) and rows
-# written/s. Needs pgbench (postgresql-contrib / postgresql-client) and `cargo build` first. Not yet a section
-# of `make bench`.
+# written/s. Needs pgbench (postgresql-contrib / postgresql-client) and `cargo build` first. This is the
+# unbatched baseline, one transaction per report; what consoles cost through the server, whose reports are
+# stored in batches, is `make bench` section 16 (docs/performance.md).
 set -e
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -11,6 +11,7 @@ mod generation;
 mod lockout;
 mod memory;
 mod peer;
+mod receipts;
 mod relay_drain;
 mod scale_out;
 mod storm;
@@ -36,9 +37,9 @@ struct Args {
     /// A smaller, faster run (shorter phases, fewer rows and connections).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (comma-separated numbers 1-15; 9 is the plain SQL writer and the nchan peer, 10
+    /// Run only these sections (comma-separated numbers 1-16; 9 is the plain SQL writer and the nchan peer, 10
     /// the API cost of the event, 11 and 12 the reconnect storms, 14 the broker-fed nodes, 15 the lock-out
-    /// floods).
+    /// floods, 16 what delivery receipts cost PostgreSQL).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Server on which the benchmark creates (and drops) its databases.
@@ -94,6 +95,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     section!(13, "Scale-out over 1, 2 and 4 instances", scale_out::run(&ctx, &mut report));
     section!(14, "SSE nodes fed by JetStream vs by PostgreSQL", broker_fanout::run(&ctx, &mut report));
     section!(15, "Lock-out: floods of streams and half-sent heads", lockout::run(&ctx, &mut report));
+    section!(16, "Delivery receipts: what 1,000 consoles' reports cost PostgreSQL", receipts::run(&ctx, &mut report));
 
     ctx.drop_all().await;
     let text = report.render(&header, args.quick, started.elapsed());
