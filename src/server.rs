@@ -175,6 +175,22 @@ impl Server {
             // JetStream (from event_log, so that nothing depends on this hand-over arriving).
             let ring_broker = match (&config.broker, &broker_client) {
                 (Some(broker), Some(client)) => {
+                    // Receipts stored by PostgreSQL-fed nodes reach broker-fed ones through this process.
+                    let (bridge_pool, bridge_client, bridge_shutdown) =
+                        (pool.clone(), client.clone(), shutdown.clone());
+                    tasks.push(supervisor.spawn(
+                        "receipt-bridge",
+                        Duration::from_secs(30),
+                        shutdown.clone(),
+                        move |progress| {
+                            crate::broker::receipts::bridge(
+                                bridge_pool.clone(),
+                                bridge_client.clone(),
+                                bridge_shutdown.clone(),
+                                progress,
+                            )
+                        },
+                    ));
                     let publisher =
                         crate::broker::Publisher::new(pool.clone(), client.clone(), broker.publisher.clone());
                     let ring = publisher.waker();

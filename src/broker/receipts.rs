@@ -78,3 +78,53 @@ pub async fn subscribe(
         }
     }
 }
+
+/// Copies PostgreSQL's receipt NOTIFYs on to [`RECEIPTS_SUBJECT`] until `shutdown`, so that receipts stored
+/// by PostgreSQL-fed nodes (which know no NATS) reach broker-fed nodes' streams live in a mixed fleet. Runs in
+/// the processes that relay with a broker. Hints stored by broker-fed nodes arrive twice (announced by
+/// their node, then bridged), which is harmless: a hint only says how far a dispatcher has applied the log.
+/// Ticks `progress` every second while listening.
+pub async fn bridge(pool: sqlx::PgPool, client: async_nats::Client, shutdown: CancellationToken, progress: Progress) {
+    let mut backoff = crate::db::reconnect_backoff();
+    while !shutdown.is_cancelled() {
+        let mut listener = match listen(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                let delay = backoff.next().unwrap_or(std::time::Duration::from_secs(10));
+                tracing::warn!(%error, "cannot LISTEN for receipts to bridge to NATS; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        };
+        let mut alive = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = alive.tick() => progress.tick(),
+                notification = listener.try_recv() => match notification {
+                    Ok(Some(notification)) => {
+                        let payload = notification.payload().to_owned();
+                        if let Err(error) = client.publish(RECEIPTS_SUBJECT, payload.into()).await {
+                            tracing::debug!(%error, "could not bridge a receipt to NATS");
+                        }
+                    }
+                    // The connection was lost: what was sent meanwhile is gone, and the nodes' consoles
+                    // read their receipts again when NATS or their own streams say so.
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, "the receipts bridge lost its LISTEN connection; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn listen(pool: &sqlx::PgPool) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(crate::receipts::RECEIPTS_CHANNEL).await?;
+    Ok(listener)
+}

@@ -276,3 +276,42 @@ async fn a_receipt_stored_on_one_edge_node_reaches_streams_on_another_over_nats(
     };
     assert_eq!((hint["dispatcherId"].as_str(), hint["position"].as_str()), (Some("carol"), Some(position.as_str())));
 }
+
+/// A mixed fleet: a receipt stored by a PostgreSQL-fed node (which knows no NATS) reaches a broker-fed
+/// node's streams live, bridged by the process that relays with the broker.
+#[tokio::test]
+async fn a_receipt_stored_on_a_postgres_fed_node_reaches_a_broker_fed_nodes_streams() {
+    let db = TestDb::new().await;
+    let nats = NatsServer::start().await;
+    let alice = dispatcher_token(&db, "alice", &["region:north"]).await;
+    let carol = dispatcher_token(&db, "carol", &["region:north"]).await;
+    let relay = relay_node(&db, &nats).await;
+    let postgres_fed = TestApp::spawn_named(&db, "postgres-fed-node", |c| {
+        c.hub = test_hub_config();
+        c.run_relay = false;
+    })
+    .await;
+    let edge = edge_node(&db, &nats).await;
+    for node in [&relay, &edge] {
+        crate::faults::until_ready(node, true).await;
+    }
+    let mut stream = Connect::new(&alice).open(&edge.base).await;
+    write_events(&db.pool, 2, &["region:north"]).await;
+    let position = stream.take(2, WAIT).await.pop().expect("two events").id;
+
+    let response = http()
+        .post(postgres_fed.url("/api/receipts"))
+        .bearer_auth(&carol)
+        .json(&serde_json::json!({ "position": position }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let hint = loop {
+        let hint = data_json(&stream.next_named("receipt", WAIT).await);
+        if hint["stale"] != true {
+            break hint;
+        }
+    };
+    assert_eq!((hint["dispatcherId"].as_str(), hint["position"].as_str()), (Some("carol"), Some(position.as_str())));
+}
