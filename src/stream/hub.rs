@@ -8,6 +8,7 @@
 
 use super::catchup::CatchUpReads;
 use super::event::{Delivery, StreamEvent};
+use super::receipt_frame::{RECEIPT_HINTS_QUEUED, ReceiptFrame};
 pub use super::registry::Memberships;
 use super::registry::{ClientEntry, ClientShared, Registry, dispatch_locked, lock};
 pub use super::revocation::Revocation;
@@ -127,23 +128,6 @@ struct HubInner {
     /// stream of its groups; a stream that lags behind this channel gets [`ReceiptHint::Stale`] instead.
     receipts: broadcast::Sender<Arc<ReceiptFrame>>,
 }
-
-/// A receipt hint with its SSE frame (`event: receipt`, no `id:`), encoded once for every stream it reaches.
-pub(crate) struct ReceiptFrame {
-    pub(crate) hint: ReceiptHint,
-    pub(crate) frame: bytes::Bytes,
-}
-
-impl ReceiptFrame {
-    pub(crate) fn new(hint: ReceiptHint) -> Self {
-        let data = hint.data();
-        let frame = super::frame::Frame { event: Some("receipt"), data: Some(&data), ..Default::default() }.encode();
-        Self { hint, frame }
-    }
-}
-
-/// Receipt hints a stream may have unread before it lags (and is told its receipts are stale).
-const RECEIPT_HINTS_QUEUED: usize = 1024;
 
 /// Handle to the process's hub. Cheap to clone.
 #[derive(Clone)]

@@ -8,6 +8,7 @@ mod event;
 mod frame;
 mod hub;
 mod limits;
+mod receipt_frame;
 mod registry;
 mod revocation;
 mod session;

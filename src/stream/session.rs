@@ -3,7 +3,8 @@
 
 use super::event::Delivery;
 use super::frame::Frame;
-use super::hub::{Hub, ReceiptFrame, Revocation};
+use super::hub::{Hub, Revocation};
+use super::receipt_frame::ReceiptFrame;
 use crate::event_log::StreamMeta;
 use crate::metrics as m;
 use crate::position::Position;

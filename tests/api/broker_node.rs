@@ -243,6 +243,20 @@ async fn killing_the_nats_node_that_hosts_the_edge_nodes_consumer_only_delays_it
     );
 }
 
+/// Reports `position` for `dispatcher` on `node` and waits on `stream` for its hint (skipping `stale` ones).
+async fn assert_hint_arrives(node: &TestApp, token: &str, dispatcher: &str, position: &str, stream: &mut SseClient) {
+    let body = serde_json::json!({ "position": position });
+    let response = http().post(node.url("/api/receipts")).bearer_auth(token).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    let hint = loop {
+        let hint = data_json(&stream.next_named("receipt", WAIT).await);
+        if hint["stale"] != true {
+            break hint;
+        }
+    };
+    assert_eq!((hint["dispatcherId"].as_str(), hint["position"].as_str()), (Some(dispatcher), Some(position)));
+}
+
 /// Broker-fed nodes hear no NOTIFY: a receipt stored on one reaches the open streams of another over NATS,
 /// and a stream that opens on a node whose subscription just started is told its receipts may be stale.
 #[tokio::test]
@@ -260,21 +274,7 @@ async fn a_receipt_stored_on_one_edge_node_reaches_streams_on_another_over_nats(
     write_events(&db.pool, 3, &["region:north"]).await;
     let position = stream.take(3, WAIT).await.pop().expect("three events").id;
 
-    let response = http()
-        .post(a.url("/api/receipts"))
-        .bearer_auth(&carol)
-        .json(&serde_json::json!({ "position": position }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
-    let hint = loop {
-        let hint = data_json(&stream.next_named("receipt", WAIT).await);
-        if hint["stale"] != true {
-            break hint;
-        }
-    };
-    assert_eq!((hint["dispatcherId"].as_str(), hint["position"].as_str()), (Some("carol"), Some(position.as_str())));
+    assert_hint_arrives(&a, &carol, "carol", &position, &mut stream).await;
 }
 
 /// A mixed fleet: a receipt stored by a PostgreSQL-fed node (which knows no NATS) reaches a broker-fed
@@ -299,19 +299,5 @@ async fn a_receipt_stored_on_a_postgres_fed_node_reaches_a_broker_fed_nodes_stre
     write_events(&db.pool, 2, &["region:north"]).await;
     let position = stream.take(2, WAIT).await.pop().expect("two events").id;
 
-    let response = http()
-        .post(postgres_fed.url("/api/receipts"))
-        .bearer_auth(&carol)
-        .json(&serde_json::json!({ "position": position }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
-    let hint = loop {
-        let hint = data_json(&stream.next_named("receipt", WAIT).await);
-        if hint["stale"] != true {
-            break hint;
-        }
-    };
-    assert_eq!((hint["dispatcherId"].as_str(), hint["position"].as_str()), (Some("carol"), Some(position.as_str())));
+    assert_hint_arrives(&postgres_fed, &carol, "carol", &position, &mut stream).await;
 }
