@@ -19,11 +19,11 @@
 --
 -- p_reports: a JSON array of {"dispatcherId": text, "generation": bigint | null, "epoch": text, "seq": bigint}.
 -- Returns one row per (dispatcherId, generation) of the input: verdict 'admitted' (seq and reached_at set
--- when a row was written), 'revoked', 'disabled' or 'unknown'; groups: the written row's hint groups (null
--- when more than 80: every stream).
+-- when a row was written), 'revoked', 'disabled' or 'unknown'; epoch: the log's, as the batch read it;
+-- groups: the written row's hint groups (null when more than 80: every stream).
 CREATE FUNCTION ss_record_receipts(p_reports jsonb)
-RETURNS TABLE (dispatcher_id text, generation bigint, verdict text, seq bigint, reached_at timestamptz,
-               groups text[])
+RETURNS TABLE (dispatcher_id text, generation bigint, verdict text, epoch text, seq bigint,
+               reached_at timestamptz, groups text[])
 LANGUAGE plpgsql AS $$
 DECLARE
     v_epoch text;
@@ -75,7 +75,7 @@ BEGIN
                    'groups', a.regions)::text) AS sent
         FROM announced a
     )
-    SELECT c.d, c.gen, c.v, n.seq, n.reached_at, n.regions
+    SELECT c.d, c.gen, c.v, v_epoch, n.seq, n.reached_at, n.regions
     FROM checked c LEFT JOIN notified n ON n.dispatcher_id = c.d AND c.v = 'admitted';
 END;
 $$;

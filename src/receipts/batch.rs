@@ -232,8 +232,8 @@ impl Flusher {
     fn announce_written(&self, verdicts: &[Verdict]) {
         let Some(announce) = &self.announce else { return };
         for v in verdicts {
-            if let Some(reached) = &v.written {
-                announce(ReceiptHint::stored(&v.dispatcher_id, v.epoch, reached, v.groups.clone()));
+            if let Some((epoch, reached)) = &v.written {
+                announce(ReceiptHint::stored(&v.dispatcher_id, *epoch, reached, v.groups.clone()));
             }
         }
     }
@@ -274,10 +274,9 @@ struct Verdict {
     generation: Option<i64>,
     /// `admitted`, `revoked`, `disabled` or `unknown`.
     verdict: String,
-    /// The log's epoch as of the batch.
-    epoch: Epoch,
-    /// The row written, if the reports moved the dispatcher further.
-    written: Option<Reached>,
+    /// The row written (at the log's epoch as the batch read it), if the reports moved the dispatcher
+    /// further.
+    written: Option<(Epoch, Reached)>,
     /// The hint's groups (`None`: every stream).
     groups: Option<Vec<String>>,
 }
@@ -293,9 +292,8 @@ impl Verdict {
     }
 }
 
-/// A row of `ss_record_receipts`, with the log's epoch.
-type VerdictRow =
-    (String, Option<i64>, String, Option<i64>, Option<DateTime<Utc>>, Option<Vec<String>>, Option<String>);
+/// A row of `ss_record_receipts`.
+type VerdictRow = (String, Option<i64>, String, String, Option<i64>, Option<DateTime<Utc>>, Option<Vec<String>>);
 
 /// One `ss_record_receipts` call: a verdict per dispatcher and token generation of `chunk`.
 async fn store(pool: &PgPool, chunk: &[Merged]) -> Result<Vec<Verdict>, sqlx::Error> {
@@ -311,18 +309,19 @@ async fn store(pool: &PgPool, chunk: &[Merged]) -> Result<Vec<Verdict>, sqlx::Er
         })
         .collect();
     let rows: Vec<VerdictRow> = sqlx::query_as(
-        "SELECT r.dispatcher_id, r.generation, r.verdict, r.seq, r.reached_at, r.groups, m.epoch
-         FROM ss_record_receipts($1) r LEFT JOIN stream_meta m ON m.stream = 'main'",
+        "SELECT dispatcher_id, generation, verdict, epoch, seq, reached_at, groups FROM ss_record_receipts($1)",
     )
     .bind(serde_json::Value::Array(reports))
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(dispatcher_id, generation, verdict, seq, reached_at, groups, epoch)| {
-            let epoch = epoch.and_then(|e| e.parse().ok()).unwrap_or(Epoch(0));
-            let written = seq.zip(reached_at).map(|(seq, reached_at)| Reached { seq, reached_at });
-            Verdict { dispatcher_id, generation, verdict, epoch, written, groups }
+        .map(|(dispatcher_id, generation, verdict, epoch, seq, reached_at, groups)| {
+            // A row is written only at the log's epoch, which `stream_meta`'s CHECK keeps well-formed.
+            let epoch = epoch.parse::<Epoch>().ok();
+            let written =
+                epoch.zip(seq.zip(reached_at)).map(|(epoch, (seq, reached_at))| (epoch, Reached { seq, reached_at }));
+            Verdict { dispatcher_id, generation, verdict, written, groups }
         })
         .collect())
 }
